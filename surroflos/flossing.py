@@ -1,0 +1,178 @@
+"""Gradient flossing: push the leading Lyapunov exponents towards a target by gradient descent.
+
+``L_floss = sum_{i<=k} (lambda_i - target)^2``, backpropagated through the QR chain of
+:func:`surroflos.lyapunov_spectrum`. Keeping the first k exponents near zero keeps k directions of
+the error gradient from exploding or vanishing over long horizons (Engelken & Abbott).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional, Sequence, Union
+
+import torch
+
+from ._random import randn
+from .lyapunov import lyapunov_spectrum
+
+__all__ = ["flossing_loss", "floss", "FlossingHistory", "FlossingSchedule"]
+
+Target = Union[float, Sequence[float], torch.Tensor]
+InputSource = Union[None, torch.Tensor, Callable[[int, torch.Generator], torch.Tensor]]
+
+
+def flossing_loss(exponents: torch.Tensor, target: Target = 0.0) -> torch.Tensor:
+    """Sum over the k exponents of ``(lambda_i - target_i)^2``, averaged over trajectories.
+
+    Args:
+        exponents: ``[B, k]`` (or ``[k]`` for a single spectrum).
+        target: a scalar or one value per exponent (``[k]``).
+    """
+    if not isinstance(exponents, torch.Tensor) or exponents.ndim not in (1, 2):
+        raise ValueError(f"exponents must be a tensor [B, k] or [k], got {getattr(exponents, 'shape', exponents)!r}")
+    lam = exponents if exponents.ndim == 2 else exponents.unsqueeze(0)
+    tgt = torch.as_tensor(target, dtype=lam.dtype, device=lam.device)
+    if tgt.ndim > 1 or (tgt.ndim == 1 and tgt.shape[0] != lam.shape[-1]):
+        raise ValueError(f"target must be a scalar or have one value per exponent ({lam.shape[-1]}), "
+                         f"got shape {tuple(tgt.shape)}")
+    return ((lam - tgt) ** 2).sum(dim=-1).mean()
+
+
+@dataclass
+class FlossingHistory:
+    """What :func:`floss` did: per step the batch-mean exponents ``[steps, k]`` and the loss ``[steps]``."""
+
+    exponents: torch.Tensor
+    loss: torch.Tensor
+    target: Target = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.loss.shape[0])
+
+
+@dataclass(frozen=True)
+class FlossingSchedule:
+    """When to floss inside a training loop.
+
+    ``pre_steps`` flossing steps before training (preflossing); then, during training, a bout of
+    ``steps`` flossing steps at epochs ``every, 2 every, ...``, at most ``times`` bouts. Stateless, so a
+    resumed run asks the same questions and gets the same answers.
+    """
+
+    pre_steps: int = 0
+    every: int = 0
+    steps: int = 0
+    times: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("pre_steps", "every", "steps", "times"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"FlossingSchedule.{name} must be a non-negative int, got {v!r}")
+        if self.times > 0 and (self.every == 0 or self.steps == 0):
+            raise ValueError("FlossingSchedule: flossing during training needs every > 0 and steps > 0")
+
+    def due(self, epoch: int) -> bool:
+        """True when a flossing bout runs before training epoch ``epoch`` (0-based)."""
+        return self.times > 0 and epoch > 0 and epoch % self.every == 0 and epoch // self.every <= self.times
+
+    @property
+    def bout_epochs(self) -> list[int]:
+        """The epochs at which flossing bouts run during training."""
+        return [self.every * i for i in range(1, self.times + 1)] if self.times else []
+
+
+def _input_source(inputs: InputSource, T: int, batch: int, n_in: int, input_std: float, like: torch.Tensor):
+    if inputs is None:
+        def draw(i: int, g: torch.Generator) -> torch.Tensor:
+            return input_std * randn(T, batch, n_in, generator=g, dtype=like.dtype, device=like.device)
+        return draw
+    if isinstance(inputs, torch.Tensor):
+        return lambda i, g: inputs
+    if callable(inputs):
+        return inputs
+    raise TypeError("inputs must be None, a tensor [T, B, n_in] or a callable (step, generator) -> tensor")
+
+
+def floss(model, steps: int, *, k: int, T: int = 100, batch: int = 16, lr: float = 1e-3, target: Target = 0.0,
+          params: Optional[Iterable[torch.nn.Parameter]] = None, inputs: InputSource = None,
+          local: bool = False, callback: Optional[Callable[[int, torch.Tensor, float], Optional[bool]]] = None,
+          qr_every: int = 1, transient: Optional[int] = None, frame_warmup: Optional[int] = None,
+          input_std: float = 1.0, max_grad_norm: Optional[float] = None,
+          generator: Optional[torch.Generator] = None, progress: bool = True) -> FlossingHistory:
+    """Preflossing: ``steps`` Adam updates of ``params`` on ``flossing_loss(lyapunov exponents, target)``.
+
+    Args:
+        model: a surroflos model; updated in place.
+        steps: number of flossing updates.
+        k: number of exponents flossed.
+        T: length of each estimate in steps, including ``transient`` (default ``T // 4``) and
+            ``frame_warmup`` (default ``T // 4``).
+        batch: trajectories per estimate.
+        lr: Adam learning rate.
+        target: scalar or per-exponent target (0 = the edge of chaos).
+        params: parameters to update; default ``model.flossing_parameters()`` (recurrent, input
+            weights and bias, not the readout).
+        inputs: ``None`` draws fresh ``N(0, input_std^2)`` inputs ``[T, batch, n_in]`` every step; a
+            tensor is reused; a callable ``(step, generator) -> [T, B, n_in]`` (e.g. task samples).
+        local: detach the recurrent state so updates use local information only (seed 003).
+        callback: ``callback(step, exponents [k], loss)`` after each update; return True to stop early.
+        max_grad_norm: clip the flossing gradient norm.
+        generator: seeds inputs, initial states and frames (reproducible runs).
+        progress: show a progress bar.
+
+    Returns:
+        :class:`FlossingHistory` with the batch-mean exponents ``[steps, k]`` before each update.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if isinstance(T, bool) or not isinstance(T, int) or T < 2:
+        raise ValueError(f"T must be an int >= 2, got {T!r}")
+    transient = T // 4 if transient is None else transient
+    frame_warmup = T // 4 if frame_warmup is None else frame_warmup
+    plist = list(model.flossing_parameters() if params is None else params)
+    if not plist:
+        raise ValueError("no parameters to floss (all frozen?)")
+    like = plist[0]
+    opt = torch.optim.Adam(plist, lr=lr)
+    draw = _input_source(inputs, T, batch, model.n_in, input_std, like)
+    g = generator if generator is not None else torch.Generator(device="cpu").manual_seed(
+        int(torch.randint(0, 2**62, (1,)).item()))
+    exps, losses = [], []
+    bar = _progress(steps, progress, "flossing")
+    for i in range(steps):
+        x = draw(i, g)
+        res = lyapunov_spectrum(model, x, k, qr_every=qr_every, transient=transient, frame_warmup=frame_warmup,
+                                generator=g, detach_state=local)
+        loss = flossing_loss(res.exponents, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(plist, max_grad_norm)
+        opt.step()
+        mean = res.exponents.detach().mean(0)
+        exps.append(mean)
+        losses.append(float(loss.detach()))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(lambda1=f"{float(mean[0]):+.4f}", loss=f"{losses[-1]:.3g}")
+        if callback is not None and callback(i, mean, losses[-1]):
+            break
+    if bar is not None:
+        bar.close()
+    k_out = exps[0].shape[0] if exps else k
+    return FlossingHistory(torch.stack(exps) if exps else torch.empty(0, k_out),
+                           torch.tensor(losses, dtype=torch.float64), target)
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    # disable=None: no bar when output is not a terminal (logs, CI).
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=None)

@@ -1,0 +1,299 @@
+"""Differentiable Lyapunov spectra by the QR (orthonormal-frame) method.
+
+Phases over the input sequence ``x: [T, B, n_in]`` (DynamicalSystems.jl style, all explicit):
+
+1. ``transient`` steps: the state alone, no frame (no gradient unless ``grad_through_transient``).
+2. ``frame_warmup`` steps: a random orthonormal frame ``Q: [B, D, k]`` is carried along
+   (``Q <- D[t] Q``, re-orthonormalised every ``qr_every`` steps) so that it aligns with the leading
+   directions; nothing is accumulated (no gradient unless ``grad_through_transient``).
+3. the remaining ``T - transient - frame_warmup`` steps: the same, and ``log|R_ii|`` of every QR is
+   summed. ``lambda_i = sum log|R_ii| / (steps * dt)`` (per unit time). A last QR closes the window
+   when its length is not a multiple of ``qr_every``.
+
+Gradients flow through phase 3 (state trajectory, tangent maps and ``torch.linalg.qr``), and with
+``grad_through_transient=True`` through phases 1-2 as well, so the exponents can be used in a loss
+(:mod:`surroflos.flossing`). With ``detach_state=True`` the state is simulated without gradient and only the explicit dependence of the tangent maps on the parameters is
+differentiated (the local form of seed 003).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ._random import orthonormal_frame, randn
+from .models.base import check_inputs, jvp_tangent
+
+__all__ = [
+    "LyapunovResult",
+    "lyapunov_spectrum",
+    "max_lyapunov_bruteforce",
+    "kaplan_yorke_dimension",
+    "ks_entropy",
+    "NonFiniteError",
+]
+
+
+class NonFiniteError(FloatingPointError, ValueError):
+    """The state or the tangent frame became NaN/inf during an estimate."""
+
+
+def kaplan_yorke_dimension(exponents: torch.Tensor) -> torch.Tensor:
+    """Kaplan-Yorke dimension ``j + sum_{i<=j} lambda_i / |lambda_{j+1}|`` of spectra ``[..., k]``.
+
+    ``j`` is the largest index whose partial sum is non-negative (0 when ``lambda_1 < 0``). When every
+    partial sum of the k given exponents is non-negative the dimension is at least ``k`` and ``k`` is
+    returned (compute more exponents for the true value).
+    """
+    lam = torch.sort(exponents, dim=-1, descending=True).values
+    k = lam.shape[-1]
+    csum = torch.cumsum(lam, dim=-1)
+    j = (csum >= 0).sum(dim=-1)  # partial sums decrease after the first negative exponent
+    j_idx = j.clamp(max=k - 1)
+    partial = torch.where(j > 0, torch.gather(csum, -1, (j - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1),
+                          torch.zeros_like(csum[..., 0]))
+    nxt = torch.gather(lam, -1, j_idx.unsqueeze(-1)).squeeze(-1).abs()
+    dim = j.to(lam.dtype) + partial / nxt
+    return torch.where(j >= k, torch.full_like(dim, float(k)), dim)
+
+
+def ks_entropy(exponents: torch.Tensor) -> torch.Tensor:
+    """Kolmogorov-Sinai entropy rate bound: the sum of the positive exponents, ``[..., k] -> [...]``."""
+    return exponents.clamp(min=0).sum(dim=-1)
+
+
+@dataclass
+class LyapunovResult:
+    """Result of :func:`lyapunov_spectrum`.
+
+    Attributes:
+        exponents: ``[B, k]``, one spectrum per trajectory, descending, per unit time.
+        dt: time per step.
+        steps: number of accumulated steps.
+        qr_every: re-orthonormalisation interval used.
+        history: ``[n_qr, B, k]`` running estimates after each QR of the accumulation window
+            (detached; for convergence plots), and ``history_times`` their times.
+    """
+
+    exponents: torch.Tensor
+    dt: float
+    steps: int
+    qr_every: int
+    history: torch.Tensor = field(repr=False)
+    history_times: torch.Tensor = field(repr=False)
+
+    def mean(self) -> torch.Tensor:
+        """Spectrum averaged over trajectories, ``[k]``."""
+        return self.exponents.mean(dim=0)
+
+    def std(self) -> torch.Tensor:
+        """Standard deviation over trajectories, ``[k]`` (zero for a single trajectory)."""
+        if self.exponents.shape[0] < 2:
+            return torch.zeros_like(self.exponents[0])
+        return self.exponents.std(dim=0)
+
+    def kaplan_yorke_dimension(self) -> torch.Tensor:
+        """Kaplan-Yorke dimension of each trajectory's spectrum, ``[B]``."""
+        return kaplan_yorke_dimension(self.exponents)
+
+    def ks_entropy(self) -> torch.Tensor:
+        """Sum of positive exponents of each trajectory, ``[B]``."""
+        return ks_entropy(self.exponents)
+
+
+def _check_model(model: Any) -> None:
+    missing = [a for a in ("step_function", "initial_state", "state_dim", "n_in", "dt", "params")
+               if not hasattr(model, a)]
+    if missing:
+        raise TypeError(f"{type(model).__name__} is not a surroflos dynamical model: it lacks {missing} "
+                        "(see surroflos.models.base)")
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def _prepare(model, inputs, state0, generator):
+    _check_model(model)
+    check_inputs(inputs, model.n_in, finite=True)
+    batch = inputs.shape[1]
+    if state0 is None:
+        state0 = model.initial_state(batch, random=True, generator=generator, device=inputs.device, dtype=inputs.dtype)
+    elif not isinstance(state0, torch.Tensor) or state0.shape != (batch, model.state_dim):
+        raise ValueError(f"state0 must be a tensor of shape [B, D] = [{batch}, {model.state_dim}], "
+                         f"got {getattr(state0, 'shape', type(state0).__name__)}")
+    elif not bool(torch.isfinite(state0).all()):
+        raise ValueError("state0 contains NaN or inf")
+    params = model.params()
+    step = model.step_function
+    tangent = getattr(model, "tangent_function", None)
+    if tangent is None:
+        def tangent(x, s, p, Q):
+            return jvp_tangent(step, x, s, p, Q)
+    return state0.to(inputs.dtype), params, step, tangent
+
+
+class _FiniteGuard:
+    """Checks state and QR diagonal for NaN/inf; immediately on CPU, deferred on accelerators (no sync)."""
+
+    def __init__(self, device: torch.device, qr_every: int) -> None:
+        self.eager = device.type == "cpu"
+        self.qr_every = qr_every
+        self.flags: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def check(self, t: int, state: torch.Tensor, logdiag: torch.Tensor) -> None:
+        s_ok, r_ok = torch.isfinite(state).all(), torch.isfinite(logdiag).all()
+        if self.eager:
+            self._raise_if_bad(t, bool(s_ok), bool(r_ok))
+        else:
+            self.flags.append((t, s_ok, r_ok))
+
+    def finish(self) -> None:
+        if self.flags:
+            ok = torch.stack([torch.stack([s, r]) for _, s, r in self.flags]).cpu()
+            bad = (~ok.all(dim=1)).nonzero()
+            if len(bad):
+                i = int(bad[0])
+                self._raise_if_bad(self.flags[i][0], bool(ok[i, 0]), bool(ok[i, 1]))
+
+    def _raise_if_bad(self, t: int, state_ok: bool, r_ok: bool) -> None:
+        if not state_ok:
+            raise NonFiniteError(f"the network state became NaN/inf at step {t}: the dynamics diverged "
+                                 "(check the coupling gain, input scale, dt and the initial state)")
+        if not r_ok:
+            raise NonFiniteError(
+                f"the tangent frame became degenerate at step {t} (log|R_ii| is NaN/inf): vectors overflowed "
+                f"or collapsed between re-orthonormalisations (lower qr_every={self.qr_every}, use float64, or "
+                "ask for fewer exponents k if the Jacobian is singular)")
+
+
+def lyapunov_spectrum(model, inputs: torch.Tensor, k: int, *, qr_every: int = 1, transient: int = 0,
+                      frame_warmup: int = 0, state0: torch.Tensor | None = None,
+                      generator: torch.Generator | None = None, detach_state: bool = False,
+                      grad_through_transient: bool = False) -> LyapunovResult:
+    """The k leading Lyapunov exponents of ``model`` driven by ``inputs``, one spectrum per trajectory.
+
+    Args:
+        model: a surroflos model (``RateRNN``, ``SpikingRNN`` or anything following
+            :mod:`surroflos.models.base`); without a ``tangent_function`` its tangent map comes from
+            forward-mode AD of its step function.
+        inputs: ``[T, B, n_in]``, time first; each batch element is one trajectory. Use
+            ``torch.zeros(T, B, n_in)`` for an autonomous network.
+        k: number of exponents, ``1 <= k <= D`` (the state dimension).
+        qr_every: re-orthonormalise every this many steps (1..10 is typical; large values overflow
+            or lose the small directions).
+        transient: initial steps that only move the state.
+        frame_warmup: further steps that settle the frame before accumulation starts (an unsettled
+            frame biases the estimate).
+        state0: initial state ``[B, D]``; default ``model.initial_state(B, random=True, generator=...)``.
+        generator: seeds the random initial state and frame.
+        detach_state: simulate the state without gradient (local flossing).
+        grad_through_transient: also differentiate through the transient and the frame warm-up. By
+            default they run without gradient: the state and frame at the start of the accumulation
+            window are treated as given, which avoids backpropagating through a long (possibly
+            chaotic) transient, the very explosion flossing fights.
+
+    Returns:
+        :class:`LyapunovResult` with ``exponents [B, k]`` (descending, per unit time).
+
+    Raises:
+        ValueError: bad shapes or arguments, NaN inputs; :class:`NonFiniteError` (a ValueError) when
+        the state or the frame stops being finite, naming the step.
+    """
+    _check_model(model)
+    k = _check_int("k", k, 1)
+    qr_every = _check_int("qr_every", qr_every, 1)
+    transient = _check_int("transient", transient, 0)
+    frame_warmup = _check_int("frame_warmup", frame_warmup, 0)
+    if k > model.state_dim:
+        raise ValueError(f"k={k} exponents asked for, but the state has only D={model.state_dim} dimensions")
+    state, params, step, tangent = _prepare(model, inputs, state0, generator)
+    T, batch = inputs.shape[0], inputs.shape[1]
+    start = transient + frame_warmup
+    n_acc = T - start
+    if n_acc < 1:
+        raise ValueError(f"inputs have T={T} steps but transient + frame_warmup = {start}: "
+                         "nothing is left to accumulate")
+    guard = _FiniteGuard(inputs.device, qr_every)
+    dt = float(model.dt)
+
+    with contextlib.nullcontext() if grad_through_transient else torch.no_grad():
+        for t in range(transient):
+            state = step(inputs[t], state, params)[1]
+        Q = orthonormal_frame(batch, model.state_dim, k, generator=generator, dtype=inputs.dtype, device=inputs.device)
+        for j, t in enumerate(range(transient, start)):
+            Q = tangent(inputs[t], state, params, Q)
+            state = step(inputs[t], state, params)[1]
+            if (j + 1) % qr_every == 0 or t == start - 1:
+                Q, R = torch.linalg.qr(Q)
+                guard.check(t, state, R.diagonal(dim1=-2, dim2=-1).abs().log())
+
+    log_sum = torch.zeros(batch, k, dtype=inputs.dtype, device=inputs.device)
+    history, times = [], []
+    for j, t in enumerate(range(start, T)):
+        Q = tangent(inputs[t], state, params, Q)
+        if detach_state:
+            with torch.no_grad():
+                state = step(inputs[t], state, params)[1]
+        else:
+            state = step(inputs[t], state, params)[1]
+        if (j + 1) % qr_every == 0 or t == T - 1:
+            Q, R = torch.linalg.qr(Q)
+            logdiag = R.diagonal(dim1=-2, dim2=-1).abs().log()
+            guard.check(t, state, logdiag)
+            log_sum = log_sum + logdiag
+            history.append(log_sum.detach() / ((j + 1) * dt))
+            times.append((j + 1) * dt)
+    guard.finish()
+    exponents = torch.sort(log_sum / (n_acc * dt), dim=-1, descending=True).values
+    hist = torch.sort(torch.stack(history), dim=-1, descending=True).values
+    return LyapunovResult(exponents, dt, n_acc, qr_every, hist, torch.tensor(times, dtype=torch.float64))
+
+
+def max_lyapunov_bruteforce(model, inputs: torch.Tensor, *, eps: float | None = None, transient: int = 0,
+                            warmup: int = 0, state0: torch.Tensor | None = None,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Largest exponent from two nearby trajectories, renormalised to distance ``eps`` every step.
+
+    An oracle independent of tangent maps and QR: it runs the model's own step function twice. For
+    spiking networks it measures the true (Heaviside) dynamics, which matches the surrogate spectrum
+    only for ``smooth=True`` networks. Returns ``[B]`` exponents per unit time.
+
+    Args:
+        eps: perturbation size (default 1e-8 in float64, 1e-4 in float32).
+        transient: steps run before the perturbation is placed.
+        warmup: steps after that during which the perturbation aligns but nothing is accumulated.
+    """
+    _check_model(model)
+    transient = _check_int("transient", transient, 0)
+    warmup = _check_int("warmup", warmup, 0)
+    state, params, step, _ = _prepare(model, inputs, state0, generator)
+    T = inputs.shape[0]
+    if T - transient - warmup < 1:
+        raise ValueError(f"inputs have T={T} steps but transient + warmup = {transient + warmup}")
+    if eps is None:
+        eps = 1e-8 if inputs.dtype == torch.float64 else 1e-4
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps!r}")
+    with torch.no_grad():
+        for t in range(transient):
+            state = step(inputs[t], state, params)[1]
+        delta = randn(*state.shape, generator=generator, dtype=state.dtype, device=state.device)
+        other = state + eps * delta / delta.norm(dim=-1, keepdim=True)
+        log_sum = torch.zeros(state.shape[0], dtype=state.dtype, device=state.device)
+        for t in range(transient, T):
+            state = step(inputs[t], state, params)[1]
+            other = step(inputs[t], other, params)[1]
+            diff = other - state
+            dist = diff.norm(dim=-1)
+            if not bool(torch.isfinite(dist).all()) or bool((dist == 0).any()):
+                raise NonFiniteError(f"the perturbation became NaN/inf/zero at step {t}; choose another eps")
+            if t >= transient + warmup:
+                log_sum += torch.log(dist / eps)
+            other = state + diff * (eps / dist).unsqueeze(-1)
+    return log_sum / ((T - transient - warmup) * float(model.dt))

@@ -1,0 +1,147 @@
+"""What a model must provide to be simulated, analysed and flossed.
+
+A surroflos model is an ``nn.Module`` whose dynamics live in *pure functions*:
+
+- ``step_function(x, state, params) -> (out, new_state)``: one time step; ``x: [B, n_in]``,
+  ``state: [B, D]`` (a flat state vector), ``out``: the activity (rates or spikes).
+- ``tangent_function(x, state, params, Q) -> D Q`` (optional): the Jacobian of ``new_state`` with
+  respect to ``state`` at ``(x, state)`` applied to a block ``Q: [B, D, k]``. With spikes, the
+  Heaviside derivative is replaced by the surrogate derivative. Models without it fall back to
+  forward-mode AD of ``step_function`` (:func:`jvp_tangent`).
+- ``params()``: the bundle of tensors the pure functions read (built from the module's parameters,
+  so gradients flow back to them).
+- ``initial_state(batch, ...)``, ``state_dim``, ``n_in`` and ``dt`` (time per step, the unit in which
+  Lyapunov exponents are reported).
+
+:class:`RecurrentModel` implements the shared parts (rollout over ``[T, B, n_in]``, input checks).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import torch
+from torch import nn
+
+__all__ = ["RecurrentModel", "Rollout", "jvp_tangent", "check_inputs"]
+
+StepFn = Callable[[torch.Tensor, torch.Tensor, Any], "tuple[torch.Tensor, torch.Tensor]"]
+TangentFn = Callable[[torch.Tensor, torch.Tensor, Any, torch.Tensor], torch.Tensor]
+
+
+class Rollout(NamedTuple):
+    """A simulated trajectory, time first.
+
+    outputs: ``[T, B, n_out]`` readout; states: ``[T, B, D]`` state after each step;
+    activity: ``[T, B, N]`` rates (rate models) or spikes (spiking models).
+    """
+
+    outputs: torch.Tensor
+    states: torch.Tensor
+    activity: torch.Tensor
+
+
+def jvp_tangent(step_function: StepFn, x: torch.Tensor, state: torch.Tensor, params: Any,
+                Q: torch.Tensor) -> torch.Tensor:
+    """Tangent map by forward-mode AD: ``d new_state / d state`` applied to each column of ``Q``.
+
+    Uses ``torch.func.jvp`` vectorised over the k columns with ``torch.func.vmap``; spike functions
+    from :mod:`surroflos.surrogate` contribute their surrogate derivative. Differentiable in the
+    tensors that ``params`` holds.
+    """
+
+    def new_state(s: torch.Tensor) -> torch.Tensor:
+        return step_function(x, s, params)[1]
+
+    def push(q: torch.Tensor) -> torch.Tensor:
+        return torch.func.jvp(new_state, (state,), (q,))[1]
+
+    return torch.func.vmap(push, in_dims=-1, out_dims=-1)(Q)
+
+
+def check_inputs(x: torch.Tensor, n_in: int, *, what: str = "inputs", finite: bool = False) -> None:
+    """Raise a ValueError unless ``x`` is a floating tensor ``[T, B, n_in]`` (and finite, if asked)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor of shape [T, B, n_in], got {type(x).__name__}")
+    if x.ndim != 3:
+        raise ValueError(f"{what} must have shape [T, B, n_in] (time first), got shape {tuple(x.shape)}")
+    if x.shape[-1] != n_in:
+        raise ValueError(f"{what} have {x.shape[-1]} features in the last dimension, the model expects n_in={n_in}")
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"{what} need at least one time step and one batch element, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{what} must be floating point, got dtype {x.dtype}")
+    if finite and not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).nonzero()[0].tolist()
+        raise ValueError(f"{what} contain NaN or inf (first at [t, b, i] = {bad})")
+
+
+class RecurrentModel(nn.Module):
+    """Base class: a recurrent network given by pure step/tangent functions plus a readout."""
+
+    n_in: int
+    n_out: int
+    dt: float
+
+    # Subclasses set these to their pure functions (staticmethods).
+    step_function: StepFn
+    tangent_function: Optional[TangentFn] = None
+
+    @property
+    def state_dim(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def params(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def initial_state(self, batch: int, *, random: bool = False, generator: torch.Generator | None = None,
+                      device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Zeros ``[batch, D]``, or a random state when ``random=True`` (see the subclass)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def readout(self, activity: torch.Tensor) -> torch.Tensor:
+        """Map the activity trajectory ``[T, B, N]`` to outputs ``[T, B, n_out]``."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def tangent(self, x: torch.Tensor, state: torch.Tensor, Q: torch.Tensor, params: Any = None) -> torch.Tensor:
+        """Apply the one-step tangent map at ``(x, state)`` to ``Q: [B, D, k]``."""
+        p = self.params() if params is None else params
+        if self.tangent_function is None:
+            return jvp_tangent(self.step_function, x, state, p, Q)
+        return self.tangent_function(x, state, p, Q)
+
+    def step(self, x: torch.Tensor, state: torch.Tensor, params: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One time step ``(out, new_state)`` with the module's current parameters."""
+        p = self.params() if params is None else params
+        return self.step_function(x, state, p)
+
+    def _factory(self) -> dict:
+        p = next(self.parameters())
+        return {"device": p.device, "dtype": p.dtype}
+
+    def rollout(self, x: torch.Tensor, state0: torch.Tensor | None = None) -> Rollout:
+        """Simulate ``x: [T, B, n_in]`` and return outputs, states and activity (all time first)."""
+        check_inputs(x, self.n_in)
+        batch = x.shape[1]
+        state = self.initial_state(batch, device=x.device, dtype=x.dtype) if state0 is None else state0
+        if state.shape != (batch, self.state_dim):
+            raise ValueError(f"state0 must have shape [B, D] = [{batch}, {self.state_dim}], got {tuple(state.shape)}")
+        p = self.params()
+        step = self.step_function
+        states, activity = [], []
+        for t in range(x.shape[0]):
+            out, state = step(x[t], state, p)
+            states.append(state)
+            activity.append(out)
+        act = torch.stack(activity)
+        return Rollout(self.readout(act), torch.stack(states), act)
+
+    def forward(self, x: torch.Tensor, state0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x: [T, B, n_in]`` -> ``(outputs [T, B, n_out], states [T, B, D])``."""
+        r = self.rollout(x, state0)
+        return r.outputs, r.states
+
+    def flossing_parameters(self) -> list[nn.Parameter]:
+        """Parameters that flossing updates by default: recurrent, input weights and bias."""
+        names = ("weight_rec", "weight_in", "bias")
+        return [p for n, p in self.named_parameters() if n in names and p.requires_grad]

@@ -1,0 +1,134 @@
+"""Rate recurrent networks: the discrete map (dt = 1) and its leaky Euler form (dt < 1).
+
+State ``h: [B, N]``, activity ``r = phi(h)``::
+
+    h[t+1] = (1 - dt) h[t] + dt (J phi(h[t]) + W_in x[t+1] + b)        (dt = 1: the discrete map)
+    D[t]   = (1 - dt) I + dt J diag(phi'(h[t]))
+
+Exponents are reported per unit time (time unit tau = 1), i.e. divided by ``steps * dt``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .._random import rand, randn
+from .base import RecurrentModel
+
+__all__ = ["RateParams", "rate_step", "rate_tangent", "RateRNN", "NONLINEARITIES"]
+
+NONLINEARITIES = ("tanh", "relu")
+
+
+class RateParams(NamedTuple):
+    """Tensors and settings read by :func:`rate_step` and :func:`rate_tangent`."""
+
+    weight_rec: torch.Tensor  # J [N, N]
+    weight_in: torch.Tensor  # W_in [N, n_in]
+    bias: torch.Tensor  # b [N]
+    dt: float
+    nonlinearity: str
+
+
+def _phi(h: torch.Tensor, name: str) -> torch.Tensor:
+    return torch.tanh(h) if name == "tanh" else torch.relu(h)
+
+
+def _dphi(h: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "tanh":
+        return 1.0 - torch.tanh(h) ** 2
+    return (h > 0).to(h.dtype)
+
+
+def rate_step(x: torch.Tensor, h: torch.Tensor, p: RateParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of the rate network: ``(phi(h_new), h_new)``."""
+    drive = _phi(h, p.nonlinearity) @ p.weight_rec.T + x @ p.weight_in.T + p.bias
+    h_new = drive if p.dt == 1.0 else (1.0 - p.dt) * h + p.dt * drive
+    return _phi(h_new, p.nonlinearity), h_new
+
+
+def rate_tangent(x: torch.Tensor, h: torch.Tensor, p: RateParams, Q: torch.Tensor) -> torch.Tensor:
+    """``D[t] Q`` with ``D[t] = (1 - dt) I + dt J diag(phi'(h[t]))``; ``Q: [B, N, k]``."""
+    JQ = torch.matmul(p.weight_rec, _dphi(h, p.nonlinearity).unsqueeze(-1) * Q)
+    return JQ if p.dt == 1.0 else (1.0 - p.dt) * Q + p.dt * JQ
+
+
+class RateRNN(RecurrentModel):
+    """Rate RNN with random Gaussian coupling ``J ~ N(0, g^2 / N)``, input, bias and a linear readout.
+
+    Args:
+        n_in, n_hidden, n_out: input, hidden and output sizes (``n_in = 0`` gives an autonomous network).
+        g: coupling gain; g > 1 makes the large network chaotic.
+        dt: Euler step in units of the time constant; ``dt = 1`` is the discrete map.
+        nonlinearity: ``"tanh"`` or ``"relu"``.
+        input_scale: input weights are ``N(0, input_scale^2)``.
+        bias: learnable bias (initialised at zero); ``False`` keeps a zero buffer.
+        generator: a ``torch.Generator`` for reproducible weights.
+
+    ``model(x)`` maps ``x: [T, B, n_in]`` to ``(outputs [T, B, n_out], states [T, B, N])``; the readout is
+    ``W_out phi(h) + b_out``.
+    """
+
+    tangent_function = staticmethod(rate_tangent)
+    step_function = staticmethod(rate_step)
+
+    def __init__(self, n_in: int, n_hidden: int, n_out: int, *, g: float = 1.0, dt: float = 1.0,
+                 nonlinearity: str = "tanh", input_scale: float = 1.0, bias: bool = True,
+                 generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        for name, v in (("n_in", n_in), ("n_out", n_out)):
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+        if not isinstance(n_hidden, int) or n_hidden < 1:
+            raise ValueError(f"n_hidden must be a positive int, got {n_hidden!r}")
+        if not (math.isfinite(g) and g >= 0):
+            raise ValueError(f"g must be a non-negative finite number, got {g!r}")
+        if not (0.0 < dt <= 1.0):
+            raise ValueError(f"dt must be in (0, 1] (units of the time constant), got {dt!r}")
+        if nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
+        self.n_in, self.n_hidden, self.n_out = n_in, n_hidden, n_out
+        self.g, self.dt, self.nonlinearity = float(g), float(dt), nonlinearity
+        dtype = dtype or torch.get_default_dtype()
+        # Draw on the CPU with the generator, then move: reproducible across devices.
+        J = randn(n_hidden, n_hidden, generator=generator, dtype=dtype) * (g / math.sqrt(n_hidden))
+        W_in = randn(n_hidden, n_in, generator=generator, dtype=dtype) * input_scale
+        self.weight_rec = nn.Parameter(J.to(device))
+        self.weight_in = nn.Parameter(W_in.to(device))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(n_hidden, dtype=dtype, device=device))
+        else:
+            self.register_buffer("bias", torch.zeros(n_hidden, dtype=dtype, device=device))
+        self.readout_layer = nn.Linear(n_hidden, n_out, device=device, dtype=dtype)
+        bound = 1.0 / math.sqrt(n_hidden)
+        with torch.no_grad():  # seeded readout init (nn.Linear would use the global RNG)
+            self.readout_layer.weight.copy_(rand(n_out, n_hidden, generator=generator, dtype=dtype) * 2 * bound - bound)
+            self.readout_layer.bias.zero_()
+
+    @property
+    def state_dim(self) -> int:
+        return self.n_hidden
+
+    def params(self) -> RateParams:
+        return RateParams(self.weight_rec, self.weight_in, self.bias, self.dt, self.nonlinearity)
+
+    def initial_state(self, batch: int, *, random: bool = False, generator: torch.Generator | None = None,
+                      device=None, dtype=None) -> torch.Tensor:
+        """Zeros, or ``N(0, 1)`` entries when ``random=True`` (a generic point on the attractor's basin)."""
+        f = self._factory()
+        device, dtype = device or f["device"], dtype or f["dtype"]
+        if not random:
+            return torch.zeros(batch, self.n_hidden, device=device, dtype=dtype)
+        return randn(batch, self.n_hidden, generator=generator, dtype=dtype).to(device)
+
+    def readout(self, activity: torch.Tensor) -> torch.Tensor:
+        return self.readout_layer(activity)
+
+    def extra_repr(self) -> str:
+        return (f"n_in={self.n_in}, n_hidden={self.n_hidden}, n_out={self.n_out}, g={self.g}, dt={self.dt}, "
+                f"nonlinearity={self.nonlinearity!r}")
