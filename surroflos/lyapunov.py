@@ -19,6 +19,8 @@ differentiated (the local form of seed 003).
 from __future__ import annotations
 
 import contextlib
+import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,6 +147,7 @@ class _FiniteGuard:
         self.eager = device.type == "cpu"
         self.qr_every = qr_every
         self.flags: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        self.min_kept: torch.Tensor | None = None
 
     def check(self, t: int, state: torch.Tensor, logdiag: torch.Tensor) -> None:
         s_ok, r_ok = torch.isfinite(state).all(), torch.isfinite(logdiag).all()
@@ -153,7 +156,40 @@ class _FiniteGuard:
         else:
             self.flags.append((t, s_ok, r_ok))
 
+    def qr(self, t: int, state: torch.Tensor, Q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Re-orthonormalise ``Q``; return the new frame and ``log|R_ii|`` after checking both.
+
+        Also tracks how much of each column survived orthogonalisation, ``|R_ii| / ||q_i||``: below
+        ``sqrt(eps)`` of the dtype the small directions are being lost to rounding (``qr_every`` too
+        large for the spread of the spectrum), which :meth:`finish` reports as a warning.
+        """
+        Qn, R = torch.linalg.qr(Q)
+        logdiag = R.diagonal(dim1=-2, dim2=-1).abs().log()
+        self.check(t, state, logdiag)
+        with torch.no_grad():
+            kept = (logdiag - Q.norm(dim=-2).log()).min()
+        self.min_kept = kept if self.min_kept is None else torch.minimum(self.min_kept, kept)
+        return Qn, logdiag
+
+    def check_state(self, t: int, state: torch.Tensor) -> None:
+        """State-only check, run every step so that the reported step is the one where it diverged."""
+        s_ok = torch.isfinite(state).all()
+        if self.eager:
+            self._raise_if_bad(t, bool(s_ok), True)
+        else:
+            self.flags.append((t, s_ok, torch.ones_like(s_ok)))
+
     def finish(self) -> None:
+        if self.min_kept is not None:
+            limit = 0.5 * math.log(torch.finfo(self.min_kept.dtype).eps)
+            if float(self.min_kept) < limit:
+                warnings.warn(
+                    f"lyapunov_spectrum: between two QRs the smallest tracked direction shrank to "
+                    f"exp({float(self.min_kept):.1f}) of its column's length, below sqrt(eps) of "
+                    f"{self.min_kept.dtype}; the smallest exponents lose accuracy to rounding. "
+                    + (f"Lower qr_every={self.qr_every}, " if self.qr_every > 1 else "")
+                    + "ask for fewer exponents k, or use float64.",
+                    RuntimeWarning, stacklevel=3)
         if self.flags:
             ok = torch.stack([torch.stack([s, r]) for _, s, r in self.flags]).cpu()
             bad = (~ok.all(dim=1)).nonzero()
@@ -225,13 +261,14 @@ def lyapunov_spectrum(model, inputs: torch.Tensor, k: int, *, qr_every: int = 1,
     with contextlib.nullcontext() if grad_through_transient else torch.no_grad():
         for t in range(transient):
             state = step(inputs[t], state, params)[1]
+            guard.check_state(t, state)
         Q = orthonormal_frame(batch, model.state_dim, k, generator=generator, dtype=inputs.dtype, device=inputs.device)
         for j, t in enumerate(range(transient, start)):
             Q = tangent(inputs[t], state, params, Q)
             state = step(inputs[t], state, params)[1]
+            guard.check_state(t, state)
             if (j + 1) % qr_every == 0 or t == start - 1:
-                Q, R = torch.linalg.qr(Q)
-                guard.check(t, state, R.diagonal(dim1=-2, dim2=-1).abs().log())
+                Q, logdiag = guard.qr(t, state, Q)
 
     log_sum = torch.zeros(batch, k, dtype=inputs.dtype, device=inputs.device)
     history, times = [], []
@@ -242,10 +279,9 @@ def lyapunov_spectrum(model, inputs: torch.Tensor, k: int, *, qr_every: int = 1,
                 state = step(inputs[t], state, params)[1]
         else:
             state = step(inputs[t], state, params)[1]
+        guard.check_state(t, state)
         if (j + 1) % qr_every == 0 or t == T - 1:
-            Q, R = torch.linalg.qr(Q)
-            logdiag = R.diagonal(dim1=-2, dim2=-1).abs().log()
-            guard.check(t, state, logdiag)
+            Q, logdiag = guard.qr(t, state, Q)
             log_sum = log_sum + logdiag
             history.append(log_sum.detach() / ((j + 1) * dt))
             times.append((j + 1) * dt)

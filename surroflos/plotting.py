@@ -80,7 +80,7 @@ def save_figure(fig, path: str | os.PathLike) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     root, ext = os.path.splitext(path)
     tmp = f"{root}.tmp{os.getpid()}{ext}"
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    fig.savefig(tmp, dpi=120)
     os.replace(tmp, path)
     _plt().close(fig)
     return path
@@ -89,5 +89,6 @@ def save_figure(fig, path: str | os.PathLike) -> str:
 def figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 3.6)):
     """A figure with a grid of axes (flattened list)."""
     plt = _plt()
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False,
+                             layout="constrained")
     return fig, [ax for row in axes for ax in row]
