@@ -46,7 +46,6 @@ def run_demo(out: str = "outputs/demo", seed: int = 0, quick: bool = False,
 def _run(out: str, seed: int, quick: bool, device) -> dict:
     t_start = time.perf_counter()
     n, k_floss, k_show = 64, 4, 32
-    steps = 10 if quick else 200
     T_eval = 250 if quick else 1200
     gen = torch.Generator().manual_seed(seed)
     nets = {
@@ -56,20 +55,22 @@ def _run(out: str, seed: int, quick: bool, device) -> dict:
     }
     x_eval = torch.randn(T_eval, 8, 1, generator=torch.Generator().manual_seed(seed + 1)).to(device)
     # Adam settings per network: the rate network's large couplings need a larger step.
-    floss_cfg = {"rate (tanh, g=3)": {"lr": 1e-2, "batch": 8}, "LIF (beta=0.9, atan surrogate, g=3)": {"lr": 3e-3, "batch": 16}}
-    summary: dict = {"config": {"N": n, "k_flossed": k_floss, "flossing_steps": steps, "T_flossing": 60,
+    floss_cfg = {"rate (tanh, g=3)": {"lr": 1e-2, "batch": 16, "steps": 10 if quick else 400},
+                 "LIF (beta=0.9, atan surrogate, g=3)": {"lr": 3e-3, "batch": 16, "steps": 10 if quick else 500}}
+    summary: dict = {"config": {"N": n, "k_flossed": k_floss, "T_flossing": 60,
                                 "flossing": floss_cfg, "T_eval": T_eval, "seed": seed, "device": str(device)}}
     fig, axes = plotting.figure(2, 2)
     print(f"surroflos demo: Lyapunov spectra before/after preflossing the first {k_floss} exponents to 0 "
-          f"(N={n}, {steps} flossing steps)")
+          f"(N={n})")
     for col, (name, net) in enumerate(nets.items()):
         before = _spectrum(net, x_eval, k_show, seed + 2)
         t0 = time.perf_counter()
-        hist = floss(net, steps, k=k_floss, T=60, generator=gen, **floss_cfg[name])
+        cfg = floss_cfg[name]
+        hist = floss(net, cfg["steps"], k=k_floss, T=60, lr=cfg["lr"], batch=cfg["batch"], generator=gen)
         took = time.perf_counter() - t0
         after = _spectrum(net, x_eval, k_show, seed + 2)
         b, a = before.mean(), after.mean()
-        print(f"\n{name}  (flossing took {took:.1f} s)")
+        print(f"\n{name}  ({cfg['steps']} flossing steps, {took:.1f} s)")
         print(f"  before: {_fmt(b)} ...   lambda_1 = {b[0]:+.4f}  KY dim = {float(before.kaplan_yorke_dimension().mean()):.2f}")
         print(f"  after:  {_fmt(a)} ...   lambda_1 = {a[0]:+.4f}  KY dim = {float(after.kaplan_yorke_dimension().mean()):.2f}")
         plotting.plot_spectra(axes[col], {"before": before.exponents, "after preflossing": after.exponents},

@@ -74,7 +74,7 @@ def test_quick_demo_reports_reproducible_spectra(tmp_path):
     summary = json.loads((out / "demo.json").read_text())
     rate = summary["rate (tanh, g=3)"]
     assert len(rate["before"]) == 32 and len(rate["after"]) == 32
-    assert len(rate["flossing_history"]) == summary["config"]["flossing_steps"]
+    assert len(rate["flossing_history"]) == summary["config"]["flossing"]["rate (tanh, g=3)"]["steps"]
     # The "before" spectrum is that of a fresh network built from the same seed.
     net = surroflos.RateRNN(1, 64, 1, g=3.0, generator=torch.Generator().manual_seed(1))
     x = torch.randn(summary["config"]["T_eval"], 8, 1, generator=torch.Generator().manual_seed(2))
