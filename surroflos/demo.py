@@ -23,7 +23,7 @@ __all__ = ["run_demo"]
 
 def _spectrum(model, x, k, seed):
     with torch.no_grad():
-        return lyapunov_spectrum(model, x, k, qr_every=5, transient=100, frame_warmup=100,
+        return lyapunov_spectrum(model, x, k, qr_every=1, transient=100, frame_warmup=100,
                                  generator=torch.Generator().manual_seed(seed))
 
 
