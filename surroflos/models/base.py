@@ -20,8 +20,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional
 
+import math
+
 import torch
 from torch import nn
+
+from .._random import rand, randn
 
 __all__ = ["RecurrentModel", "Rollout", "jvp_tangent", "check_inputs"]
 
@@ -114,6 +118,40 @@ class RecurrentModel(nn.Module):
         """One time step ``(out, new_state)`` with the module's current parameters."""
         p = self.params() if params is None else params
         return self.step_function(x, state, p)
+
+    def _init_network(self, n_in: int, n_hidden: int, n_out: int, *, g: float, input_scale: float, bias: bool,
+                      generator: torch.Generator | None, device, dtype) -> torch.dtype:
+        """Check the sizes and gain, then create the weights every model shares, seeded by ``generator``.
+
+        ``weight_rec ~ N(0, g^2 / N)``, ``weight_in ~ N(0, input_scale^2)``, ``bias`` zeros (a buffer when
+        ``bias=False``), and a linear readout ``readout_layer`` (uniform +-1/sqrt(N) weights, zero bias).
+        Returns the dtype used.
+        """
+        for name, v in (("n_in", n_in), ("n_out", n_out)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+        if isinstance(n_hidden, bool) or not isinstance(n_hidden, int) or n_hidden < 1:
+            raise ValueError(f"n_hidden must be a positive int, got {n_hidden!r}")
+        if not (math.isfinite(g) and g >= 0):
+            raise ValueError(f"g must be a non-negative finite number, got {g!r}")
+        self.n_in, self.n_hidden, self.n_out, self.g = n_in, n_hidden, n_out, float(g)
+        dtype = dtype or torch.get_default_dtype()
+        # Drawn where the generator lives, then moved: the same seed gives the same network on any device.
+        J = randn(n_hidden, n_hidden, generator=generator, dtype=dtype) * (g / math.sqrt(n_hidden))
+        W_in = randn(n_hidden, n_in, generator=generator, dtype=dtype) * input_scale
+        self.weight_rec = nn.Parameter(J.to(device))
+        self.weight_in = nn.Parameter(W_in.to(device))
+        zeros = torch.zeros(n_hidden, dtype=dtype, device=device)
+        if bias:
+            self.bias = nn.Parameter(zeros)
+        else:
+            self.register_buffer("bias", zeros)
+        self.readout_layer = nn.Linear(n_hidden, n_out, device=device, dtype=dtype)
+        bound = 1.0 / math.sqrt(n_hidden)
+        with torch.no_grad():  # seeded, unlike nn.Linear's own init which uses the global RNG
+            self.readout_layer.weight.copy_(rand(n_out, n_hidden, generator=generator, dtype=dtype) * 2 * bound - bound)
+            self.readout_layer.bias.zero_()
+        return dtype
 
     def _factory(self) -> dict:
         p = next(self.parameters())

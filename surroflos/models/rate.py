@@ -10,13 +10,11 @@ Exponents are reported per unit time (time unit tau = 1), i.e. divided by ``step
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
-from torch import nn
 
-from .._random import rand, randn
+from .._random import randn
 from .base import RecurrentModel
 
 __all__ = ["RateParams", "rate_step", "rate_tangent", "RateRNN", "NONLINEARITIES"]
@@ -81,34 +79,13 @@ class RateRNN(RecurrentModel):
                  generator: torch.Generator | None = None, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        for name, v in (("n_in", n_in), ("n_out", n_out)):
-            if not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
-        if not isinstance(n_hidden, int) or n_hidden < 1:
-            raise ValueError(f"n_hidden must be a positive int, got {n_hidden!r}")
-        if not (math.isfinite(g) and g >= 0):
-            raise ValueError(f"g must be a non-negative finite number, got {g!r}")
         if not (0.0 < dt <= 1.0):
             raise ValueError(f"dt must be in (0, 1] (units of the time constant), got {dt!r}")
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
-        self.n_in, self.n_hidden, self.n_out = n_in, n_hidden, n_out
-        self.g, self.dt, self.nonlinearity = float(g), float(dt), nonlinearity
-        dtype = dtype or torch.get_default_dtype()
-        # Draw on the CPU with the generator, then move: reproducible across devices.
-        J = randn(n_hidden, n_hidden, generator=generator, dtype=dtype) * (g / math.sqrt(n_hidden))
-        W_in = randn(n_hidden, n_in, generator=generator, dtype=dtype) * input_scale
-        self.weight_rec = nn.Parameter(J.to(device))
-        self.weight_in = nn.Parameter(W_in.to(device))
-        if bias:
-            self.bias = nn.Parameter(torch.zeros(n_hidden, dtype=dtype, device=device))
-        else:
-            self.register_buffer("bias", torch.zeros(n_hidden, dtype=dtype, device=device))
-        self.readout_layer = nn.Linear(n_hidden, n_out, device=device, dtype=dtype)
-        bound = 1.0 / math.sqrt(n_hidden)
-        with torch.no_grad():  # seeded readout init (nn.Linear would use the global RNG)
-            self.readout_layer.weight.copy_(rand(n_out, n_hidden, generator=generator, dtype=dtype) * 2 * bound - bound)
-            self.readout_layer.bias.zero_()
+        self._init_network(n_in, n_hidden, n_out, g=g, input_scale=input_scale, bias=bias, generator=generator,
+                           device=device, dtype=dtype)
+        self.dt, self.nonlinearity = float(dt), nonlinearity
 
     @property
     def state_dim(self) -> int:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .. import surrogate as sg
-from .._random import rand, randn
+from .._random import rand
 from .base import RecurrentModel
 
 __all__ = ["SpikingParams", "lif_step", "lif_tangent", "cuba_step", "cuba_tangent", "SpikingRNN",
@@ -176,35 +176,19 @@ class SpikingRNN(RecurrentModel):
                  generator: torch.Generator | None = None, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        for name, v in (("n_in", n_in), ("n_out", n_out)):
-            if not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
-        if not isinstance(n_hidden, int) or n_hidden < 1:
-            raise ValueError(f"n_hidden must be a positive int, got {n_hidden!r}")
         for name, v, allowed in (("neuron", neuron, NEURONS), ("reset", reset, RESETS), ("readout", readout, READOUTS)):
             if v not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {v!r}")
-        if not (math.isfinite(g) and g >= 0):
-            raise ValueError(f"g must be a non-negative finite number, got {g!r}")
         if not (math.isfinite(dt) and dt > 0):
             raise ValueError(f"dt must be positive, got {dt!r}")
         if not (0.0 <= readout_beta <= 1.0):
             raise ValueError(f"readout_beta must lie in [0, 1], got {readout_beta!r}")
-        self.n_in, self.n_hidden, self.n_out = n_in, n_hidden, n_out
+        dtype = self._init_network(n_in, n_hidden, n_out, g=g, input_scale=input_scale, bias=bias,
+                                   generator=generator, device=device, dtype=dtype)
         self.neuron, self.reset, self.detach_reset = neuron, reset, bool(detach_reset)
         self.surrogate = sg.get(surrogate)
-        self.smooth, self.dt, self.g = bool(smooth), float(dt), float(g)
+        self.smooth, self.dt = bool(smooth), float(dt)
         self.readout_kind, self.readout_beta = readout, float(readout_beta)
-        dtype = dtype or torch.get_default_dtype()
-        W = randn(n_hidden, n_hidden, generator=generator, dtype=dtype) * (g / math.sqrt(n_hidden))
-        W_in = randn(n_hidden, n_in, generator=generator, dtype=dtype) * input_scale
-        self.weight_rec = nn.Parameter(W.to(device))
-        self.weight_in = nn.Parameter(W_in.to(device))
-        zeros = torch.zeros(n_hidden, dtype=dtype, device=device)
-        if bias:
-            self.bias = nn.Parameter(zeros)
-        else:
-            self.register_buffer("bias", zeros)
         # Parameters or buffers, so .to()/state_dict carry them either way.
         for name, value, learn, lo, hi in (("beta", beta, learn_beta, 0.0, 1.0),
                                            ("alpha", alpha, learn_alpha, 0.0, 1.0),
@@ -216,11 +200,6 @@ class SpikingRNN(RecurrentModel):
                 self.register_buffer(name, t)
         if not bool((self.threshold > 0).all()):
             raise ValueError(f"threshold must be positive, got {threshold!r}")
-        self.readout_layer = nn.Linear(n_hidden, n_out, device=device, dtype=dtype)
-        bound = 1.0 / math.sqrt(n_hidden)
-        with torch.no_grad():
-            self.readout_layer.weight.copy_(rand(n_out, n_hidden, generator=generator, dtype=dtype) * 2 * bound - bound)
-            self.readout_layer.bias.zero_()
 
     @property
     def step_function(self):  # type: ignore[override]
