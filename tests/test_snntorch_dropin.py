@@ -1,0 +1,545 @@
+"""surroflos.snntorch: drop-in snnTorch layers with a whole-sequence path.
+
+The reference is always snnTorch's own class run step by step with the states passed explicitly;
+the sequence path must reproduce its spikes exactly, its states to 1e-6 and its gradients to 1e-5.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import pytest
+import snntorch as snn
+import torch
+from snntorch import surrogate as ss
+from torch import nn
+
+from surroflos import Surrogate
+from surroflos import snntorch as S
+from surroflos.models.base import jvp_tangent
+
+T, B, N = 12, 3, 5
+
+SURROGATES = {
+    "atan": lambda: ss.atan(),
+    "fast_sigmoid": lambda: ss.fast_sigmoid(),
+    "sigmoid": lambda: ss.sigmoid(),
+}
+CUSTOM_SLOPES = {
+    "atan": lambda: ss.atan(alpha=4.0),
+    "fast_sigmoid": lambda: ss.fast_sigmoid(slope=7),
+    "sigmoid": lambda: ss.sigmoid(slope=3.0),
+}
+
+KINDS = {
+    # kind: (snnTorch class, our class, state names)
+    "leaky": (snn.Leaky, S.Leaky, ("mem",)),
+    "synaptic": (snn.Synaptic, S.Synaptic, ("syn", "mem")),
+    "rleaky": (snn.RLeaky, S.RLeaky, ("spk", "mem")),
+    "rsynaptic": (snn.RSynaptic, S.RSynaptic, ("spk", "syn", "mem")),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# harness
+# ------------------------------------------------------------------------------------------------
+
+
+def constructor_kwargs(kind: str, *, reset="subtract", reset_delay=True, learn=False, per_neuron=False,
+                       spike_grad=None, one_to_one=False, **extra) -> dict:
+    if per_neuron:  # includes values outside [0, 1] so that the clamp matters
+        beta = torch.tensor([0.5, 0.9, 1.3, -0.2, 0.7])
+        threshold = torch.tensor([1.0, 0.8, 1.2, 1.0, 0.9])
+    else:
+        beta, threshold = 0.85, 1.0
+    kw = dict(beta=beta, threshold=threshold, reset_mechanism=reset, reset_delay=reset_delay, learn_beta=learn,
+              learn_threshold=learn, spike_grad=spike_grad)
+    if kind in ("synaptic", "rsynaptic"):
+        kw.update(alpha=torch.tensor([0.6, 0.8, 1.1, 0.5, 0.3]) if per_neuron else 0.7, learn_alpha=learn)
+    if kind in ("rleaky", "rsynaptic"):
+        if one_to_one:
+            kw.update(all_to_all=False, V=torch.tensor([0.4, -0.3, 0.2, 0.5, -0.1]))
+        else:
+            kw.update(linear_features=N)
+    kw.update(extra)
+    return kw
+
+
+def make_pair(kind: str, kw: dict, seed: int = 0):
+    """The snnTorch layer and ours with identical parameters."""
+    ref_cls, our_cls, _ = KINDS[kind]
+    torch.manual_seed(seed)
+    clone = lambda v: v.clone() if isinstance(v, torch.Tensor) else v  # noqa: E731 - no shared storage
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = ref_cls(**{k: clone(v) for k, v in kw.items()})
+        ours = our_cls(**{k: clone(v) for k, v in kw.items()})
+    if isinstance(getattr(ref, "recurrent", None), nn.Linear):
+        with torch.no_grad():  # keep membranes where snnTorch's sigmoid backward does not overflow
+            ref.recurrent.weight.mul_(0.5)
+            ref.recurrent.bias.abs_().mul_(0.3)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def make_inputs(kind: str, seed: int = 1, shape=(T, B, N), dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = (-0.1, 0.5) if kind in ("synaptic", "rsynaptic") else (-0.15, 0.8)
+    x = torch.rand(shape, generator=g, dtype=dtype) * (hi - lo) + lo
+    x[:, :, 0] += 0.6  # one neuron is strongly driven, so spikes and resets happen early
+    step = shape[1:]
+    state = {"spk": (torch.rand(step, generator=g) < 0.3).to(dtype),
+             "syn": torch.rand(step, generator=g, dtype=dtype) * 0.3,
+             "mem": torch.rand(step, generator=g, dtype=dtype) * 1.2}
+    return x, state
+
+
+def reference_loop(kind: str, layer, x, state):
+    """snnTorch's own step-by-step loop, states passed explicitly; returns what ``sequence`` returns."""
+    outs = []
+    st = list(state)
+    for t in range(x.shape[0]):
+        if kind == "leaky":
+            spk, st[0] = layer(x[t], st[0])
+            outs.append((spk, st[0]))
+        elif kind == "synaptic":
+            spk, st[0], st[1] = layer(x[t], st[0], st[1])
+            outs.append((spk, st[0], st[1]))
+        elif kind == "rleaky":
+            st[0], st[1] = layer(x[t], st[0], st[1])
+            outs.append((st[0], st[1]))
+        else:
+            st[0], st[1], st[2] = layer(x[t], st[0], st[1], st[2])
+            outs.append(tuple(st))
+    return tuple(torch.stack(c) for c in zip(*outs))
+
+
+def run_with_grads(layer, fn, x0, state0, weights):
+    x = x0.clone().requires_grad_(True)
+    state = tuple(s.clone().requires_grad_(True) for s in state0)
+    outs = fn(layer, x, state)
+    loss = sum((o * w).sum() for o, w in zip(outs, weights))
+    named = [(n, p) for n, p in layer.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, [x, *state, *(p for _, p in named)], allow_unused=True)
+    names = ["x"] + [f"state.{i}" for i in range(len(state))] + [n for n, _ in named]
+    return [o.detach() for o in outs], dict(zip(names, grads))
+
+
+def check_equivalent(kind: str, kw: dict, *, zero_state: bool = False, seed: int = 0):
+    ref, ours = make_pair(kind, kw, seed)
+    x, st = make_inputs(kind, seed + 1)
+    names = KINDS[kind][2]
+    state0 = tuple(torch.zeros_like(st[n]) if zero_state else st[n] for n in names)
+    n_out = 2 if kind in ("leaky", "rleaky") else 3
+    g = torch.Generator().manual_seed(seed + 2)
+    weights = [torch.randn(x.shape, generator=g) for _ in range(n_out)]
+
+    ref_out, ref_grads = run_with_grads(ref, lambda l, xx, s: reference_loop(kind, l, xx, s), x, state0, weights)
+    our_out, our_grads = run_with_grads(
+        ours, lambda l, xx, s: l.sequence(xx, None if zero_state else (s[0] if len(s) == 1 else s)), x, state0,
+        weights)
+
+    spk_ref, spk_ours = ref_out[0], our_out[0]
+    rate = float((spk_ref > 0.5).float().mean())  # > 0.5: also for graded and smooth "spikes"
+    assert 0.02 < rate < 0.9, f"degenerate test input: spike rate {rate}"
+    assert torch.equal(spk_ours, spk_ref.to(spk_ours.dtype)), "spikes differ"
+    for i, (a, b) in enumerate(zip(our_out[1:], ref_out[1:])):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=lambda m: f"state output {i + 1}: {m}")
+    if zero_state:  # we passed state=None: there is no initial state to differentiate
+        ref_grads = {k: v for k, v in ref_grads.items() if not k.startswith("state.")}
+        our_grads = {k: v for k, v in our_grads.items() if not k.startswith("state.")}
+    assert set(our_grads) == set(ref_grads)
+    for name, gr in ref_grads.items():
+        go = our_grads[name]
+        if gr is None:
+            assert go is None, f"{name}: snnTorch has no gradient, we do"
+            continue
+        assert go is not None, f"{name}: no gradient"
+        assert torch.isfinite(gr).all(), f"{name}: snnTorch's gradient is not finite (test inputs too extreme)"
+        torch.testing.assert_close(go, gr, rtol=1e-5, atol=1e-5, msg=lambda m: f"grad {name}: {m}")
+    return ref_grads
+
+
+# ------------------------------------------------------------------------------------------------
+# equivalence with snnTorch
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("per_neuron", [False, True], ids=["scalar", "per_neuron"])
+@pytest.mark.parametrize("learn", [False, True], ids=["fixed", "learn"])
+@pytest.mark.parametrize("reset_delay", [True, False], ids=["delay", "nodelay"])
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("surrogate", list(SURROGATES))
+def test_leaky_matches_snntorch(surrogate, reset, reset_delay, learn, per_neuron):
+    kw = constructor_kwargs("leaky", reset=reset, reset_delay=reset_delay, learn=learn, per_neuron=per_neuron,
+                            spike_grad=SURROGATES[surrogate]())
+    grads = check_equivalent("leaky", kw)
+    if learn:  # the gradients we compared are real
+        assert grads["beta"] is not None and grads["threshold"] is not None
+        assert grads["beta"].abs().sum() > 0 and grads["threshold"].abs().sum() > 0
+
+
+def _subset(kind_seed: int):
+    """A representative subset: every surrogate x reset x reset_delay, cycling learn / per-neuron."""
+    cases = []
+    for i, (sur, reset, delay) in enumerate(itertools.product(SURROGATES, ("subtract", "zero"), (True, False))):
+        learn = (i + kind_seed) % 2 == 0
+        per_neuron = (i + kind_seed) % 3 == 0
+        cases.append(pytest.param(sur, reset, delay, learn, per_neuron,
+                                  id=f"{sur}-{reset}-{'delay' if delay else 'nodelay'}-"
+                                     f"{'learn' if learn else 'fixed'}-{'pn' if per_neuron else 'sc'}"))
+    return cases
+
+
+@pytest.mark.parametrize("surrogate,reset,reset_delay,learn,per_neuron", _subset(1))
+def test_synaptic_matches_snntorch(surrogate, reset, reset_delay, learn, per_neuron):
+    kw = constructor_kwargs("synaptic", reset=reset, reset_delay=reset_delay, learn=learn, per_neuron=per_neuron,
+                            spike_grad=SURROGATES[surrogate]())
+    check_equivalent("synaptic", kw)
+
+
+@pytest.mark.parametrize("surrogate,reset,reset_delay,learn,per_neuron", _subset(0))
+def test_rleaky_matches_snntorch(surrogate, reset, reset_delay, learn, per_neuron):
+    kw = constructor_kwargs("rleaky", reset=reset, reset_delay=reset_delay, learn=learn, per_neuron=per_neuron,
+                            spike_grad=SURROGATES[surrogate]())
+    grads = check_equivalent("rleaky", kw)
+    assert grads["recurrent.weight"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("surrogate,reset,reset_delay,learn,per_neuron", _subset(2))
+def test_rsynaptic_matches_snntorch(surrogate, reset, reset_delay, learn, per_neuron):
+    kw = constructor_kwargs("rsynaptic", reset=reset, reset_delay=reset_delay, learn=learn, per_neuron=per_neuron,
+                            spike_grad=SURROGATES[surrogate]())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # reset_delay=False warning, tested separately
+        grads = check_equivalent("rsynaptic", kw)
+    assert grads["recurrent.weight"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["rleaky", "rsynaptic"])
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_recurrent_one_to_one_matches_snntorch(kind, reset):
+    kw = constructor_kwargs(kind, reset=reset, learn=True, one_to_one=True)
+    grads = check_equivalent(kind, kw)
+    assert grads["V"] is not None and grads["V"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("surrogate", list(CUSTOM_SLOPES))
+def test_custom_slopes_match_snntorch(kind, surrogate):
+    kw = constructor_kwargs(kind, reset="zero", learn=True, spike_grad=CUSTOM_SLOPES[surrogate]())
+    check_equivalent(kind, kw)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_default_spike_grad_and_zero_state(kind):
+    check_equivalent(kind, constructor_kwargs(kind, learn=True), zero_state=True)
+
+
+@pytest.mark.parametrize("kind", ["leaky", "synaptic", "rleaky"])
+@pytest.mark.parametrize("reset_delay", [True, False])
+def test_no_reset_matches_snntorch(kind, reset_delay):
+    # small decays: without a reset the membrane would otherwise stay above threshold
+    check_equivalent(kind, constructor_kwargs(kind, reset="none", reset_delay=reset_delay, learn=True, beta=0.3,
+                                              **({"alpha": 0.3} if kind == "synaptic" else {})))
+
+
+@pytest.mark.parametrize("reset_delay", [True, False])
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_leaky_graded_spikes_factor(reset, reset_delay):
+    kw = constructor_kwargs("leaky", reset=reset, reset_delay=reset_delay, learn=True, graded_spikes_factor=0.6,
+                            learn_graded_spikes_factor=True)
+    grads = check_equivalent("leaky", kw)
+    assert grads["graded_spikes_factor"].abs() > 0
+
+
+def test_output_true_is_supported():
+    check_equivalent("leaky", constructor_kwargs("leaky", output=True))
+
+
+def test_rsynaptic_reset_delay_false_reproduces_snntorch_and_warns():
+    # snnTorch 1.0's RSynaptic discards its immediate reset: reset_delay=False behaves like True.
+    kw = constructor_kwargs("rsynaptic", reset="subtract", reset_delay=False)
+    with pytest.warns(UserWarning, match="reset_delay=False"):
+        check_equivalent("rsynaptic", kw)
+    ref_true, ours_true = make_pair("rsynaptic", dict(kw, reset_delay=True))
+    _, ours_false = make_pair("rsynaptic", kw)
+    x, _ = make_inputs("rsynaptic")
+    with pytest.warns(UserWarning):
+        out_false = ours_false.sequence(x)
+    for a, b in zip(out_false, ours_true.sequence(x)):
+        assert torch.equal(a, b)
+
+
+def test_recurrent_conv2d_sequence_matches_snntorch():
+    kw = dict(beta=0.8, conv2d_channels=2, kernel_size=3)
+    ref, ours = make_pair("rleaky", kw)
+    x, st = make_inputs("rleaky", shape=(6, 2, 2, 4, 4))
+    state0 = (st["spk"], st["mem"])
+    ref_out = reference_loop("rleaky", ref, x, state0)
+    our_out = ours.sequence(x, state0)
+    assert torch.equal(ref_out[0], our_out[0]) and ref_out[0].any()
+    torch.testing.assert_close(our_out[1], ref_out[1], rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# surrogates
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spike_grad,expected", [
+    (ss.atan(), Surrogate("atan", 2.0)),
+    (ss.atan(alpha=3), Surrogate("atan", 3.0)),
+    (ss.fast_sigmoid(), Surrogate("fast_sigmoid", 25.0)),
+    (ss.fast_sigmoid(slope=10), Surrogate("fast_sigmoid", 10.0)),
+    (ss.sigmoid(), Surrogate("sigmoid", 25.0)),
+    (ss.sigmoid(slope=4.5), Surrogate("sigmoid", 4.5)),
+    (Surrogate("gaussian", 3.0), Surrogate("gaussian", 3.0)),
+    (ss.straight_through_estimator(), None),
+    (ss.triangular(), None),
+    (ss.atan(alpha=0.0), None),  # not a valid surroflos scale: snnTorch's own function is used
+    (lambda v: (v > 0).float(), None),
+])
+def test_surrogate_from_spike_grad(spike_grad, expected):
+    assert S.surrogate_from_spike_grad(spike_grad) == expected
+
+
+def test_layer_default_surrogate_is_recognised():
+    assert S.Leaky(0.9).params().surrogate == Surrogate("atan", 2.0)
+    assert S.RSynaptic(0.5, 0.9, linear_features=3, spike_grad=ss.sigmoid(slope=5)).params().surrogate == \
+        Surrogate("sigmoid", 5.0)
+
+
+def _smooth_spike(v):  # a deliberately non-Heaviside "spike": the fallback must call it as is
+    return torch.sigmoid(4.0 * v)
+
+
+@pytest.mark.parametrize("kind", ["leaky", "rleaky"])
+@pytest.mark.parametrize("option", ["ste", "custom_surrogate", "smooth", "surrogate_disable"])
+def test_unrecognised_spike_grad_is_called_itself(kind, option):
+    if option == "surrogate_disable":
+        kw = constructor_kwargs(kind, surrogate_disable=True, learn=True)
+    else:
+        fn = {"ste": ss.straight_through_estimator(),
+              "custom_surrogate": ss.custom_surrogate(lambda inp, grad, out: grad * 0.3 / (1 + inp.abs())),
+              "smooth": _smooth_spike}[option]
+        kw = constructor_kwargs(kind, spike_grad=fn, learn=True)
+    _, ours = make_pair(kind, kw)
+    assert ours.params().surrogate is None
+    check_equivalent(kind, kw)
+
+
+def test_surroflos_surrogate_as_spike_grad():
+    kw = constructor_kwargs("rsynaptic", spike_grad=Surrogate("gaussian", 2.0), learn=True, reset="zero")
+    check_equivalent("rsynaptic", kw)
+
+
+def test_sigmoid_gradient_is_finite_where_snntorch_overflows():
+    # snnTorch's sigmoid backward computes exp(-slope x) / (exp(-slope x) + 1)^2 = inf / inf for
+    # slope * (theta - mem) > 88 in float32; the mapped surroflos surrogate stays finite.
+    kw = dict(beta=0.5, spike_grad=ss.sigmoid())
+    ref, ours = make_pair("leaky", kw)
+    x = torch.full((3, 1, 2), -5.0, requires_grad=True)
+    spk, mem = reference_loop("leaky", ref, x, (torch.zeros(1, 2),))
+    (g_ref,) = torch.autograd.grad(spk.sum(), x)
+    spk2, _ = ours.sequence(x)
+    (g_ours,) = torch.autograd.grad(spk2.sum(), x)
+    assert torch.isnan(g_ref).any()
+    assert torch.isfinite(g_ours).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# drop-in: class hierarchy, single step, NIR export, stored state
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_isinstance_and_inherited_forward(kind):
+    ref_cls, our_cls, _ = KINDS[kind]
+    _, ours = make_pair(kind, constructor_kwargs(kind))
+    assert isinstance(ours, ref_cls) and isinstance(ours, snn.SpikingNeuron)
+    assert our_cls.forward is ref_cls.forward
+
+
+def test_sequence_leaves_stored_state_alone_and_continues():
+    _, ours = make_pair("rleaky", constructor_kwargs("rleaky"))
+    x, _ = make_inputs("rleaky")
+    spk, mem = ours.sequence(x)
+    assert ours.mem.numel() == 0 and ours.spk.numel() == 0
+    spk1, mem1 = ours.sequence(x[:5])
+    spk2, mem2 = ours.sequence(x[5:], (spk1[-1], mem1[-1]))
+    assert torch.equal(torch.cat([spk1, spk2]), spk)
+    assert torch.equal(torch.cat([mem1, mem2]), mem)
+
+
+def test_empty_sequence():
+    out = S.Synaptic(0.5, 0.9).sequence(torch.zeros(0, 2, 3))
+    assert len(out) == 3 and all(o.shape == (0, 2, 3) for o in out)
+
+
+def test_export_nir_recognises_our_leaky():
+    pytest.importorskip("nir")
+    pytest.importorskip("nirtorch")
+    from snntorch.export_nir import export_to_nir
+
+    net = nn.Sequential(
+        nn.Linear(5, 4),
+        S.Leaky(beta=torch.full((4,), 0.9), threshold=torch.ones(4), init_hidden=True),
+        nn.Linear(4, 3),
+        S.Leaky(beta=torch.full((3,), 0.8), threshold=torch.full((3,), 1.5), init_hidden=True, output=True),
+    )
+    graph = export_to_nir(net, torch.randn(5))
+    lifs = {k: v for k, v in graph.nodes.items() if type(v).__name__ == "LIF"}
+    assert sorted(lifs) == ["1", "3"]
+    torch.testing.assert_close(torch.as_tensor(lifs["3"].v_threshold), torch.full((3,), 1.5))
+
+
+@pytest.mark.parametrize("kind", ["synaptic", "rleaky", "rsynaptic"])
+def test_export_nir_same_graph_as_snntorch(kind):
+    pytest.importorskip("nir")
+    pytest.importorskip("nirtorch")
+    from snntorch.export_nir import export_to_nir
+
+    kw = dict(beta=torch.full((4,), 0.9), threshold=torch.full((4,), 1.2), init_hidden=True)
+    if kind != "rleaky":
+        kw["alpha"] = torch.full((4,), 0.6)
+    if kind != "synaptic":
+        kw["linear_features"] = 4
+    graphs = []
+    for cls in KINDS[kind][:2]:
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graphs.append(export_to_nir(nn.Sequential(nn.Linear(5, 4), cls(**kw)), torch.randn(5)))
+    ref, ours = ({k: type(v).__name__ for k, v in g.nodes.items()} for g in graphs)
+    assert ours == ref and any(t in ("LIF", "CubaLIF") for t in ours.values())
+    for key, node in graphs[1].nodes.items():
+        if hasattr(node, "v_threshold"):
+            torch.testing.assert_close(torch.as_tensor(node.v_threshold), torch.full((4,), 1.2, dtype=torch.float64),
+                                       check_dtype=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# flat-state maps and analytic tangent maps
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("one_to_one", [False, True], ids=["linear", "one_to_one"])
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("kind", ["rleaky", "rsynaptic"])
+def test_tangent_matches_jvp_float64(kind, reset, one_to_one):
+    kw = constructor_kwargs(kind, reset=reset, per_neuron=True, one_to_one=one_to_one,
+                            spike_grad=ss.fast_sigmoid(slope=5) if one_to_one else None)
+    _, layer = make_pair(kind, kw)
+    layer = layer.double()
+    p = layer.params()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(B, N, generator=g, dtype=torch.float64) * 0.5
+    mem = p.threshold + 0.4 * torch.randn(B, N, generator=g, dtype=torch.float64)
+    state = mem if kind == "rleaky" else torch.cat([torch.randn(B, N, generator=g, dtype=torch.float64), mem], -1)
+    assert state.shape == (B, layer.state_dim)
+    Q = torch.randn(B, layer.state_dim, 4, generator=g, dtype=torch.float64)
+    ours = layer.tangent_function(x, state, p, Q)
+    ref = jvp_tangent(layer.step_function, x, state, p, Q)
+    assert ours.shape == Q.shape
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-10)
+    # The spike (surrogate) part is exercised: removing the recurrence changes the tangent map.
+    p0 = p._replace(recurrent_weight=torch.zeros_like(p.recurrent_weight))
+    assert (layer.tangent_function(x, state, p0, Q) - ours).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("kind", ["rleaky", "rsynaptic"])
+def test_flat_step_rollout_matches_sequence(kind, reset):
+    _, layer = make_pair(kind, constructor_kwargs(kind, reset=reset))
+    x, _ = make_inputs(kind)
+    out = layer.sequence(x)
+    p = layer.params()
+    state = torch.zeros(B, layer.state_dim)
+    for t in range(T):
+        spk, state = layer.step_function(x[t], state, p)
+        assert torch.equal(spk, out[0][t])
+        assert torch.equal(state[:, -N:], out[-1][t])
+        if kind == "rsynaptic":
+            assert torch.equal(state[:, :N], out[1][t])
+
+
+def test_flat_maps_refuse_what_they_cannot_represent():
+    with pytest.raises(NotImplementedError, match="reset_delay=True"):
+        S.RLeaky(0.9, linear_features=3, reset_delay=False).step_function
+    layer = S.RLeaky(0.9, linear_features=3, spike_grad=ss.straight_through_estimator())
+    assert callable(layer.step_function)
+    with pytest.raises(NotImplementedError, match="tangent"):
+        layer.tangent_function
+    with pytest.raises(NotImplementedError, match="nn.Linear"):
+        S.RSynaptic(0.5, 0.9, conv2d_channels=2, kernel_size=3).step_function
+    with pytest.raises(ValueError, match="scalar one-to-one V"):
+        S.RLeaky(0.9, all_to_all=False, V=0.5).state_dim
+    assert S.RSynaptic(0.5, 0.9, linear_features=3).state_dim == 6
+
+
+# ------------------------------------------------------------------------------------------------
+# errors
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_backends(kind):
+    _, ours = make_pair(kind, constructor_kwargs(kind))
+    x, _ = make_inputs(kind)
+    for a, b in zip(ours.sequence(x, backend="auto"), ours.sequence(x, backend="torch")):
+        assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match=r"later release.*backend=\"torch\""):
+        ours.sequence(x, backend="triton")
+    for bad in ("cuda", "Torch", None):
+        with pytest.raises(ValueError, match="backend"):
+            ours.sequence(x, backend=bad)
+
+
+@pytest.mark.parametrize("option,value", [("init_hidden", True), ("inhibition", True),
+                                          ("state_quant", lambda m: torch.round(m * 8) / 8)])
+def test_unsupported_features_raise(option, value):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # snnTorch warns about inhibition
+        layer = S.Leaky(0.9, **{option: value})
+    with pytest.raises(NotImplementedError, match=option):
+        layer.sequence(torch.rand(4, 2, 3))
+
+
+def test_reset_mechanism_changed_after_construction_raises():
+    layer = S.Leaky(0.9, reset_mechanism="subtract")
+    layer.reset_mechanism = "zero"  # snnTorch keeps the subtract state function
+    with pytest.raises(NotImplementedError, match="reset_mechanism='zero'"):
+        layer.sequence(torch.rand(4, 2, 3))
+
+
+def test_bad_inputs():
+    lif = S.Leaky(0.9)
+    syn = S.Synaptic(0.5, 0.9)
+    rlif = S.RLeaky(0.9, linear_features=3)
+    x = torch.rand(4, 2, 3)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        lif.sequence(x.tolist())
+    with pytest.raises(ValueError, match=r"\[T, B, \.\.\.\].*\(3,\)"):
+        lif.sequence(torch.rand(3))
+    with pytest.raises(ValueError, match="floating-point"):
+        lif.sequence(torch.ones(4, 2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\(5, 3\).*\(2, 3\).*another batch size"):
+        lif.sequence(x, torch.zeros(5, 3))
+    with pytest.raises(ValueError, match=r"syn.*\(2, 4\)"):
+        syn.sequence(x, (torch.zeros(2, 4), torch.zeros(2, 3)))
+    with pytest.raises(ValueError, match="float64.*float32"):
+        lif.sequence(x, torch.zeros(2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="meta"):
+        lif.sequence(x, torch.zeros(2, 3, device="meta"))
+    with pytest.raises(ValueError, match=r"state=\(spk, mem\)"):
+        rlif.sequence(x, torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"state=\(syn, mem\)"):
+        syn.sequence(x, (torch.zeros(2, 3),))
+    with pytest.raises(TypeError, match="state=mem"):
+        lif.sequence(x, (torch.zeros(2, 3),))
+    # None entries are zeros
+    spk, mem = rlif.sequence(x, (None, torch.zeros(2, 3)))
+    for a, b in zip((spk, mem), rlif.sequence(x)):
+        assert torch.equal(a, b)
