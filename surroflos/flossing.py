@@ -15,6 +15,7 @@ import torch
 
 from ._random import randn
 from .lyapunov import lyapunov_spectrum
+from .models.layered import as_model
 
 __all__ = ["flossing_loss", "floss", "FlossingHistory", "FlossingSchedule"]
 
@@ -132,6 +133,7 @@ def floss(model, steps: int, *, k: int, T: int = 100, batch: int = 16, lr: float
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if isinstance(T, bool) or not isinstance(T, int) or T < 2:
         raise ValueError(f"T must be an int >= 2, got {T!r}")
+    model = as_model(model)
     transient = T // 4 if transient is None else transient
     frame_warmup = T // 4 if frame_warmup is None else frame_warmup
     plist = list(model.flossing_parameters() if params is None else params)

@@ -28,6 +28,7 @@ import torch
 
 from ._random import orthonormal_frame, randn
 from .models.base import check_inputs, jvp_tangent
+from .models.layered import as_model
 
 __all__ = [
     "LyapunovResult",
@@ -106,12 +107,9 @@ class LyapunovResult:
         return ks_entropy(self.exponents)
 
 
-def _check_model(model: Any) -> None:
-    missing = [a for a in ("step_function", "initial_state", "state_dim", "n_in", "dt", "params")
-               if not hasattr(model, a)]
-    if missing:
-        raise TypeError(f"{type(model).__name__} is not a surroflos dynamical model: it lacks {missing} "
-                        "(see surroflos.models.base)")
+def _check_model(model: Any) -> Any:
+    """The model itself, or a :class:`~surroflos.models.layered.LayeredNetwork` around a layer stack."""
+    return as_model(model)
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -121,7 +119,6 @@ def _check_int(name: str, value: Any, low: int) -> int:
 
 
 def _prepare(model, inputs, state0, generator):
-    _check_model(model)
     check_inputs(inputs, model.n_in, finite=True)
     batch = inputs.shape[1]
     if state0 is None:
@@ -241,7 +238,7 @@ def lyapunov_spectrum(model, inputs: torch.Tensor, k: int, *, qr_every: int = 1,
         ValueError: bad shapes or arguments, NaN inputs; :class:`NonFiniteError` (a ValueError) when
         the state or the frame stops being finite, naming the step.
     """
-    _check_model(model)
+    model = _check_model(model)
     k = _check_int("k", k, 1)
     qr_every = _check_int("qr_every", qr_every, 1)
     transient = _check_int("transient", transient, 0)
@@ -305,7 +302,7 @@ def max_lyapunov_bruteforce(model, inputs: torch.Tensor, *, eps: float | None = 
         transient: steps run before the perturbation is placed.
         warmup: steps after that during which the perturbation aligns but nothing is accumulated.
     """
-    _check_model(model)
+    model = _check_model(model)
     transient = _check_int("transient", transient, 0)
     warmup = _check_int("warmup", warmup, 0)
     state, params, step, _ = _prepare(model, inputs, state0, generator)

@@ -18,10 +18,12 @@ fast_sigmoid   0  ``1 / (scale |x| + 1)^2``               25             snnTorc
 superspike     0  same function as fast_sigmoid           1              Norse 1.1 ``method="super"``
 atan           1  ``scale/2 / (1 + (pi/2 scale x)^2)``    2              snnTorch ``atan()`` (default)
 sigmoid        2  ``scale s (1 - s)``, ``s = sig(scale x)`` 25           snnTorch ``sigmoid()``
-triangle       3  ``scale * max(0, 1 - |x|)``             0.3            Norse ``method="triangle"``
+triangle       3  ``scale * max(0, 1 - |x|)``             0.3            Norse ``triangle_fn`` (*)
 exponential    4  ``scale/2 * exp(-scale |x|)``           5              SLAYER-style PDF
 gaussian       5  ``scale/sqrt(2 pi) exp(-(scale x)^2/2)`` 5             (normalised Gaussian)
 ============== == ====================================== ============== ==============================
+
+(*) Norse's LIF modules with ``method="triangle"`` pass their ``alpha`` (100 by default) as this scale.
 
 Note on Norse: Norse 1.1's SuperSpike backward computes ``1 / (|x| + 1)^2`` and ignores its
 ``alpha=100`` argument, so the scale that reproduces Norse's numbers is 1, not 100.

@@ -1,0 +1,629 @@
+"""Drop-in replacements for Norse's LIF neurons, on surroflos' pure step functions.
+
+``surroflos.norse.LIFCell``, ``LIFBoxCell``, ``LIFRecurrentCell``, ``LIF`` and ``LIFRecurrent`` subclass the
+Norse 1.1 modules of the same name (so ``isinstance(cell, norse.torch.LIFCell)`` holds and the constructors
+take the same arguments), use Norse's own parameter and state types (``LIFParameters``, ``LIFState``,
+``LIFFeedForwardState``, ``LIFBoxParameters``, ``LIFBoxFeedForwardState``) and reproduce Norse's numbers,
+but compute with the pure functions of this module and the surrogate spikes of :mod:`surroflos.surrogate`
+(which also work in forward mode, so ``torch.func.jvp`` of a step gives the surrogate tangent map).
+``LIFBox`` is the sequence version of ``LIFBoxCell``, which Norse lacks; it subclasses Norse's ``SNN``.
+
+Equations (explicit Euler with step ``dt``, default 1e-3; ``a = dt tau_mem_inv``, ``b = dt tau_syn_inv``;
+``H`` is the Heaviside step ``H(u) = [u > 0]`` with the surrogate derivative in its place for gradients)::
+
+    LIF (feed-forward; x is the input current)     LIF recurrent (state z, v, i)
+      j  = i + x                                     j  = i + W_in x + W_rec z
+      u  = v + a ((v_leak - v) + j)                  u  = v + a ((v_leak - v) + j)
+      i' = j - b j                                   i' = j - b j
+      z' = H(u - v_th)                               z' = H(u - v_th)
+      v' = (1 - z') u + z' v_reset                   v' = (1 - [z']) u + [z'] v_reset
+
+    LIF box (no synaptic current)
+      u  = v + a ((x + v_leak) - v)
+      z' = H(u - v_th)
+      v' = (1 - z') u + z' v_reset        (reset_value, Norse's default reset_method)
+      v' = (1 - z') u + z' (u - v_th)     (reset_subtract)
+
+The input current jumps *before* the membrane update (the new input acts in the same step) and decays
+after it; ``[z']`` is ``z'`` with its gradient stopped: Norse detaches the reset in the recurrent step
+only, while the feed-forward and box resets pass the surrogate gradient.
+
+Norse's spike ``method`` maps to :mod:`surroflos.surrogate`: ``"super"`` -> ``superspike`` with scale 1
+(Norse 1.1 ignores ``alpha`` for SuperSpike), ``"triangle"`` -> ``triangle`` with scale ``alpha`` (note
+that ``LIFParameters``' default ``alpha`` is 100), ``"heaviside"`` -> no gradient. Norse's ``"tanh"``,
+``"circ"``, ``"heavi_erfc"`` and ``"adjoint"`` raise :class:`NotImplementedError`.
+
+The recurrent neuron also comes as a step on a flat state ``[z | v | i]: [..., 3N]``
+(:func:`lif_recurrent_flat_step`) with its analytic surrogate tangent map
+(:func:`lif_recurrent_flat_tangent`), following the ``step_function`` / ``tangent_function`` protocol of
+:mod:`surroflos.models.base`.
+
+Differences from Norse: sparse inputs are not supported; states are checked against the input (shape,
+dtype, device) and a mismatch raises a ValueError instead of broadcasting or promoting silently; the
+initial states are created in the input's dtype (Norse creates ``v`` and ``i`` in float32).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+with warnings.catch_warnings():
+    # Norse 1.1 decorates functions with torch.jit.script at import, which recent PyTorch deprecates.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=DeprecationWarning)
+    import norse.torch as _norse
+    from norse.torch import (LIFBoxFeedForwardState, LIFBoxParameters, LIFFeedForwardState, LIFParameters,
+                             LIFState)
+    from norse.torch.functional.reset import reset_subtract, reset_value
+    from norse.torch.module.snn import SNN as _NorseSNN
+
+from . import surrogate as sg
+
+__all__ = [
+    "LIFCell", "LIFBoxCell", "LIFRecurrentCell", "LIF", "LIFBox", "LIFRecurrent",
+    "LIFParameters", "LIFState", "LIFFeedForwardState", "LIFBoxParameters", "LIFBoxFeedForwardState",
+    "lif_feed_forward_step", "lif_box_step", "lif_recurrent_step",
+    "LIFRecurrentFlatParams", "lif_state_to_flat", "lif_state_from_flat",
+    "lif_recurrent_flat_step", "lif_recurrent_flat_tangent",
+    "norse_surrogate", "BACKENDS",
+]
+
+BACKENDS = ("auto", "torch", "triton")
+
+# Norse threshold methods that surroflos does not (yet) provide.
+_UNSUPPORTED_METHODS = {
+    "tanh": "HeaviTanh", "circ": "HeaviCirc", "heavi_erfc": "HeaviErfc",
+    "adjoint": "Norse's adjoint-equation gradients",
+}
+_SUPPORTED_METHODS = ("super", "triangle", "heaviside")
+
+_LIF_FIELDS = ("tau_syn_inv", "tau_mem_inv", "v_leak", "v_th", "v_reset")
+_BOX_FIELDS = ("tau_mem_inv", "v_leak", "v_th", "v_reset")
+
+
+# ----------------------------------------------------------------------------------------------
+# Spike functions
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _triangle(scale: float) -> sg.Surrogate:
+    return sg.Surrogate("triangle", scale)
+
+
+_SUPERSPIKE = sg.Surrogate("superspike")
+
+
+def norse_surrogate(method: str, alpha: Any = 100.0) -> Optional[sg.Surrogate]:
+    """The :class:`~surroflos.surrogate.Surrogate` that reproduces Norse's ``threshold(x, method, alpha)``.
+
+    ``"super"`` -> superspike (scale 1; Norse 1.1 ignores ``alpha``), ``"triangle"`` -> triangle with
+    scale ``alpha``, ``"heaviside"`` -> ``None`` (a plain step without gradient). Norse methods that
+    surroflos lacks raise :class:`NotImplementedError`, unknown names :class:`ValueError`.
+    """
+    if method == "super":
+        return _SUPERSPIKE
+    if method == "triangle":
+        if isinstance(alpha, torch.Tensor) and alpha.numel() != 1:
+            raise NotImplementedError(f"method='triangle' needs a scalar alpha, got shape {tuple(alpha.shape)}")
+        return _triangle(float(alpha))
+    if method == "heaviside":
+        return None
+    if method in _UNSUPPORTED_METHODS:
+        raise NotImplementedError(
+            f"Norse's method={method!r} ({_UNSUPPORTED_METHODS[method]}) is not implemented in surroflos.norse; "
+            f"supported methods: {list(_SUPPORTED_METHODS)}")
+    raise ValueError(f"unknown spike method {method!r}; supported methods: {list(_SUPPORTED_METHODS)}")
+
+
+def _spike(u: torch.Tensor, surrogate: Optional[sg.Surrogate]) -> torch.Tensor:
+    """``H(u)``: Heaviside spikes, with the surrogate derivative unless ``surrogate`` is None."""
+    if surrogate is None:
+        return (u > 0).to(u.dtype)
+    return surrogate(u)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure step functions
+# ----------------------------------------------------------------------------------------------
+
+
+def lif_feed_forward_step(input_tensor: torch.Tensor, state: LIFFeedForwardState, p: LIFParameters,
+                          dt: float = 1e-3) -> Tuple[torch.Tensor, LIFFeedForwardState]:
+    """One Euler step of the feed-forward LIF neuron driven by the current ``x = input_tensor``::
+
+        j = i + x;  u = v + dt tau_mem_inv ((v_leak - v) + j);  i' = j - dt tau_syn_inv j
+        z' = H(u - v_th);  v' = (1 - z') u + z' v_reset        (reset not detached, as in Norse)
+
+    Returns ``(z', LIFFeedForwardState(v', i'))``; same numbers and gradients as Norse's
+    ``lif_feed_forward_step``.
+    """
+    s = norse_surrogate(p.method, p.alpha)
+    j = state.i + input_tensor
+    u = state.v + (dt * p.tau_mem_inv) * ((p.v_leak - state.v) + j)
+    i_new = j + (-dt * p.tau_syn_inv) * j
+    z = _spike(u - p.v_th, s)
+    v_new = (1 - z) * u + z * p.v_reset
+    return z, LIFFeedForwardState(v=v_new, i=i_new)
+
+
+def lif_box_step(input_tensor: torch.Tensor, state: LIFBoxFeedForwardState, p: LIFBoxParameters,
+                 dt: float = 1e-3) -> Tuple[torch.Tensor, LIFBoxFeedForwardState]:
+    """One Euler step of the LIF neuron without synaptic current ("box" currents)::
+
+        u = v + dt tau_mem_inv ((x + v_leak) - v);  z' = H(u - v_th)
+        v' = (1 - z') u + z' v_reset               p.reset_method = reset_value (default)
+        v' = (1 - z') u + z' (u - v_th)            p.reset_method = reset_subtract
+
+    Any other ``reset_method`` is called as ``reset_method(z', u, v_reset, v_th)``, as Norse does.
+    Returns ``(z', LIFBoxFeedForwardState(v'))``; matches Norse's ``lif_box_feed_forward_step``.
+    """
+    s = norse_surrogate(p.method, p.alpha)
+    u = state.v + (dt * p.tau_mem_inv) * ((input_tensor + p.v_leak) - state.v)
+    z = _spike(u - p.v_th, s)
+    reset = getattr(p, "reset_method", reset_value)
+    if reset is reset_value:
+        v_new = (1 - z) * u + z * p.v_reset
+    elif reset is reset_subtract:
+        v_new = (1 - z) * u + z * (u - p.v_th)
+    else:
+        v_new = reset(z, u, p.v_reset, p.v_th)
+    return z, LIFBoxFeedForwardState(v=v_new)
+
+
+def lif_recurrent_step(input_tensor: torch.Tensor, state: LIFState, input_weights: torch.Tensor,
+                       recurrent_weights: torch.Tensor, p: LIFParameters,
+                       dt: float = 1e-3) -> Tuple[torch.Tensor, LIFState]:
+    """One Euler step of the recurrent LIF layer (Norse's ``lif_step``)::
+
+        j = i + W_in x + W_rec z;  u = v + dt tau_mem_inv ((v_leak - v) + j);  i' = j - dt tau_syn_inv j
+        z' = H(u - v_th);  v' = (1 - [z']) u + [z'] v_reset
+
+    ``[z']`` is detached (no surrogate gradient through the reset); the returned ``z'``, which drives the
+    next step's recurrent current, is not. Returns ``(z', LIFState(z', v', i'))``.
+    """
+    s = norse_surrogate(p.method, p.alpha)
+    j = state.i + F.linear(input_tensor, input_weights) + F.linear(state.z, recurrent_weights)
+    u = state.v + (dt * p.tau_mem_inv) * ((p.v_leak - state.v) + j)
+    i_new = j + (-dt * p.tau_syn_inv) * j
+    z = _spike(u - p.v_th, s)
+    zd = z.detach()
+    v_new = (1 - zd) * u + zd * p.v_reset
+    return z, LIFState(z=z, v=v_new, i=i_new)
+
+
+# ----------------------------------------------------------------------------------------------
+# Flat-state recurrent step and its surrogate tangent map
+# ----------------------------------------------------------------------------------------------
+
+
+class LIFRecurrentFlatParams(NamedTuple):
+    """What :func:`lif_recurrent_flat_step` and :func:`lif_recurrent_flat_tangent` read."""
+
+    input_weights: torch.Tensor  # W_in [N, n_in]
+    recurrent_weights: torch.Tensor  # W_rec [N, N]
+    p: LIFParameters
+    dt: float = 1e-3
+
+
+def lif_state_to_flat(state: LIFState) -> torch.Tensor:
+    """``LIFState(z, v, i)`` -> flat ``[z | v | i]: [..., 3N]`` (broadcasting the three to one shape)."""
+    z, v, i = torch.broadcast_tensors(state.z, state.v, state.i)
+    return torch.cat([z, v, i], dim=-1)
+
+
+def lif_state_from_flat(flat: torch.Tensor) -> LIFState:
+    """Flat ``[z | v | i]: [..., 3N]`` -> ``LIFState(z, v, i)`` (views)."""
+    if flat.shape[-1] % 3:
+        raise ValueError(f"a flat LIF state has 3N entries in its last dimension, got shape {tuple(flat.shape)}")
+    z, v, i = flat.chunk(3, dim=-1)
+    return LIFState(z=z, v=v, i=i)
+
+
+def lif_recurrent_flat_step(x: torch.Tensor, state: torch.Tensor,
+                            params: LIFRecurrentFlatParams) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`lif_recurrent_step` on the flat state ``[z | v | i]: [..., 3N]``; returns ``(z', flat')``."""
+    z, new = lif_recurrent_step(x, lif_state_from_flat(state), params.input_weights, params.recurrent_weights,
+                                params.p, params.dt)
+    return z, lif_state_to_flat(new)
+
+
+def _col(t: Any) -> Any:
+    """Per-neuron parameter ``[N]`` as a column ``[N, 1]`` against ``[..., N, k]``; scalars unchanged."""
+    return t.unsqueeze(-1) if isinstance(t, torch.Tensor) and t.ndim else t
+
+
+def lif_recurrent_flat_tangent(x: torch.Tensor, state: torch.Tensor, params: LIFRecurrentFlatParams,
+                               Q: torch.Tensor) -> torch.Tensor:
+    """The surrogate Jacobian of :func:`lif_recurrent_flat_step` w.r.t. the state, applied to ``Q: [..., 3N, k]``.
+
+    With ``u`` as in the step, ``a = dt tau_mem_inv``, ``b = dt tau_syn_inv`` and ``sigma'`` the surrogate
+    derivative (0 for ``method="heaviside"``)::
+
+        dj = dQ_i + W_rec dQ_z;  du = dQ_v + a (dj - dQ_v)
+        dz' = sigma'(u - v_th) du;  dv' = (1 - z') du  (detached reset);  di' = (1 - b) dj
+    """
+    W_in, W_rec, p, dt = params
+    z, v, i = state.chunk(3, dim=-1)
+    Qz, Qv, Qi = Q.chunk(3, dim=-2)
+    j = i + F.linear(x, W_in) + F.linear(z, W_rec)
+    a = dt * p.tau_mem_inv
+    u = v + a * ((p.v_leak - v) + j)
+    x_th = u - p.v_th
+    s = norse_surrogate(p.method, p.alpha)
+    dj = Qi + torch.matmul(W_rec, Qz)
+    du = Qv + _col(a) * (dj - Qv)
+    dz = du * (s.derivative(x_th).unsqueeze(-1) if s is not None else 0.0)
+    dv = du * (1 - (x_th > 0).to(u.dtype)).unsqueeze(-1)
+    di = dj + _col(-dt * p.tau_syn_inv) * dj
+    return torch.cat([dz, dv, di], dim=-2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Input validation
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_input(x: Any, *, min_ndim: int, layout: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor of shape {layout}, got {type(x).__name__}")
+    if x.layout != torch.strided:
+        raise NotImplementedError(f"surroflos.norse does not support {x.layout} inputs; pass input.to_dense()")
+    if not x.is_floating_point():
+        raise ValueError(f"input must be floating point, got dtype {x.dtype}")
+    if x.ndim < min_ndim:
+        raise ValueError(f"input must have shape {layout}, got shape {tuple(x.shape)}")
+
+
+def _broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
+    try:
+        return tuple(torch.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
+    except RuntimeError:
+        return False
+
+
+def _check_state(state: Any, fields: Sequence[str], kind: str, x: torch.Tensor, target: Sequence[int]) -> None:
+    """Each state field must be a tensor of the input's dtype and device that broadcasts to ``target``."""
+    missing = [f for f in fields if not hasattr(state, f)]
+    if missing:
+        raise TypeError(f"state must be a {kind} with fields {list(fields)}, got {type(state).__name__}")
+    for f in fields:
+        t = getattr(state, f)
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"state.{f} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype != x.dtype:
+            raise ValueError(f"state.{f} has dtype {t.dtype} but the input has dtype {x.dtype}; convert the state "
+                             f"(or the input) so that both have the same dtype")
+        if t.device != x.device:
+            raise ValueError(f"state.{f} is on {t.device} but the input is on {x.device}")
+        if not _broadcasts_to(t.shape, target):
+            raise ValueError(f"state.{f} has shape {tuple(t.shape)}, which does not match the shape {tuple(target)} "
+                             f"that the input of shape {tuple(x.shape)} needs (a state from another batch size "
+                             f"or layer?)")
+
+
+def _check_params(p: Any, fields: Sequence[str], x: torch.Tensor, target: Sequence[int]) -> None:
+    """Parameter tensors with dimensions must match the input's dtype and device and broadcast to ``target``.
+
+    0-dim parameters (Norse's defaults: float32 on the CPU) follow PyTorch's scalar promotion rules.
+    """
+    missing = [f for f in (*fields, "method", "alpha") if not hasattr(p, f)]
+    if missing:
+        raise TypeError(f"p is missing the neuron parameters {missing} (got {type(p).__name__})")
+    for f in fields:
+        t = getattr(p, f)
+        if isinstance(t, torch.Tensor) and t.ndim > 0:
+            if t.dtype != x.dtype:
+                raise ValueError(f"p.{f} has dtype {t.dtype} but the input has dtype {x.dtype}")
+            if t.device != x.device:
+                raise ValueError(f"p.{f} is on {t.device} but the input is on {x.device}")
+            if not _broadcasts_to(t.shape, target):
+                raise ValueError(f"p.{f} has shape {tuple(t.shape)}, which does not broadcast to the neurons' "
+                                 f"shape {tuple(target)}")
+
+
+def _check_weights(x: torch.Tensor, w_in: torch.Tensor, w_rec: torch.Tensor, input_size: int,
+                   hidden_size: int) -> None:
+    if x.shape[-1] != input_size:
+        raise ValueError(f"input has {x.shape[-1]} features in its last dimension (shape {tuple(x.shape)}), "
+                         f"the layer expects input_size={input_size}")
+    for name, w, shape in (("input_weights", w_in, (hidden_size, input_size)),
+                           ("recurrent_weights", w_rec, (hidden_size, hidden_size))):
+        if tuple(w.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(w.shape)}, expected {shape}")
+        if w.dtype != x.dtype:
+            raise ValueError(f"{name} has dtype {w.dtype} but the input has dtype {x.dtype}")
+
+
+def _check_method(p: Any) -> None:
+    if not hasattr(p, "method") or not hasattr(p, "alpha"):
+        raise TypeError(f"p must be a Norse parameter tuple with 'method' and 'alpha', got {type(p).__name__}")
+    norse_surrogate(p.method, p.alpha)
+
+
+def _check_backend(backend: str) -> str:
+    if backend == "triton":
+        raise RuntimeError("backend='triton': the fused Triton kernels for surroflos.norse arrive in a later "
+                           "release; use backend='torch' or 'auto' (plain PyTorch, works on CPU and GPU)")
+    if backend not in ("auto", "torch"):
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _filled(shape: Sequence[int], value: Any, like: torch.Tensor) -> torch.Tensor:
+    """A new tensor of ``shape`` filled with ``value`` (scalar or broadcastable), in ``like``'s dtype/device."""
+    v = torch.as_tensor(value).detach().to(dtype=like.dtype, device=like.device)
+    return v.expand(tuple(shape)).clone()
+
+
+def _tensorize(p: Any, fields: Sequence[str]) -> Any:
+    """``p`` with its numeric fields as tensors (tensors, e.g. trainable ones, are kept as they are)."""
+    return p._replace(**{f: torch.as_tensor(getattr(p, f)) for f in (*fields, "alpha")})
+
+
+def _stack_states(states: List[Any]) -> Any:
+    """Stack a list of state tuples field by field (Norse's ``record_states`` format)."""
+    return type(states[0])(*(torch.stack(list(f)) for f in zip(*states)))
+
+
+def _run(step: Callable[[torch.Tensor, Any], Tuple[torch.Tensor, Any]], xs: torch.Tensor, state: Any,
+         record: bool) -> Tuple[torch.Tensor, Any]:
+    outputs, states = [], []
+    for t in range(xs.shape[0]):
+        z, state = step(xs[t], state)
+        outputs.append(z)
+        if record:
+            states.append(state)
+    return torch.stack(outputs), (_stack_states(states) if record else state)
+
+
+# ----------------------------------------------------------------------------------------------
+# Cells
+# ----------------------------------------------------------------------------------------------
+
+
+class LIFCell(_norse.LIFCell):
+    """Feed-forward LIF cell, one step: ``z, state = cell(x, state)`` (see :func:`lif_feed_forward_step`).
+
+    Same constructor as Norse's (``p: LIFParameters``, ``dt=1e-3``); ``x`` is the input current of any
+    shape; ``state`` a ``LIFFeedForwardState`` broadcastable to it, or None for ``v = v_leak, i = 0``.
+    """
+
+    def __init__(self, p: LIFParameters = LIFParameters(), **kwargs: Any) -> None:
+        _check_method(p)
+        super().__init__(p, **kwargs)
+        self.activation = lif_feed_forward_step
+        self.activation_sparse = None
+
+    def initial_state(self, input_tensor: torch.Tensor) -> LIFFeedForwardState:
+        state = LIFFeedForwardState(v=_filled(input_tensor.shape, self.p.v_leak, input_tensor),
+                                    i=torch.zeros_like(input_tensor))
+        state.v.requires_grad = True  # as Norse does
+        return state
+
+    def forward(self, input_tensor: torch.Tensor,
+                state: Optional[LIFFeedForwardState] = None) -> Tuple[torch.Tensor, LIFFeedForwardState]:
+        _check_input(input_tensor, min_ndim=1, layout="[..., N]")
+        target = input_tensor.shape
+        _check_params(self.p, _LIF_FIELDS, input_tensor, target)
+        if state is None:
+            state = self.initial_state(input_tensor)
+        else:
+            _check_state(state, ("v", "i"), "LIFFeedForwardState", input_tensor, target)
+        return lif_feed_forward_step(input_tensor, state, self.p, self.dt)
+
+
+class LIFBoxCell(_norse.LIFBoxCell):
+    """LIF cell without synaptic current, one step (see :func:`lif_box_step`).
+
+    Same constructor as Norse's (``p: LIFBoxParameters``, ``dt=1e-3``); numeric fields of ``p`` are turned
+    into tensors. ``state`` is a ``LIFBoxFeedForwardState`` or None for ``v = v_leak``.
+    """
+
+    def __init__(self, p: LIFBoxParameters = LIFBoxParameters(), dt: float = 0.001) -> None:
+        _check_method(p)
+        super().__init__(_tensorize(p, _BOX_FIELDS), dt=dt)
+        self.activation = lif_box_step
+
+    def initial_state(self, input_tensor: torch.Tensor) -> LIFBoxFeedForwardState:
+        state = LIFBoxFeedForwardState(v=_filled(input_tensor.shape, self.p.v_leak, input_tensor))
+        state.v.requires_grad = True  # as Norse does
+        return state
+
+    def forward(self, input_tensor: torch.Tensor,
+                state: Optional[LIFBoxFeedForwardState] = None) -> Tuple[torch.Tensor, LIFBoxFeedForwardState]:
+        _check_input(input_tensor, min_ndim=1, layout="[..., N]")
+        target = input_tensor.shape
+        _check_params(self.p, _BOX_FIELDS, input_tensor, target)
+        if state is None:
+            state = self.initial_state(input_tensor)
+        else:
+            _check_state(state, ("v",), "LIFBoxFeedForwardState", input_tensor, target)
+        return lif_box_step(input_tensor, state, self.p, self.dt)
+
+
+class _FlatRecurrent:
+    """Access to the flat-state step/tangent functions of a recurrent LIF module."""
+
+    input_weights: torch.Tensor
+    recurrent_weights: torch.Tensor
+    p: LIFParameters
+    dt: float
+    hidden_size: torch.Tensor
+
+    step_function = staticmethod(lif_recurrent_flat_step)
+    tangent_function = staticmethod(lif_recurrent_flat_tangent)
+
+    @property
+    def state_dim(self) -> int:
+        """Size ``3N`` of the flat state ``[z | v | i]``."""
+        return 3 * int(self.hidden_size)
+
+    def flat_params(self) -> LIFRecurrentFlatParams:
+        """The module's weights, parameters and ``dt`` for :func:`lif_recurrent_flat_step` / ``_tangent``."""
+        return LIFRecurrentFlatParams(self.input_weights, self.recurrent_weights, self.p, self.dt)
+
+    def _initial_lif_state(self, batch_shape: Sequence[int], like: torch.Tensor) -> LIFState:
+        dims = (*batch_shape, int(self.hidden_size))
+        state = LIFState(z=torch.zeros(dims, dtype=like.dtype, device=like.device),
+                         v=_filled(dims, self.p.v_leak, like),
+                         i=torch.zeros(dims, dtype=like.dtype, device=like.device))
+        state.v.requires_grad = True  # as Norse does
+        return state
+
+    def _checked_state(self, x: torch.Tensor, state: Optional[LIFState], batch_shape: Sequence[int]) -> LIFState:
+        _check_weights(x, self.input_weights, self.recurrent_weights, int(self.input_size), int(self.hidden_size))
+        target = (*batch_shape, int(self.hidden_size))
+        _check_params(self.p, _LIF_FIELDS, x, target)
+        if state is None:
+            return self._initial_lif_state(batch_shape, x)
+        _check_state(state, ("z", "v", "i"), "LIFState", x, target)
+        return state
+
+
+class LIFRecurrentCell(_FlatRecurrent, _norse.LIFRecurrentCell):
+    """Recurrent LIF layer, one step: ``z, state = cell(x, state)`` (see :func:`lif_recurrent_step`).
+
+    Same constructor as Norse's: ``(input_size, hidden_size, p=LIFParameters(), input_weights=None,
+    recurrent_weights=None, autapses=False, dt=1e-3)``; ``x: [..., input_size]``; ``state`` a ``LIFState``
+    or None (``z = 0, v = v_leak, i = 0``). Also exposes the flat-state step (:meth:`flat_params`,
+    ``step_function``, ``tangent_function``, ``state_dim``).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, p: LIFParameters = LIFParameters(),
+                 **kwargs: Any) -> None:
+        _check_method(p)
+        super().__init__(input_size, hidden_size, p, **kwargs)
+        self.activation = lif_recurrent_step
+        self.activation_sparse = None
+
+    def initial_state(self, input_tensor: torch.Tensor) -> LIFState:
+        return self._initial_lif_state(input_tensor.shape[:-1], input_tensor)
+
+    def forward(self, input_tensor: torch.Tensor, state: Optional[LIFState] = None) -> Tuple[torch.Tensor, LIFState]:
+        _check_input(input_tensor, min_ndim=1, layout="[..., input_size]")
+        state = self._checked_state(input_tensor, state, input_tensor.shape[:-1])
+        return lif_recurrent_step(input_tensor, state, self.input_weights, self.recurrent_weights, self.p, self.dt)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sequence modules
+# ----------------------------------------------------------------------------------------------
+
+
+class LIF(_norse.LIF):
+    """Feed-forward LIF layer over time: ``z_seq, state = lif(x_seq, state)`` with ``x_seq: [T, ...]``.
+
+    Same constructor as Norse's (``p``, ``dt=1e-3``, ``record_states=False``) plus ``backend``
+    (``"auto"`` | ``"torch"``; ``"triton"`` arrives in a later release). Returns the spikes ``[T, ...]``
+    and the final ``LIFFeedForwardState`` (all states stacked over time if ``record_states``).
+    """
+
+    def __init__(self, p: LIFParameters = LIFParameters(), *, backend: str = "auto", **kwargs: Any) -> None:
+        _check_method(p)
+        resolved = _check_backend(backend)
+        super().__init__(p, **kwargs)
+        self.backend = resolved
+        self.activation = lif_feed_forward_step
+        self.activation_sparse = None
+
+    def initial_state(self, input_tensor: torch.Tensor) -> LIFFeedForwardState:
+        x0 = input_tensor[0]
+        state = LIFFeedForwardState(v=_filled(x0.shape, self.p.v_leak, x0), i=torch.zeros_like(x0))
+        state.v.requires_grad = True  # as Norse does
+        return state
+
+    def forward(self, input_tensor: torch.Tensor,
+                state: Optional[LIFFeedForwardState] = None) -> Tuple[torch.Tensor, LIFFeedForwardState]:
+        _check_input(input_tensor, min_ndim=2, layout="[T, B, ...]")
+        if input_tensor.shape[0] < 1:
+            raise ValueError(f"input needs at least one time step, got shape {tuple(input_tensor.shape)}")
+        target = input_tensor.shape[1:]
+        _check_params(self.p, _LIF_FIELDS, input_tensor, target)
+        if state is None:
+            state = self.initial_state(input_tensor)
+        else:
+            _check_state(state, ("v", "i"), "LIFFeedForwardState", input_tensor, target)
+        p, dt = self.p, self.dt
+        return _run(lambda x, s: lif_feed_forward_step(x, s, p, dt), input_tensor, state, self.record_states)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, backend={self.backend!r}"
+
+
+class LIFBox(_NorseSNN):
+    """:class:`LIFBoxCell` over time (Norse has no such module; this one subclasses Norse's ``SNN``).
+
+    ``LIFBox(p=LIFBoxParameters(), dt=1e-3, record_states=False, backend="auto")``; ``x_seq: [T, ...]``;
+    returns the spikes ``[T, ...]`` and the final ``LIFBoxFeedForwardState`` (or all, stacked).
+    """
+
+    def __init__(self, p: LIFBoxParameters = LIFBoxParameters(), dt: float = 0.001, record_states: bool = False,
+                 *, backend: str = "auto") -> None:
+        _check_method(p)
+        resolved = _check_backend(backend)
+        super().__init__(activation=lif_box_step, state_fallback=self.initial_state, p=_tensorize(p, _BOX_FIELDS),
+                         dt=dt, record_states=record_states)
+        self.backend = resolved
+
+    def initial_state(self, input_tensor: torch.Tensor) -> LIFBoxFeedForwardState:
+        x0 = input_tensor[0]
+        state = LIFBoxFeedForwardState(v=_filled(x0.shape, self.p.v_leak, x0))
+        state.v.requires_grad = True  # as Norse's LIFBoxCell does
+        return state
+
+    def forward(self, input_tensor: torch.Tensor,
+                state: Optional[LIFBoxFeedForwardState] = None) -> Tuple[torch.Tensor, LIFBoxFeedForwardState]:
+        _check_input(input_tensor, min_ndim=2, layout="[T, B, ...]")
+        if input_tensor.shape[0] < 1:
+            raise ValueError(f"input needs at least one time step, got shape {tuple(input_tensor.shape)}")
+        target = input_tensor.shape[1:]
+        _check_params(self.p, _BOX_FIELDS, input_tensor, target)
+        if state is None:
+            state = self.initial_state(input_tensor)
+        else:
+            _check_state(state, ("v",), "LIFBoxFeedForwardState", input_tensor, target)
+        p, dt = self.p, self.dt
+        return _run(lambda x, s: lif_box_step(x, s, p, dt), input_tensor, state, self.record_states)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, backend={self.backend!r}"
+
+
+class LIFRecurrent(_FlatRecurrent, _norse.LIFRecurrent):
+    """Recurrent LIF layer over time: ``z_seq, state = layer(x_seq, state)``, ``x_seq: [T, ..., input_size]``.
+
+    Same constructor as Norse's (``input_size, hidden_size, p, input_weights, recurrent_weights, autapses,
+    dt, record_states``) plus ``backend`` (``"auto"`` | ``"torch"``). Returns the spikes
+    ``[T, ..., hidden_size]`` and the final ``LIFState`` (or all, stacked). Exposes the flat-state step
+    like :class:`LIFRecurrentCell`.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, p: LIFParameters = LIFParameters(), *,
+                 backend: str = "auto", **kwargs: Any) -> None:
+        _check_method(p)
+        resolved = _check_backend(backend)
+        super().__init__(input_size, hidden_size, p, **kwargs)
+        self.backend = resolved
+        self.activation = lif_recurrent_step
+        self.activation_sparse = None
+
+    def initial_state(self, input_tensor: torch.Tensor) -> LIFState:
+        return self._initial_lif_state(input_tensor.shape[1:-1], input_tensor)
+
+    def forward(self, input_tensor: torch.Tensor, state: Optional[LIFState] = None) -> Tuple[torch.Tensor, LIFState]:
+        _check_input(input_tensor, min_ndim=2, layout="[T, ..., input_size]")
+        if input_tensor.shape[0] < 1:
+            raise ValueError(f"input needs at least one time step, got shape {tuple(input_tensor.shape)}")
+        state = self._checked_state(input_tensor, state, input_tensor.shape[1:-1])
+        w_in, w_rec, p, dt = self.input_weights, self.recurrent_weights, self.p, self.dt
+        return _run(lambda x, s: lif_recurrent_step(x, s, w_in, w_rec, p, dt), input_tensor, state,
+                    self.record_states)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, backend={self.backend!r}"
