@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ._random import orthonormal_frame, randn
-from .models.base import check_inputs, jvp_tangent
+from .models.base import check_inputs, check_state_and_model, jvp_tangent
 from .models.layered import as_model
 
 __all__ = [
@@ -120,12 +120,10 @@ def _check_int(name: str, value: Any, low: int) -> int:
 
 def _prepare(model, inputs, state0, generator):
     check_inputs(inputs, model.n_in, finite=True)
+    check_state_and_model(model, inputs, state0)
     batch = inputs.shape[1]
     if state0 is None:
         state0 = model.initial_state(batch, random=True, generator=generator, device=inputs.device, dtype=inputs.dtype)
-    elif not isinstance(state0, torch.Tensor) or state0.shape != (batch, model.state_dim):
-        raise ValueError(f"state0 must be a tensor of shape [B, D] = [{batch}, {model.state_dim}], "
-                         f"got {getattr(state0, 'shape', type(state0).__name__)}")
     elif not bool(torch.isfinite(state0).all()):
         raise ValueError("state0 contains NaN or inf")
     params = model.params()
@@ -134,7 +132,7 @@ def _prepare(model, inputs, state0, generator):
     if tangent is None:
         def tangent(x, s, p, Q):
             return jvp_tangent(step, x, s, p, Q)
-    return state0.to(inputs.dtype), params, step, tangent
+    return state0, params, step, tangent
 
 
 class _FiniteGuard:

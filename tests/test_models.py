@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import surroflos
 from surroflos import surrogate as sg
 from surroflos.models import RateRNN, SpikingRNN, jvp_tangent
 from surroflos.models.spiking import cuba_step, lif_step
@@ -640,3 +641,19 @@ def test_cuda_rate_model():
     x = torch.randn(5, 2, 3, dtype=F64)
     with torch.no_grad():
         torch.testing.assert_close(gpu(x.cuda())[1].cpu(), cpu(x)[1], rtol=1e-10, atol=1e-10)
+
+
+def test_dtype_device_and_batch_mismatches_are_clear_errors():
+    net = RateRNN(2, 5, 1, dtype=torch.float64)
+    x64 = torch.randn(4, 3, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="model's weight_rec is torch.float64"):
+        net(x64.float())
+    with pytest.raises(ValueError, match="another batch"):
+        net(x64, torch.zeros(2, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="state0 is torch.float32"):
+        net(x64, torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="shape"):
+        net(x64, torch.zeros(3, 6, dtype=torch.float64))
+    snn = SpikingRNN(2, 5, 1)
+    with pytest.raises(ValueError, match="float32"):
+        surroflos.lyapunov_spectrum(snn, x64, 2)

@@ -27,7 +27,7 @@ from torch import nn
 
 from .._random import rand, randn
 
-__all__ = ["RecurrentModel", "Rollout", "jvp_tangent", "check_inputs"]
+__all__ = ["RecurrentModel", "Rollout", "jvp_tangent", "check_inputs", "check_state_and_model"]
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, Any], "tuple[torch.Tensor, torch.Tensor]"]
 TangentFn = Callable[[torch.Tensor, torch.Tensor, Any, torch.Tensor], torch.Tensor]
@@ -78,6 +78,30 @@ def check_inputs(x: torch.Tensor, n_in: int, *, what: str = "inputs", finite: bo
     if finite and not bool(torch.isfinite(x).all()):
         bad = (~torch.isfinite(x)).nonzero()[0].tolist()
         raise ValueError(f"{what} contain NaN or inf (first at [t, b, i] = {bad})")
+
+
+def check_state_and_model(model: Any, x: torch.Tensor, state0: Optional[torch.Tensor]) -> None:
+    """Raise a ValueError when ``state0`` or the model's parameters do not fit the inputs ``x``.
+
+    ``state0`` must be ``[B, D]`` with the inputs' batch size, dtype and device; the model's floating
+    parameters must share the inputs' dtype and device (no silent promotion or copies).
+    """
+    batch = x.shape[1]
+    if state0 is not None:
+        if not isinstance(state0, torch.Tensor) or state0.ndim != 2 or state0.shape[1] != model.state_dim:
+            raise ValueError(f"state0 must be a tensor of shape [B, D] = [{batch}, {model.state_dim}], "
+                             f"got {getattr(state0, 'shape', type(state0).__name__)}")
+        if state0.shape[0] != batch:
+            raise ValueError(f"state0 has batch size {state0.shape[0]} but the inputs have {batch} "
+                             "(a state from another batch?)")
+        if state0.dtype != x.dtype or state0.device != x.device:
+            raise ValueError(f"state0 is {state0.dtype} on {state0.device} but the inputs are {x.dtype} on "
+                             f"{x.device}; convert one of them")
+    if isinstance(model, nn.Module):
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if t.is_floating_point() and (t.dtype != x.dtype or t.device != x.device):
+                raise ValueError(f"the inputs are {x.dtype} on {x.device} but the model's {name} is {t.dtype} on "
+                                 f"{t.device}; use model.to(inputs.dtype / inputs.device) or convert the inputs")
 
 
 class RecurrentModel(nn.Module):
@@ -160,10 +184,9 @@ class RecurrentModel(nn.Module):
     def rollout(self, x: torch.Tensor, state0: torch.Tensor | None = None) -> Rollout:
         """Simulate ``x: [T, B, n_in]`` and return outputs, states and activity (all time first)."""
         check_inputs(x, self.n_in)
+        check_state_and_model(self, x, state0)
         batch = x.shape[1]
         state = self.initial_state(batch, device=x.device, dtype=x.dtype) if state0 is None else state0
-        if state.shape != (batch, self.state_dim):
-            raise ValueError(f"state0 must have shape [B, D] = [{batch}, {self.state_dim}], got {tuple(state.shape)}")
         p = self.params()
         step = self.step_function
         states, activity = [], []
