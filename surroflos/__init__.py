@@ -4,6 +4,7 @@ Shapes are time first: inputs ``[T, B, n_in]``, outputs ``[T, B, n_out]``, state
 """
 
 from . import surrogate
+from .gradients import GradientPropagationResult, gradient_propagation
 from .flossing import FlossingHistory, FlossingSchedule, floss, flossing_loss
 from .lyapunov import (LyapunovResult, NonFiniteError, kaplan_yorke_dimension, ks_entropy, lyapunov_spectrum,
                        max_lyapunov_bruteforce)
@@ -18,5 +19,6 @@ __all__ = [
     "lyapunov_spectrum", "max_lyapunov_bruteforce", "LyapunovResult", "NonFiniteError",
     "kaplan_yorke_dimension", "ks_entropy",
     "flossing_loss", "floss", "FlossingHistory", "FlossingSchedule",
+    "gradient_propagation", "GradientPropagationResult",
     "__version__",
 ]
