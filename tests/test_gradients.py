@@ -19,6 +19,7 @@ import torch
 import surroflos.gradients as grad_mod
 from surroflos import NonFiniteError, RateRNN, SpikingRNN, Surrogate, lyapunov_spectrum, max_lyapunov_bruteforce
 from surroflos.gradients import GradientPropagationResult, gradient_propagation
+from surroflos.models import LinearMap as LinearMapModel
 
 F64 = torch.float64
 
@@ -44,40 +45,16 @@ def _seed_global_rng():
     torch.manual_seed(1234)
 
 
-class LinearMap:
-    """``h[t+1] = A h[t]`` (autonomous), a plain class following the model protocol."""
-
-    n_in = 0
-    dt = 1.0
-
-    def __init__(self, A: torch.Tensor, dt: float = 1.0) -> None:
-        self.A, self.dt = A, dt
-
-    @property
-    def state_dim(self) -> int:
-        return self.A.shape[0]
-
-    def params(self) -> torch.Tensor:
-        return self.A
-
-    @staticmethod
-    def step_function(x, h, A):
-        h_new = h @ A.T
-        return h_new, h_new
-
-    def initial_state(self, batch, *, random=False, generator=None, device=None, dtype=None):
-        dtype = dtype or self.A.dtype
-        if not random:
-            return torch.zeros(batch, self.state_dim, dtype=dtype, device=device)
-        return torch.randn(batch, self.state_dim, generator=generator, dtype=dtype).to(device)
+def LinearMap(A: torch.Tensor, dt: float = 1.0) -> LinearMapModel:
+    """``h[t+1] = A h[t]`` (autonomous); gradient_propagation never needs its tangent map."""
+    return LinearMapModel(A, dt, analytic_tangent=False)
 
 
-class LinearMapWrongTangent(LinearMap):
+def LinearMapWrongTangent(A: torch.Tensor, dt: float = 1.0) -> LinearMapModel:
     """Declares a tangent map ``2A`` inconsistent with the step: the gradient measurement must ignore it."""
-
-    @staticmethod
-    def tangent_function(x, h, A, Q):
-        return 2.0 * (A @ Q)
+    model = LinearMapModel(A, dt)
+    model.tangent_function = lambda x, h, A_, Q: 2.0 * (A_ @ Q)
+    return model
 
 
 def nonnormal_matrix(eigs, seed: int, skew: float = 2.0) -> torch.Tensor:

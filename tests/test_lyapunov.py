@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import surroflos.lyapunov as lyap_mod
+from surroflos.models import LinearMap as LinearMapModel
 from surroflos import (LyapunovResult, NonFiniteError, RateRNN, SpikingRNN, Surrogate, kaplan_yorke_dimension,
                        ks_entropy, lyapunov_spectrum, max_lyapunov_bruteforce)
 
@@ -53,51 +54,19 @@ def _seed_global_rng():
 # --------------------------------------------------------------------------------------------------
 
 
-class LinearMap:
-    """``h[t+1] = A h[t]``, autonomous; a plain class (no nn.Module) implementing the model protocol.
-
-    It has no ``tangent_function``, so the estimator must fall back to forward-mode AD.
-    """
-
-    n_in = 0
-    dt = 1.0
-
-    def __init__(self, A: torch.Tensor) -> None:
-        self.A = A
-
-    @property
-    def state_dim(self) -> int:
-        return self.A.shape[0]
-
-    def params(self) -> torch.Tensor:
-        return self.A
-
-    @staticmethod
-    def step_function(x, h, A):
-        h_new = h @ A.T
-        return h_new, h_new
-
-    def initial_state(self, batch, *, random=False, generator=None, device=None, dtype=None):
-        dtype = dtype or self.A.dtype
-        if not random:
-            return torch.zeros(batch, self.state_dim, dtype=dtype, device=device)
-        return torch.randn(batch, self.state_dim, generator=generator, dtype=dtype).to(device)
+def LinearMap(A: torch.Tensor) -> LinearMapModel:
+    """``h <- A h`` with no tangent_function: the estimator must fall back to forward-mode AD."""
+    return LinearMapModel(A, analytic_tangent=False)
 
 
-class LinearMapWithTangent(LinearMap):
-    """The same map with the analytic tangent ``D Q = A Q``."""
-
-    @staticmethod
-    def tangent_function(x, h, A, Q):
-        return A @ Q
+LinearMapWithTangent = LinearMapModel  # the same map with the analytic tangent ``D Q = A Q``
 
 
-class LinearMapWrongTangent(LinearMap):
+def LinearMapWrongTangent(A: torch.Tensor) -> LinearMapModel:
     """Analytic tangent deliberately set to ``2 A``: proves that a given tangent_function is used."""
-
-    @staticmethod
-    def tangent_function(x, h, A, Q):
-        return 2.0 * (A @ Q)
+    model = LinearMapModel(A)
+    model.tangent_function = lambda x, h, A_, Q: 2.0 * (A_ @ Q)
+    return model
 
 
 def nonnormal_matrix(eigs, seed: int, skew: float = 2.0) -> torch.Tensor:
@@ -970,3 +939,8 @@ def test_no_precision_warning_at_safe_settings():
         warnings.simplefilter("error")
         with torch.no_grad():
             lyap_mod.lyapunov_spectrum(net, x, 12, qr_every=2, transient=100)
+
+
+def test_linear_map_rejects_a_non_square_matrix():
+    with pytest.raises(ValueError, match="square"):
+        LinearMapModel(torch.zeros(2, 3))
