@@ -516,6 +516,22 @@ class LIFRecurrentCell(_FlatRecurrent, _norse.LIFRecurrentCell):
 # ----------------------------------------------------------------------------------------------
 
 
+def _sequence_forward(module, input_tensor: torch.Tensor, state, param_fields, state_fields, state_name: str,
+                      step) -> Tuple[torch.Tensor, Any]:
+    """The shared body of the feed-forward sequence modules: checks, initial state, loop over ``step``."""
+    _check_input(input_tensor, min_ndim=2, layout="[T, B, ...]")
+    if input_tensor.shape[0] < 1:
+        raise ValueError(f"input needs at least one time step, got shape {tuple(input_tensor.shape)}")
+    target = input_tensor.shape[1:]
+    _check_params(module.p, param_fields, input_tensor, target)
+    if state is None:
+        state = module.initial_state(input_tensor)
+    else:
+        _check_state(state, state_fields, state_name, input_tensor, target)
+    p, dt = module.p, module.dt
+    return _run(lambda x, s: step(x, s, p, dt), input_tensor, state, module.record_states)
+
+
 class LIF(_norse.LIF):
     """Feed-forward LIF layer over time: ``z_seq, state = lif(x_seq, state)`` with ``x_seq: [T, ...]``.
 
@@ -540,17 +556,8 @@ class LIF(_norse.LIF):
 
     def forward(self, input_tensor: torch.Tensor,
                 state: Optional[LIFFeedForwardState] = None) -> Tuple[torch.Tensor, LIFFeedForwardState]:
-        _check_input(input_tensor, min_ndim=2, layout="[T, B, ...]")
-        if input_tensor.shape[0] < 1:
-            raise ValueError(f"input needs at least one time step, got shape {tuple(input_tensor.shape)}")
-        target = input_tensor.shape[1:]
-        _check_params(self.p, _LIF_FIELDS, input_tensor, target)
-        if state is None:
-            state = self.initial_state(input_tensor)
-        else:
-            _check_state(state, ("v", "i"), "LIFFeedForwardState", input_tensor, target)
-        p, dt = self.p, self.dt
-        return _run(lambda x, s: lif_feed_forward_step(x, s, p, dt), input_tensor, state, self.record_states)
+        return _sequence_forward(self, input_tensor, state, _LIF_FIELDS, ("v", "i"), "LIFFeedForwardState",
+                                 lif_feed_forward_step)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend!r}"
@@ -579,17 +586,8 @@ class LIFBox(_NorseSNN):
 
     def forward(self, input_tensor: torch.Tensor,
                 state: Optional[LIFBoxFeedForwardState] = None) -> Tuple[torch.Tensor, LIFBoxFeedForwardState]:
-        _check_input(input_tensor, min_ndim=2, layout="[T, B, ...]")
-        if input_tensor.shape[0] < 1:
-            raise ValueError(f"input needs at least one time step, got shape {tuple(input_tensor.shape)}")
-        target = input_tensor.shape[1:]
-        _check_params(self.p, _BOX_FIELDS, input_tensor, target)
-        if state is None:
-            state = self.initial_state(input_tensor)
-        else:
-            _check_state(state, ("v",), "LIFBoxFeedForwardState", input_tensor, target)
-        p, dt = self.p, self.dt
-        return _run(lambda x, s: lif_box_step(x, s, p, dt), input_tensor, state, self.record_states)
+        return _sequence_forward(self, input_tensor, state, _BOX_FIELDS, ("v",), "LIFBoxFeedForwardState",
+                                 lif_box_step)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend!r}"
