@@ -11,7 +11,7 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
-__all__ = ["plot_spectra", "plot_convergence", "plot_flossing", "save_figure"]
+__all__ = ["figure", "plot_spectra", "plot_convergence", "plot_flossing", "save_figure"]
 
 
 def _plt():
