@@ -32,19 +32,6 @@ def randn(*shape, seed: int, scale: float = 1.0, dtype=F64) -> torch.Tensor:
     return torch.randn(*shape, generator=gen(seed), dtype=dtype) * scale
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _seed_global_rng():
-    torch.manual_seed(1234)
-
-
 def LinearMap(A: torch.Tensor, dt: float = 1.0) -> LinearMapModel:
     """``h[t+1] = A h[t]`` (autonomous); gradient_propagation never needs its tangent map."""
     return LinearMapModel(A, dt, analytic_tangent=False)

@@ -34,21 +34,6 @@ def randn(*shape, seed: int, scale: float = 1.0) -> torch.Tensor:
     return torch.randn(*shape, generator=gen(seed), dtype=F64) * scale
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small sequential matrix ops: extra threads only add contention on a shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _seed_global_rng():
-    # Nothing here should depend on the global RNG; seeding it anyway keeps any accident reproducible.
-    torch.manual_seed(1234)
-
-
 # --------------------------------------------------------------------------------------------------
 # A minimal model following the protocol of surroflos.models.base: h <- A h
 # --------------------------------------------------------------------------------------------------
