@@ -21,36 +21,14 @@ from surroflos import NonFiniteError, RateRNN, SpikingRNN, Surrogate, lyapunov_s
 from surroflos.gradients import GradientPropagationResult, gradient_propagation
 from surroflos.models import LinearMap as LinearMapModel
 
+from _oracles import LinearMapWrongTangent, gen, nonnormal_matrix, randn  # tests/_oracles.py
+
 F64 = torch.float64
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(*shape, seed: int, scale: float = 1.0, dtype=F64) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen(seed), dtype=dtype) * scale
 
 
 def LinearMap(A: torch.Tensor, dt: float = 1.0) -> LinearMapModel:
     """``h[t+1] = A h[t]`` (autonomous); gradient_propagation never needs its tangent map."""
     return LinearMapModel(A, dt, analytic_tangent=False)
-
-
-def LinearMapWrongTangent(A: torch.Tensor, dt: float = 1.0) -> LinearMapModel:
-    """Declares a tangent map ``2A`` inconsistent with the step: the gradient measurement must ignore it."""
-    model = LinearMapModel(A, dt)
-    model.tangent_function = lambda x, h, A_, Q: 2.0 * (A_ @ Q)
-    return model
-
-
-def nonnormal_matrix(eigs, seed: int, skew: float = 2.0) -> torch.Tensor:
-    n = len(eigs)
-    g = gen(seed)
-    U = torch.triu(torch.randn(n, n, generator=g, dtype=F64), diagonal=1) * skew
-    U = U + torch.diag(torch.tensor(eigs, dtype=F64))
-    O = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64)).Q
-    return O @ U @ O.T
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,18 +20,12 @@ import torch
 
 import surroflos.lyapunov as lyap_mod
 from surroflos.models import LinearMap as LinearMapModel
+
+from _oracles import LinearMapWrongTangent, gen, nonnormal_matrix, randn  # tests/_oracles.py
 from surroflos import (LyapunovResult, NonFiniteError, RateRNN, SpikingRNN, Surrogate, kaplan_yorke_dimension,
                        ks_entropy, lyapunov_spectrum, max_lyapunov_bruteforce)
 
 F64 = torch.float64
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(*shape, seed: int, scale: float = 1.0) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen(seed), dtype=F64) * scale
 
 
 # --------------------------------------------------------------------------------------------------
@@ -45,23 +39,6 @@ def LinearMap(A: torch.Tensor) -> LinearMapModel:
 
 
 LinearMapWithTangent = LinearMapModel  # the same map with the analytic tangent ``D Q = A Q``
-
-
-def LinearMapWrongTangent(A: torch.Tensor) -> LinearMapModel:
-    """Analytic tangent deliberately set to ``2 A``: proves that a given tangent_function is used."""
-    model = LinearMapModel(A)
-    model.tangent_function = lambda x, h, A_, Q: 2.0 * (A_ @ Q)
-    return model
-
-
-def nonnormal_matrix(eigs, seed: int, skew: float = 2.0) -> torch.Tensor:
-    """``O (diag(eigs) + strictly upper noise) O^T``: eigenvalues ``eigs``, strongly non-normal."""
-    n = len(eigs)
-    g = gen(seed)
-    U = torch.triu(torch.randn(n, n, generator=g, dtype=F64), diagonal=1) * skew
-    U = U + torch.diag(torch.tensor(eigs, dtype=F64))
-    O = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64)).Q
-    return O @ U @ O.T
 
 
 def sorted_log_moduli(M: np.ndarray) -> np.ndarray:
@@ -174,15 +151,18 @@ def _circular_law_check(N, g, lam, expected_eig, rms_tol, max_tol, mean_tol):
     assert abs(lam.sum() - logabsdet) < 1e-8 * N
 
 
-def test_discrete_rate_circular_law_N100():
-    N, g = 100, 0.5
-    model = _autonomous_rate(N, g, seed=0)
-    transient, warmup, acc = 100, 200, 300
+def _fixed_point_spectrum(N, g, *, seed, transient, warmup, acc):
+    """All N exponents of an autonomous g < 1 rate net (at its fixed point 0) and its coupling J (numpy)."""
+    model = _autonomous_rate(N, g, seed=seed)
     x = torch.zeros(transient + warmup + acc, 1, 0, dtype=F64)
     with torch.no_grad():
         res = lyapunov_spectrum(model, x, N, transient=transient, frame_warmup=warmup, generator=gen(1))
-    lam = res.exponents[0].numpy()
-    J = model.weight_rec.detach().numpy()
+    return res.exponents[0].numpy(), model.weight_rec.detach().numpy()
+
+
+def test_discrete_rate_circular_law_N100():
+    N, g = 100, 0.5
+    lam, J = _fixed_point_spectrum(N, g, seed=0, transient=100, warmup=200, acc=300)
     # QR vs eig of the model's own J. Tolerance 2e-2: with 100 eigenvalues some moduli differ by <0.1%,
     # so those directions are still mixing after 300 steps (error O(log(cond)/T)); observed ~4e-3.
     np.testing.assert_allclose(lam, sorted_log_moduli(J), rtol=0, atol=2e-2)
@@ -196,13 +176,7 @@ def test_discrete_rate_circular_law_N100():
 @pytest.mark.slow
 def test_discrete_rate_circular_law_N400():
     N, g = 400, 0.5
-    model = _autonomous_rate(N, g, seed=3)
-    transient, warmup, acc = 100, 150, 250
-    x = torch.zeros(transient + warmup + acc, 1, 0, dtype=F64)
-    with torch.no_grad():
-        res = lyapunov_spectrum(model, x, N, transient=transient, frame_warmup=warmup, generator=gen(1))
-    lam = res.exponents[0].numpy()
-    J = model.weight_rec.detach().numpy()
+    lam, J = _fixed_point_spectrum(N, g, seed=3, transient=100, warmup=150, acc=250)
     np.testing.assert_allclose(lam, sorted_log_moduli(J), rtol=0, atol=2e-2)
     # Calibrated on 40 Ginibre draws at N=400: rms <= 0.020, max <= 0.097, |mean dev| <= 0.014.
     _circular_law_check(N, g, lam, J, rms_tol=0.035, max_tol=0.15, mean_tol=0.03)
