@@ -387,6 +387,19 @@ def _run(step: Callable[[torch.Tensor, Any], Tuple[torch.Tensor, Any]], xs: torc
 # ----------------------------------------------------------------------------------------------
 
 
+def _cell_forward(module, input_tensor: torch.Tensor, state, param_fields, state_fields, state_name: str,
+                  step) -> Tuple[torch.Tensor, Any]:
+    """The shared body of the feed-forward cells: checks, initial state, one ``step``."""
+    _check_input(input_tensor, min_ndim=1, layout="[..., N]")
+    target = input_tensor.shape
+    _check_params(module.p, param_fields, input_tensor, target)
+    if state is None:
+        state = module.initial_state(input_tensor)
+    else:
+        _check_state(state, state_fields, state_name, input_tensor, target)
+    return step(input_tensor, state, module.p, module.dt)
+
+
 class LIFCell(_norse.LIFCell):
     """Feed-forward LIF cell, one step: ``z, state = cell(x, state)`` (see :func:`lif_feed_forward_step`).
 
@@ -408,14 +421,8 @@ class LIFCell(_norse.LIFCell):
 
     def forward(self, input_tensor: torch.Tensor,
                 state: Optional[LIFFeedForwardState] = None) -> Tuple[torch.Tensor, LIFFeedForwardState]:
-        _check_input(input_tensor, min_ndim=1, layout="[..., N]")
-        target = input_tensor.shape
-        _check_params(self.p, _LIF_FIELDS, input_tensor, target)
-        if state is None:
-            state = self.initial_state(input_tensor)
-        else:
-            _check_state(state, ("v", "i"), "LIFFeedForwardState", input_tensor, target)
-        return lif_feed_forward_step(input_tensor, state, self.p, self.dt)
+        return _cell_forward(self, input_tensor, state, _LIF_FIELDS, ("v", "i"), "LIFFeedForwardState",
+                             lif_feed_forward_step)
 
 
 class LIFBoxCell(_norse.LIFBoxCell):
@@ -437,14 +444,7 @@ class LIFBoxCell(_norse.LIFBoxCell):
 
     def forward(self, input_tensor: torch.Tensor,
                 state: Optional[LIFBoxFeedForwardState] = None) -> Tuple[torch.Tensor, LIFBoxFeedForwardState]:
-        _check_input(input_tensor, min_ndim=1, layout="[..., N]")
-        target = input_tensor.shape
-        _check_params(self.p, _BOX_FIELDS, input_tensor, target)
-        if state is None:
-            state = self.initial_state(input_tensor)
-        else:
-            _check_state(state, ("v",), "LIFBoxFeedForwardState", input_tensor, target)
-        return lif_box_step(input_tensor, state, self.p, self.dt)
+        return _cell_forward(self, input_tensor, state, _BOX_FIELDS, ("v",), "LIFBoxFeedForwardState", lif_box_step)
 
 
 class _FlatRecurrent:
