@@ -1,7 +1,18 @@
-"""Shared test settings."""
+"""Shared test settings.
 
-import pytest
+Without a GPU, the Triton kernels are tested through Triton's CPU interpreter: ``TRITON_INTERPRET``
+must be set before any kernel module is imported (Triton decides at decoration time), hence here, at
+the top of the first file pytest loads. On a machine with CUDA the same tests run compiled.
+"""
+
+import os
+
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
