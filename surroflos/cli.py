@@ -1,7 +1,10 @@
 """The ``surroflos`` command line.
 
 ``surroflos lyapunov``  spectrum of a model configured by flags -> spectrum.json + spectrum.png
-``surroflos demo``      the README's main job: spectra of a rate and a LIF network before/after preflossing
+``surroflos demo``      spectra of a rate and a LIF network before/after preflossing
+``surroflos train``     the README's main job: train a network on a temporal task, with gradient flossing
+``surroflos sweep``     a grid of training runs (tasks x delays x models x flossing x seeds) -> tables + plots
+``surroflos bench``     kernel benchmarks -> JSON + table
 """
 
 from __future__ import annotations
@@ -147,6 +150,113 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _task_param(s: str) -> tuple:
+    if "=" not in s:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
+    key, value = s.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _float_or_none(s: str):
+    return None if s.lower() in ("none", "off", "0") else float(s)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``surroflos train`` (defaults from :class:`surroflos.train.TrainConfig`)."""
+    from .train import FLOSSING_MODES, MODELS, TrainConfig
+
+    d = TrainConfig()
+    t = p.add_argument_group("task")
+    t.add_argument("--task", default=None, help=f"task name (default: the main job, {d.task} with delay {d.delay} "
+                   f"and T {d.T}; see surroflos.tasks.names())")
+    t.add_argument("--delay", type=_nonneg_int, default=None, help="task delay (default: the task's own)")
+    t.add_argument("--T", type=_positive_int, default=None, help="trial length in steps (default: the task's own)")
+    t.add_argument("--task-param", type=_task_param, action="append", default=[], metavar="KEY=VALUE",
+                   help="further task parameter (repeatable), e.g. --task-param T=60")
+    m = p.add_argument_group("model")
+    m.add_argument("--model", choices=MODELS, default=d.model, help=f"network (default {d.model})")
+    m.add_argument("--N", type=_positive_int, default=d.N, help=f"hidden units (default {d.N})")
+    m.add_argument("--g", type=float, default=d.g, help=f"recurrent gain (default {d.g})")
+    m.add_argument("--beta", type=float, default=d.beta)
+    m.add_argument("--alpha", type=float, default=d.alpha)
+    m.add_argument("--threshold", type=float, default=d.threshold)
+    m.add_argument("--reset", choices=["subtract", "zero"], default=d.reset)
+    m.add_argument("--surrogate", default=d.surrogate)
+    m.add_argument("--K", type=_positive_int, default=d.K, help="balanced in-degree")
+    m.add_argument("--backend", choices=["auto", "torch", "triton"], default=d.backend)
+    f = p.add_argument_group("flossing")
+    f.add_argument("--flossing", choices=FLOSSING_MODES, default=d.flossing, help=f"default {d.flossing}")
+    f.add_argument("--k", type=_positive_int, default=d.k, help=f"exponents flossed (default {d.k})")
+    f.add_argument("--target", type=float, default=d.target)
+    f.add_argument("--pre-steps", type=_nonneg_int, default=d.pre_steps)
+    f.add_argument("--floss-every", type=_nonneg_int, default=d.floss_every, help="epochs between bouts")
+    f.add_argument("--floss-steps", type=_nonneg_int, default=d.floss_steps, help="updates per bout")
+    f.add_argument("--floss-times", type=_nonneg_int, default=d.floss_times, help="bouts (0: all epochs)")
+    f.add_argument("--floss-T", type=_positive_int, default=d.floss_T)
+    f.add_argument("--floss-batch", type=_positive_int, default=d.floss_batch)
+    f.add_argument("--floss-lr", type=float, default=d.floss_lr)
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=_positive_int, default=d.epochs)
+    o.add_argument("--steps-per-epoch", type=_positive_int, default=d.steps_per_epoch)
+    o.add_argument("--batch", type=_positive_int, default=d.batch)
+    o.add_argument("--lr", type=float, default=d.lr)
+    o.add_argument("--grad-clip", type=_float_or_none, default=d.grad_clip, help="gradient-norm clip (none: off)")
+    o.add_argument("--seed", type=int, default=d.seed)
+    o.add_argument("--device", default=d.device, help="cpu, cuda or auto")
+    o.add_argument("--dtype", choices=["float32", "float64"], default=d.dtype)
+    o.add_argument("--eval-batch", type=_positive_int, default=d.eval_batch)
+    o.add_argument("--lyap-every", type=_nonneg_int, default=d.lyap_every, help="epochs between lambda_1 estimates")
+    o.add_argument("--spectrum-T", type=_positive_int, default=d.spectrum_T)
+    o.add_argument("--spectrum-k", type=_positive_int, default=d.spectrum_k)
+    o.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
+    o.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_train(args) -> int:
+    from .train import ConfigError, TrainConfig, train
+
+    fields = set(TrainConfig.__dataclass_fields__)
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    values["task_params"] = dict(args.task_param)
+    if args.task is None:  # the main job: delayed XOR with the trainer's defaults unless overridden
+        d = TrainConfig()
+        values["task"] = d.task
+        values["delay"] = d.delay if args.delay is None else args.delay
+        values["T"] = d.T if args.T is None else args.T
+    try:
+        train(TrainConfig(**values), resume=args.resume, progress=not args.no_progress)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    import shlex
+
+    from .sweep import run_sweep, spec_from_args
+    from .train import ConfigError
+
+    command = "surroflos sweep " + " ".join(shlex.quote(a) for a in args._argv)
+    try:
+        rows = run_sweep(spec_from_args(args), args.out, workers=args.workers, progress=not args.no_progress,
+                         command=command)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with open(os.path.join(args.out, "results.md")) as f:
+        print(f.read())
+    failed = sum(r["status"] == "error" for r in rows)
+    print(f"{len(rows)} runs ({failed} failed); wrote {args.out}/results.md, results.csv, runs.csv and plots")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="surroflos", description="Surrogate Lyapunov spectra and gradient "
                                      "flossing for spiking and rate recurrent networks.")
@@ -178,6 +288,46 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="a few seconds instead of ~1-2 minutes (for tests)")
     d.add_argument("--device", default="cpu")
     d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train a network on a temporal task (the README's main job)",
+                       description="Train a rate, LIF, current-based or balanced network on a temporal task, "
+                       "with no flossing, preflossing or flossing during training. Writes config.json, "
+                       "metrics.jsonl, checkpoint.pt, result.json and plots to --out. Ctrl-C saves; --resume "
+                       "continues exactly.")
+    add_train_arguments(t)
+    t.set_defaults(func=cmd_train)
+
+    from .sweep import PRESETS
+    from .train import FLOSSING_MODES, MODELS
+
+    w = sub.add_parser("sweep", help="a grid of training runs -> results.md/csv + plots",
+                       description="Run tasks x delays x models x flossing modes x seeds in parallel worker "
+                       "processes; an interrupted sweep resumes when started again with the same command.")
+    w.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a predefined grid (flags override it)")
+    w.add_argument("--tasks", nargs="+")
+    w.add_argument("--delays", nargs="+", type=_nonneg_int)
+    w.add_argument("--models", nargs="+", choices=MODELS)
+    w.add_argument("--flossing", nargs="+", choices=FLOSSING_MODES)
+    w.add_argument("--seeds", nargs="+", type=int)
+    w.add_argument("--epochs", type=_positive_int)
+    w.add_argument("--steps-per-epoch", type=_positive_int)
+    w.add_argument("--N", type=_positive_int)
+    w.add_argument("--batch", type=_positive_int)
+    w.add_argument("--lr", type=float)
+    w.add_argument("--k", type=_positive_int)
+    w.add_argument("--pre-steps", type=_nonneg_int)
+    w.add_argument("--success", type=float, help="metric threshold counted as success")
+    w.add_argument("--workers", type=_positive_int, default=2, help="worker processes (default 2)")
+    w.add_argument("--out", default="outputs/sweep")
+    w.add_argument("--no-progress", action="store_true")
+    w.set_defaults(func=cmd_sweep)
+
+    try:
+        from .bench import add_bench_parser
+    except ImportError:  # pragma: no cover - the benchmark module is optional
+        pass
+    else:
+        add_bench_parser(sub)
     return parser
 
 
@@ -189,7 +339,9 @@ def _version() -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args._argv = argv[1:]
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

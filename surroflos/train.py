@@ -1,0 +1,535 @@
+"""Training on temporal tasks with optional gradient flossing: the engine of ``surroflos train``.
+
+One run = one :class:`TrainConfig`. Everything random is drawn from generators seeded by ``seed``
+(weights, training data, flossing inputs, the fixed validation set, spectrum estimates), and their
+states are checkpointed with the model and the optimizer, so an interrupted run resumed with
+``resume=True`` continues exactly where an uninterrupted one would be.
+
+A run folder holds::
+
+    config.json        the resolved configuration (plus versions)
+    metrics.jsonl      one JSON line per epoch: losses, the task metric, lambda_1, flossing bouts
+    checkpoint.pt      model, optimizer, RNG states, metrics (written atomically every epoch and on Ctrl-C)
+    result.json        written once the run is complete: final metric, spectra before/after
+    learning_curve.png, spectrum.png, lambda1.png, raster.png (spiking models)
+
+Flossing modes: ``"none"``; ``"pre"`` (preflossing: ``pre_steps`` flossing updates before training);
+``"during"`` (preflossing plus bouts of ``floss_steps`` updates every ``floss_every`` epochs, at most
+``floss_times`` bouts, see :class:`~surroflos.flossing.FlossingSchedule`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from . import plotting
+from .flossing import FlossingSchedule, floss
+from .lyapunov import lyapunov_spectrum
+
+__all__ = ["TrainConfig", "TrainResult", "ConfigError", "train", "build_model", "MODELS", "FLOSSING_MODES"]
+
+MODELS = ("rate", "lif", "cuba", "balanced")
+FLOSSING_MODES = ("none", "pre", "during")
+RULES = ("bptt",)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# Offsets that give each random stream its own seed (fixed forever: changing them changes every run).
+_SEED_MODEL, _SEED_DATA, _SEED_EVAL, _SEED_FLOSS, _SEED_SPECTRUM = 0, 1, 2, 3, 4
+
+
+class ConfigError(ValueError):
+    """A training configuration that cannot run (reported before any work starts)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (all JSON-serialisable).
+
+    Task: ``task`` (a name from :func:`surroflos.tasks.names`), ``delay`` and ``T`` (trial length in
+    steps; ``None``: the task's own default; the defaults 10 and 60 are those of the main job, delayed
+    XOR, so set them to ``None`` for tasks without a delay such as ``flipflop``), ``task_params`` (further keyword arguments of :func:`surroflos.tasks.make`).
+    Model: ``model`` in :data:`MODELS`, ``N`` hidden units, gain ``g``; spiking ``beta``, ``alpha``,
+    ``threshold``, ``reset``, ``surrogate``; balanced ``K`` (in-degree). ``backend``: kernel backend.
+    Flossing: ``flossing`` in :data:`FLOSSING_MODES`, ``k`` exponents towards ``target``,
+    ``pre_steps``, ``floss_every``/``floss_steps``/``floss_times`` (during training), ``floss_T``
+    (steps per estimate), ``floss_batch``, ``floss_lr``.
+    Optimisation: ``epochs`` x ``steps_per_epoch`` Adam steps on fresh batches of ``batch`` trials,
+    learning rate ``lr``, gradient-norm clip ``grad_clip`` (``None``: off).
+    Monitoring: validation on ``eval_batch`` fixed trials every epoch; lambda_1 every
+    ``lyap_every`` epochs (0: never) from ``spectrum_T`` steps; spectra of ``spectrum_k`` exponents
+    (default ``k``) before and after training.
+    """
+
+    task: str = "xor"
+    delay: Optional[int] = 10
+    T: Optional[int] = 60
+    task_params: dict = field(default_factory=dict)
+    model: str = "lif"
+    N: int = 64
+    g: float = 1.0
+    beta: float = 0.9
+    alpha: float = 0.8
+    threshold: float = 1.0
+    reset: str = "subtract"
+    surrogate: str = "atan"
+    K: int = 16
+    backend: str = "auto"
+    rule: str = "bptt"
+    flossing: str = "pre"
+    k: int = 4
+    target: float = 0.0
+    pre_steps: int = 100
+    floss_every: int = 5
+    floss_steps: int = 20
+    floss_times: int = 0
+    floss_T: int = 100
+    floss_batch: int = 8
+    floss_lr: float = 1e-3
+    epochs: int = 20
+    steps_per_epoch: int = 20
+    batch: int = 32
+    lr: float = 3e-3
+    grad_clip: Optional[float] = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    eval_batch: int = 256
+    lyap_every: int = 1
+    spectrum_T: int = 200
+    spectrum_k: Optional[int] = None
+    out: str = "outputs/train"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown configuration keys {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def schedule(self) -> FlossingSchedule:
+        """The flossing schedule this configuration implies."""
+        if self.flossing == "none":
+            return FlossingSchedule()
+        if self.flossing == "pre":
+            return FlossingSchedule(pre_steps=self.pre_steps)
+        times = self.floss_times or max(1, (self.epochs - 1) // max(self.floss_every, 1))
+        return FlossingSchedule(pre_steps=self.pre_steps, every=self.floss_every, steps=self.floss_steps,
+                                times=times)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: per-epoch metrics, spectra before/after, the task's final metric."""
+
+    config: TrainConfig
+    metrics: list
+    final: dict
+    spectrum_before: Optional[list]
+    spectrum_after: Optional[list]
+    out: str
+    interrupted: bool = False
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation and construction
+# ----------------------------------------------------------------------------------------------
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _make_task(cfg: TrainConfig):
+    from . import tasks
+
+    names = tasks.names()
+    _check(cfg.task in names, f"unknown task {cfg.task!r}; available tasks: {', '.join(names)}")
+    params = dict(cfg.task_params)
+    for name in ("delay", "T"):
+        if getattr(cfg, name) is not None:
+            params.setdefault(name, getattr(cfg, name))
+    if cfg.model != "rate" and "encoding" not in params:
+        params["encoding"] = "current"  # spiking networks: inputs as constant currents by default
+    try:
+        return tasks.make(cfg.task, **params)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"task {cfg.task!r} with {params}: {e}") from e
+
+
+def validate(cfg: TrainConfig):
+    """Check ``cfg`` and build its task; raises :class:`ConfigError` with a clear message."""
+    _check(cfg.model in MODELS, f"model must be one of {MODELS}, got {cfg.model!r}")
+    _check(cfg.flossing in FLOSSING_MODES, f"flossing must be one of {FLOSSING_MODES}, got {cfg.flossing!r}")
+    _check(cfg.rule in RULES, f"rule must be one of {RULES}, got {cfg.rule!r}")
+    _check(cfg.dtype in DTYPES, f"dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
+    for name in ("N", "epochs", "steps_per_epoch", "batch", "eval_batch", "k", "floss_T", "floss_batch",
+                 "spectrum_T"):
+        v = getattr(cfg, name)
+        _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name} must be a positive int, got {v!r}")
+    for name in ("pre_steps", "floss_every", "floss_steps", "floss_times", "lyap_every", "seed"):
+        v = getattr(cfg, name)
+        _check(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+               f"{name} must be a non-negative int, got {v!r}")
+    for name in ("lr", "floss_lr"):
+        v = getattr(cfg, name)
+        _check(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f"{name} must be positive, got {v!r}")
+    _check(cfg.grad_clip is None or (math.isfinite(cfg.grad_clip) and cfg.grad_clip > 0),
+           f"grad_clip must be positive or None, got {cfg.grad_clip!r}")
+    _check(cfg.delay is None or (isinstance(cfg.delay, int) and cfg.delay >= 0),
+           f"delay must be a non-negative int, got {cfg.delay!r}")
+    _check(cfg.T is None or (isinstance(cfg.T, int) and cfg.T >= 1), f"T must be a positive int, got {cfg.T!r}")
+    from .kernels.backend import BACKENDS
+
+    _check(cfg.backend in BACKENDS, f"backend must be one of {BACKENDS}, got {cfg.backend!r}")
+    if cfg.flossing == "during":
+        _check(cfg.floss_every >= 1 and cfg.floss_steps >= 1, "flossing 'during' needs floss_every >= 1 and floss_steps >= 1")
+    if cfg.model == "balanced":
+        _check(1 <= cfg.K < cfg.N, f"balanced networks need 1 <= K < N, got K={cfg.K}, N={cfg.N}")
+    state_dim = cfg.N if cfg.model in ("rate", "lif") else 2 * cfg.N
+    if cfg.flossing != "none":
+        _check(cfg.k <= state_dim, f"k={cfg.k} flossed exponents but the {cfg.model} network has only "
+                                   f"{state_dim} state dimensions (N={cfg.N})")
+    ks = cfg.spectrum_k or cfg.k
+    _check(ks <= state_dim, f"spectrum_k={ks} exceeds the state dimension {state_dim}")
+    _check(cfg.spectrum_T >= 8, f"spectrum_T must be >= 8 steps, got {cfg.spectrum_T}")
+    return _make_task(cfg)
+
+
+def build_model(cfg: TrainConfig, task, device: torch.device, dtype: torch.dtype):
+    """The network of ``cfg`` sized for ``task`` (weights seeded by ``cfg.seed``)."""
+    from .models import BalancedNetwork, RateRNN, SpikingRNN
+
+    gen = torch.Generator().manual_seed(_seed(cfg.seed, _SEED_MODEL))
+    if cfg.model == "rate":
+        return RateRNN(task.n_in, cfg.N, task.n_out, g=cfg.g, generator=gen, device=device, dtype=dtype)
+    if cfg.model in ("lif", "cuba"):
+        kwargs: dict[str, Any] = {}
+        if cfg.backend != "auto":
+            kwargs["backend"] = cfg.backend
+        return SpikingRNN(task.n_in, cfg.N, task.n_out, neuron=cfg.model, beta=cfg.beta, alpha=cfg.alpha,
+                          threshold=cfg.threshold, reset=cfg.reset, surrogate=cfg.surrogate, g=cfg.g,
+                          generator=gen, device=device, dtype=dtype, **kwargs)
+    return BalancedNetwork(cfg.N, cfg.K, n_in=task.n_in, n_out=task.n_out, learn_recurrent=True,
+                           surrogate=cfg.surrogate, generator=gen, device=device, dtype=dtype)
+
+
+def _seed(seed: int, stream: int) -> int:
+    return (seed * 1_000_003 + stream * 7919) % (2**63 - 1)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    _check(not (dev.type == "cuda" and not torch.cuda.is_available()),
+           f"device {name!r} requested but CUDA is not available (use --device cpu)")
+    return dev
+
+
+# ----------------------------------------------------------------------------------------------
+# Data helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _sample(task, batch: int, gen: torch.Generator, device, dtype):
+    """A batch drawn on the CPU generator, then moved: identical data on every device."""
+    x, y, m = task.sample(batch, generator=gen, dtype=dtype)
+    return x.to(device), y.to(device), m.to(device)
+
+
+def _long_inputs(task, T: int, batch: int, gen: torch.Generator, device, dtype) -> torch.Tensor:
+    """``[T, batch, n_in]`` task inputs: consecutive trials concatenated in time (for spectra)."""
+    chunks, n = [], 0
+    while n < T:
+        x = task.sample(batch, generator=gen, dtype=dtype)[0]
+        chunks.append(x)
+        n += x.shape[0]
+    return torch.cat(chunks)[:T].to(device)
+
+
+def _spectrum(model, task, cfg: TrainConfig, k: int, tag: int, device, dtype) -> list[float]:
+    """Batch-mean spectrum of ``k`` exponents on task inputs (deterministic given ``tag``)."""
+    gen = torch.Generator().manual_seed(_seed(cfg.seed, _SEED_SPECTRUM) + tag)
+    x = _long_inputs(task, cfg.spectrum_T, 4, gen, device, dtype)
+    with torch.no_grad():
+        res = lyapunov_spectrum(model, x, k, transient=cfg.spectrum_T // 4, frame_warmup=cfg.spectrum_T // 4,
+                                generator=gen)
+    return [float(v) for v in res.mean().cpu()]
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def _atomic_save(obj: Any, path: str) -> None:
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_json(obj: Any, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _write_metrics(path: str, metrics: list) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        for row in metrics:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+
+
+# Keys that may differ between a checkpoint and a resumed run without changing what was computed.
+_RESUMABLE_CHANGES = {"epochs", "out", "device", "backend"}
+
+
+def _check_resume(saved: dict, cfg: TrainConfig) -> None:
+    now = cfg.to_dict()
+    diff = sorted(k for k in set(saved) | set(now) if k not in _RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
+        raise ConfigError(f"--resume: the configuration differs from the checkpoint's ({detail}); only "
+                          f"{sorted(_RESUMABLE_CHANGES)} may change. Use a new --out folder for a new run.")
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
+          stop_after: Optional[int] = None, log: Callable[[str], None] = print) -> TrainResult:
+    """Run (or resume) the training described by ``cfg``; write everything to ``cfg.out``.
+
+    Args:
+        cfg: the configuration (validated first: a bad one raises :class:`ConfigError` before any work).
+        resume: continue from ``cfg.out/checkpoint.pt`` (exactly: same data, same RNG states).
+        progress: show a progress bar (loss, metric, lambda_1).
+        stop_after: stop (as if interrupted, checkpoint written) after this many epochs of this call;
+            for tests of resumption.
+        log: where summary lines go.
+
+    Returns:
+        :class:`TrainResult`. ``Ctrl-C`` writes a checkpoint of the last completed epoch and re-raises
+        ``KeyboardInterrupt``.
+    """
+    task = validate(cfg)
+    device, dtype = _device(cfg.device), DTYPES[cfg.dtype]
+    os.makedirs(cfg.out, exist_ok=True)
+    ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
+    model = build_model(cfg, task, device, dtype)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    g_data = torch.Generator().manual_seed(_seed(cfg.seed, _SEED_DATA))
+    g_floss = torch.Generator().manual_seed(_seed(cfg.seed, _SEED_FLOSS))
+    schedule = cfg.schedule()
+    k_spec = cfg.spectrum_k or cfg.k
+    state: dict[str, Any] = {"epoch": 0, "metrics": [], "spectrum_before": None, "preflossed": False,
+                             "preflossing": None}
+    if resume:
+        if not os.path.exists(ckpt_path):
+            raise ConfigError(f"--resume: no checkpoint at {ckpt_path}; start without --resume")
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        _check_resume(ck["config"], cfg)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        g_data.set_state(ck["g_data"])
+        g_floss.set_state(ck["g_floss"])
+        torch.set_rng_state(ck["torch_rng"])
+        state = ck["state"]
+        log(f"resumed {cfg.out} at epoch {state['epoch']}")
+    else:
+        torch.manual_seed(_seed(cfg.seed, _SEED_MODEL))
+    _atomic_json({"config": cfg.to_dict(), "versions": _versions(), "schedule": dataclasses.asdict(schedule)},
+                 os.path.join(cfg.out, "config.json"))
+    metrics_path = os.path.join(cfg.out, "metrics.jsonl")
+    _write_metrics(metrics_path, state["metrics"])  # drops lines of epochs after the checkpoint
+
+    g_eval = torch.Generator().manual_seed(_seed(cfg.seed, _SEED_EVAL))
+    x_val, y_val, m_val = _sample(task, cfg.eval_batch, g_eval, device, dtype)
+
+    def floss_inputs(i: int, g: torch.Generator) -> torch.Tensor:
+        return _long_inputs(task, cfg.floss_T, cfg.floss_batch, g, device, dtype)
+
+    def floss_bout(steps: int) -> dict:
+        t0 = time.perf_counter()
+        hist = floss(model, steps, k=cfg.k, T=cfg.floss_T, batch=cfg.floss_batch, lr=cfg.floss_lr,
+                     target=cfg.target, inputs=floss_inputs, generator=g_floss, progress=progress,
+                     max_grad_norm=cfg.grad_clip)
+        lam = hist.exponents
+        return {"steps": len(hist), "lambda_first": lam[0].tolist() if len(hist) else None,
+                "lambda_last": lam[-1].tolist() if len(hist) else None,
+                "loss_last": float(hist.loss[-1]) if len(hist) else None, "seconds": time.perf_counter() - t0}
+
+    def snapshot() -> dict:
+        return {"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "g_data": g_data.get_state(), "g_floss": g_floss.get_state(), "torch_rng": torch.get_rng_state(),
+                "state": state, "versions": _versions()}
+
+    interrupted = False
+    bar = None
+    try:
+        if state["spectrum_before"] is None:
+            state["spectrum_before"] = _spectrum(model, task, cfg, k_spec, 0, device, dtype)
+            log("spectrum before: " + _fmt(state["spectrum_before"]))
+            _atomic_save(snapshot(), ckpt_path)  # from here on, --resume always has a checkpoint
+        if schedule.pre_steps and not state["preflossed"]:
+            state["preflossing"] = floss_bout(schedule.pre_steps)
+            state["preflossed"] = True
+            log(f"preflossing: lambda_1..{cfg.k} {_fmt(state['preflossing']['lambda_first'])} -> "
+                f"{_fmt(state['preflossing']['lambda_last'])}")
+            _atomic_save(snapshot(), ckpt_path)
+        bar = _progress_bar(cfg.epochs, state["epoch"], progress)
+        done_this_call = 0
+        while state["epoch"] < cfg.epochs:
+            if stop_after is not None and done_this_call >= stop_after:
+                interrupted = True
+                break
+            epoch = state["epoch"]
+            t0 = time.perf_counter()
+            row: dict[str, Any] = {"epoch": epoch + 1}
+            if schedule.due(epoch):
+                row["flossing"] = floss_bout(schedule.steps)
+            model.train()
+            losses = []
+            for _ in range(cfg.steps_per_epoch):
+                x, y, m = _sample(task, cfg.batch, g_data, device, dtype)
+                out, _ = model(x)
+                loss = task.loss(out, y, m)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {float(loss)} at epoch {epoch + 1}; lower "
+                                             "--lr, set --grad-clip, or lower --g")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                losses.append(float(loss.detach()))
+            model.eval()
+            with torch.no_grad():
+                out, states = model(x_val)
+                row["train_loss"] = sum(losses) / len(losses)
+                row["val_loss"] = float(task.loss(out, y_val, m_val))
+                row[task.metric] = float(task.score(out, y_val, m_val))
+                if hasattr(model, "spikes"):
+                    row["rate"] = float(model.spikes(states).mean())
+            if cfg.lyap_every and ((epoch + 1) % cfg.lyap_every == 0 or epoch + 1 == cfg.epochs):
+                row["lambda1"] = _spectrum(model, task, cfg, 1, epoch + 1, device, dtype)[0]
+            row["seconds"] = time.perf_counter() - t0
+            state["metrics"].append(row)
+            state["epoch"] = epoch + 1
+            done_this_call += 1
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            _atomic_save(snapshot(), ckpt_path)
+            if bar is not None:
+                bar.update(1)
+                post = {"loss": f"{row['train_loss']:.3g}", task.metric[:3]: f"{row[task.metric]:.3f}"}
+                if "lambda1" in row:
+                    post["lambda1"] = f"{row['lambda1']:+.3f}"
+                bar.set_postfix(post)
+    except KeyboardInterrupt:
+        # The checkpoint on disk is the last completed epoch (written at its end); say how to go on.
+        if bar is not None:
+            bar.close()
+        log(f"interrupted after epoch {state['epoch']}; checkpoint {ckpt_path}; continue with --resume")
+        raise
+    if bar is not None:
+        bar.close()
+    if interrupted:
+        return TrainResult(cfg, state["metrics"], {}, state["spectrum_before"], None, cfg.out, interrupted=True)
+    after = _spectrum(model, task, cfg, k_spec, 10**6, device, dtype)
+    last = state["metrics"][-1] if state["metrics"] else {}
+    final = {task.metric: last.get(task.metric), "val_loss": last.get("val_loss"), "metric": task.metric,
+             "higher_is_better": task.higher_is_better, "epochs": state["epoch"]}
+    _atomic_json({"config": cfg.to_dict(), "final": final, "spectrum_before": state["spectrum_before"],
+                  "spectrum_after": after, "preflossing": state["preflossing"], "versions": _versions()},
+                 os.path.join(cfg.out, "result.json"))
+    _plots(cfg, task, model, state, after, x_val, device)
+    log(f"{cfg.task} (delay {cfg.delay}), {cfg.model} N={cfg.N}, flossing={cfg.flossing}: "
+        f"{task.metric} {final[task.metric]:.3f} after {state['epoch']} epochs")
+    log("spectrum before: " + _fmt(state["spectrum_before"]))
+    log("spectrum after:  " + _fmt(after))
+    log(f"wrote {cfg.out}/ (config.json, metrics.jsonl, checkpoint.pt, result.json, plots)")
+    return TrainResult(cfg, state["metrics"], final, state["spectrum_before"], after, cfg.out)
+
+
+def _fmt(values, n: int = 6) -> str:
+    return " ".join(f"{v:+.3f}" for v in (values or [])[:n])
+
+
+def _versions() -> dict:
+    import platform
+
+    from . import __version__
+
+    return {"surroflos": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="training", unit="epoch", dynamic_ncols=True, disable=None)
+
+
+def _plots(cfg: TrainConfig, task, model, state: dict, after: list, x_val: torch.Tensor, device) -> None:
+    """learning_curve.png, spectrum.png, lambda1.png and (spiking models) raster.png."""
+    rows = state["metrics"]
+    ep = [r["epoch"] for r in rows]
+    fig, (a1, a2) = plotting.figure(2)
+    a1.plot(ep, [r["train_loss"] for r in rows], label="train")
+    a1.plot(ep, [r["val_loss"] for r in rows], label="validation")
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("loss")
+    a1.set_yscale("log")
+    a1.legend()
+    a2.plot(ep, [r[task.metric] for r in rows], color="C2")
+    a2.set_xlabel("epoch")
+    a2.set_ylabel(task.metric)
+    a2.set_title(f"{cfg.task}, delay {cfg.delay}, flossing {cfg.flossing}")
+    plotting.save_figure(fig, os.path.join(cfg.out, "learning_curve.png"))
+
+    fig, (ax,) = plotting.figure(1)
+    plotting.plot_spectra(ax, {"before training": torch.tensor([state["spectrum_before"]]),
+                               "after training": torch.tensor([after])},
+                          title=f"{cfg.model} N={cfg.N}: Lyapunov spectrum", unit="1/step")
+    plotting.save_figure(fig, os.path.join(cfg.out, "spectrum.png"))
+
+    lam = [(r["epoch"], r["lambda1"]) for r in rows if "lambda1" in r]
+    if lam:
+        fig, (ax,) = plotting.figure(1)
+        ax.plot([e for e, _ in lam], [v for _, v in lam], marker=".")
+        ax.axhline(cfg.target if cfg.flossing != "none" else 0.0, color="gray", lw=0.8, ls="--")
+        for r in rows:
+            if "flossing" in r:
+                ax.axvline(r["epoch"] - 0.5, color="C3", lw=0.8, alpha=0.6)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("$\\lambda_1$")
+        ax.set_title("largest Lyapunov exponent during training" + (" (red: flossing bouts)" if cfg.flossing == "during" else ""))
+        plotting.save_figure(fig, os.path.join(cfg.out, "lambda1.png"))
+
+    if hasattr(model, "spikes"):
+        from .models.balanced import plot_raster
+
+        with torch.no_grad():
+            _, states = model(x_val[:, :1])
+        plot_raster(model.spikes(states).cpu(), float(model.dt), os.path.join(cfg.out, "raster.png"),
+                    title=f"{cfg.model}: spikes on one validation trial")
