@@ -14,7 +14,8 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import torch
 
 from ._random import randn
-from .lyapunov import lyapunov_spectrum
+from .kernels.backend import check_backend
+from .lyapunov import QR_METHODS, lyapunov_spectrum
 from .models.layered import as_model
 
 __all__ = ["flossing_loss", "floss", "FlossingHistory", "FlossingSchedule"]
@@ -102,7 +103,8 @@ def floss(model, steps: int, *, k: int, T: int = 100, batch: int = 16, lr: float
           local: bool = False, callback: Optional[Callable[[int, torch.Tensor, float], Optional[bool]]] = None,
           qr_every: int = 1, transient: Optional[int] = None, frame_warmup: Optional[int] = None,
           input_std: float = 1.0, max_grad_norm: Optional[float] = None,
-          generator: Optional[torch.Generator] = None, progress: bool = True) -> FlossingHistory:
+          generator: Optional[torch.Generator] = None, progress: bool = True, backend: str = "auto",
+          qr: str = "auto") -> FlossingHistory:
     """Preflossing: ``steps`` Adam updates of ``params`` on ``flossing_loss(lyapunov exponents, target)``.
 
     Args:
@@ -123,6 +125,8 @@ def floss(model, steps: int, *, k: int, T: int = 100, batch: int = 16, lr: float
         max_grad_norm: clip the flossing gradient norm.
         generator: seeds inputs, initial states and frames (reproducible runs).
         progress: show a progress bar.
+        backend, qr: passed to :func:`surroflos.lyapunov_spectrum` (``"auto"``: the fused Triton
+            tangent maps and CholeskyQR2 for CUDA tensors, PyTorch and Householder otherwise).
 
     Returns:
         :class:`FlossingHistory` with the batch-mean exponents ``[steps, k]`` before each update.
@@ -133,6 +137,9 @@ def floss(model, steps: int, *, k: int, T: int = 100, batch: int = 16, lr: float
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if isinstance(T, bool) or not isinstance(T, int) or T < 2:
         raise ValueError(f"T must be an int >= 2, got {T!r}")
+    check_backend(backend)
+    if qr not in QR_METHODS:
+        raise ValueError(f"qr must be one of {QR_METHODS}, got {qr!r}")
     model = as_model(model)
     transient = T // 4 if transient is None else transient
     frame_warmup = T // 4 if frame_warmup is None else frame_warmup
@@ -149,7 +156,7 @@ def floss(model, steps: int, *, k: int, T: int = 100, batch: int = 16, lr: float
     for i in range(steps):
         x = draw(i, g)
         res = lyapunov_spectrum(model, x, k, qr_every=qr_every, transient=transient, frame_warmup=frame_warmup,
-                                generator=g, detach_state=local)
+                                generator=g, detach_state=local, backend=backend, qr=qr)
         loss = flossing_loss(res.exponents, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()

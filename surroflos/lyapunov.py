@@ -14,6 +14,11 @@ Gradients flow through phase 3 (state trajectory, tangent maps and ``torch.linal
 ``grad_through_transient=True`` through phases 1-2 as well, so the exponents can be used in a loss
 (:mod:`surroflos.flossing`). With ``detach_state=True`` the state is simulated without gradient and only the explicit dependence of the tangent maps on the parameters is
 differentiated (the local form of seed 003).
+
+``backend="triton"`` (the default ``"auto"`` picks it for CUDA inputs) swaps the model's tangent map
+for the fused one of :mod:`surroflos.kernels.tangent` where the model is a known one, and
+re-orthonormalises with CholeskyQR2 (:mod:`surroflos.kernels.qr`); ``backend="torch"`` is the plain
+PyTorch computation (model tangent map, ``torch.linalg.qr``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from typing import Any
 import torch
 
 from ._random import orthonormal_frame, randn
+from .kernels.backend import check_backend, resolve_backend
+from .kernels.qr import cholesky_qr2
+from .kernels.tangent import fused_tangent_function
 from .models.base import check_inputs, check_state_and_model, jvp_tangent
 from .models.layered import as_model
 
@@ -118,7 +126,26 @@ def _check_int(name: str, value: Any, low: int) -> int:
     return value
 
 
-def _prepare(model, inputs, state0, generator):
+QR_METHODS = ("auto", "householder", "cholesky_qr2")
+
+
+def _resolve_engine(inputs: Any, backend: str, qr: str) -> tuple[str, str]:
+    """``(backend, qr)`` after resolution: ``"torch"``/``"triton"`` and ``"householder"``/``"cholesky_qr2"``.
+
+    ``qr="auto"`` is CholeskyQR2 with the Triton backend, Householder (today's ``torch.linalg.qr``)
+    with the torch backend.
+    """
+    check_backend(backend)
+    if qr not in QR_METHODS:
+        raise ValueError(f"qr must be one of {QR_METHODS}, got {qr!r}")
+    # a non-tensor input gets its TypeError from check_inputs in _prepare
+    be = resolve_backend(backend, inputs.device if isinstance(inputs, torch.Tensor) else "cpu")
+    if qr == "auto":
+        qr = "cholesky_qr2" if be == "triton" else "householder"
+    return be, qr
+
+
+def _prepare(model, inputs, state0, generator, backend: str = "torch"):
     check_inputs(inputs, model.n_in, finite=True)
     check_state_and_model(model, inputs, state0)
     batch = inputs.shape[1]
@@ -128,7 +155,9 @@ def _prepare(model, inputs, state0, generator):
         raise ValueError("state0 contains NaN or inf")
     params = model.params()
     step = model.step_function
-    tangent = getattr(model, "tangent_function", None)
+    tangent = fused_tangent_function(model, "triton") if backend == "triton" else None
+    if tangent is None:
+        tangent = getattr(model, "tangent_function", None)
     if tangent is None:
         def tangent(x, s, p, Q):
             return jvp_tangent(step, x, s, p, Q)
@@ -138,8 +167,9 @@ def _prepare(model, inputs, state0, generator):
 class _FiniteGuard:
     """Checks state and QR diagonal for NaN/inf; immediately on CPU, deferred on accelerators (no sync)."""
 
-    def __init__(self, device: torch.device, qr_every: int) -> None:
+    def __init__(self, device: torch.device, qr_every: int, method: str = "householder") -> None:
         self.eager = device.type == "cpu"
+        self.method = method
         self.qr_every = qr_every
         self.flags: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         self.min_kept: torch.Tensor | None = None
@@ -158,7 +188,11 @@ class _FiniteGuard:
         ``sqrt(eps)`` of the dtype the small directions are being lost to rounding (``qr_every`` too
         large for the spread of the spectrum), which :meth:`finish` reports as a warning.
         """
-        Qn, R = torch.linalg.qr(Q)
+        if self.method == "householder":
+            Qn, R = torch.linalg.qr(Q)
+        else:  # computed in float32 for low-precision frames, float64 for float64 ones
+            Qn, R = cholesky_qr2(Q if Q.dtype in (torch.float32, torch.float64) else Q.float())
+            Qn, R = Qn.to(Q.dtype), R.to(Q.dtype)
         logdiag = R.diagonal(dim1=-2, dim2=-1).abs().log()
         self.check(t, state, logdiag)
         with torch.no_grad():
@@ -206,7 +240,8 @@ class _FiniteGuard:
 def lyapunov_spectrum(model, inputs: torch.Tensor, k: int, *, qr_every: int = 1, transient: int = 0,
                       frame_warmup: int = 0, state0: torch.Tensor | None = None,
                       generator: torch.Generator | None = None, detach_state: bool = False,
-                      grad_through_transient: bool = False) -> LyapunovResult:
+                      grad_through_transient: bool = False, backend: str = "auto",
+                      qr: str = "auto") -> LyapunovResult:
     """The k leading Lyapunov exponents of ``model`` driven by ``inputs``, one spectrum per trajectory.
 
     Args:
@@ -228,6 +263,13 @@ def lyapunov_spectrum(model, inputs: torch.Tensor, k: int, *, qr_every: int = 1,
             default they run without gradient: the state and frame at the start of the accumulation
             window are treated as given, which avoids backpropagating through a long (possibly
             chaotic) transient, the very explosion flossing fights.
+        backend: ``"auto"`` (Triton for CUDA inputs, else torch), ``"torch"`` or ``"triton"``
+            (:mod:`surroflos.kernels.backend`). With ``"triton"`` the tangent map is the fused one of
+            :func:`surroflos.kernels.tangent.fused_tangent_function` when the model is a known one,
+            else the model's own; ``"torch"`` always uses the model's own tangent map.
+        qr: re-orthonormalisation: ``"householder"`` (``torch.linalg.qr``), ``"cholesky_qr2"``
+            (:mod:`surroflos.kernels.qr`, falls back to Householder per trajectory when the frame is
+            ill-conditioned) or ``"auto"`` (CholeskyQR2 with the Triton backend, else Householder).
 
     Returns:
         :class:`LyapunovResult` with ``exponents [B, k]`` (descending, per unit time).
@@ -243,14 +285,15 @@ def lyapunov_spectrum(model, inputs: torch.Tensor, k: int, *, qr_every: int = 1,
     frame_warmup = _check_int("frame_warmup", frame_warmup, 0)
     if k > model.state_dim:
         raise ValueError(f"k={k} exponents asked for, but the state has only D={model.state_dim} dimensions")
-    state, params, step, tangent = _prepare(model, inputs, state0, generator)
+    be, qr_method = _resolve_engine(inputs, backend, qr)
+    state, params, step, tangent = _prepare(model, inputs, state0, generator, be)
     T, batch = inputs.shape[0], inputs.shape[1]
     start = transient + frame_warmup
     n_acc = T - start
     if n_acc < 1:
         raise ValueError(f"inputs have T={T} steps but transient + frame_warmup = {start}: "
                          "nothing is left to accumulate")
-    guard = _FiniteGuard(inputs.device, qr_every)
+    guard = _FiniteGuard(inputs.device, qr_every, qr_method)
     dt = float(model.dt)
 
     with contextlib.nullcontext() if grad_through_transient else torch.no_grad():

@@ -1,0 +1,506 @@
+"""Fused tangent dynamics ``Q <- D[t] Q``: the two forms every surrogate Jacobian of surroflos takes.
+
+Each model's one-step tangent map (SCIENCE.md section 2) is a dense recurrent matrix ``W [N, N]``
+applied to a row-scaled frame plus diagonal terms, with per-(b, n) coefficient vectors that cheap
+elementwise torch ops compute from the state (``d = sigma'(U - theta)``, ``a = beta``, ...):
+
+- :func:`dense_tangent` (LIF, rate networks, snnTorch ``RLeaky``)::
+
+      out = c * (W @ (d * Q) + a * Q)                 Q, out: [B, N, k];  c optional (1)
+
+- :func:`block_tangent` (current-based neurons: ``cuba``, snnTorch ``RSynaptic``, Norse's recurrent
+  LIF), on the blocks of a frame ``[B, 2N, k]`` (or ``[B, 3N, k]`` for Norse)::
+
+      dsyn = a_s * Qs + W @ (d * Qw)                   Qw = Qm unless given
+      dmem = a_m * Qm + c * dsyn                       returns [dsyn; dmem]: [B, 2N, k]
+
+Coefficients may be Python numbers, 0-d tensors, per-neuron ``[N]`` or per-(b, n) ``[B, N]`` tensors
+(broadcast, never copied). ``backend="torch"`` evaluates the formula with PyTorch (the reference);
+``backend="triton"`` runs one batched GEMM kernel per call (:mod:`surroflos.kernels.tangent_triton`):
+the ``d`` scaling in the prologue, the diagonal/block terms in the epilogue. Both are
+``torch.library`` custom ops (``surroflos::dense_tangent``, ``surroflos::block_tangent``) with
+explicit backward ops (``dQ = d * (W^T H) + a * H``, ``dW = sum_b H_b (d_b Q_b)^T``, coefficient
+gradients as reductions over k), so they are differentiable (flossing runs on them; first-order
+gradients only: the backward ops have no autograd of their own) and capturable by ``torch.compile``.
+
+:func:`fused_tangent_function` maps a known model to a tangent function with the model protocol
+signature ``(x, state, params, Q) -> D Q`` built on these ops (see its docstring for the list).
+"""
+
+import sys
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import Tensor
+
+from .backend import resolve_backend
+
+__all__ = ["dense_tangent", "block_tangent", "fused_tangent_function", "TangentFn"]
+
+TangentFn = Callable[[Tensor, Tensor, Any, Tensor], Tensor]
+Coef = Union[float, int, Tensor]
+
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_EMPTY = (0,)
+
+
+# ------------------------------------------------------------------------------------------------
+# PyTorch path: the plain formulas (forward) and their explicit gradients (backward)
+# ------------------------------------------------------------------------------------------------
+
+def _col(t: Tensor) -> Tensor:
+    return t.unsqueeze(-1)
+
+
+def _dense_torch(W: Tensor, d: Tensor, a: Tensor, c: Optional[Tensor], Q: Tensor) -> Tensor:
+    out = torch.matmul(W, _col(d) * Q) + _col(a) * Q
+    return _col(c) * out if c is not None else out
+
+
+def _block_torch(W, d, a_s, a_m, c, Qs, Qm, Qw) -> Tensor:
+    dsyn = _col(a_s) * Qs + torch.matmul(W, _col(d) * Qw)
+    dmem = _col(a_m) * Qm + _col(c) * dsyn
+    return torch.cat([dsyn, dmem], dim=-2)
+
+
+def _dense_bwd_torch(G, W, d, a, c, Q, need_w: bool, need_c: bool):
+    H = _col(c) * G if c is not None else G
+    P = torch.matmul(W.transpose(-1, -2), H)
+    dQ = _col(d) * P + _col(a) * H
+    dW = torch.einsum("bnk,bmk->nm", H, _col(d) * Q) if need_w else W.new_empty(_EMPTY)
+    dd = (P * Q).sum(-1)
+    da = (H * Q).sum(-1)
+    dc = (G * _dense_torch(W, d, a, None, Q)).sum(-1) if need_c else Q.new_empty(_EMPTY)
+    return dQ, dW, dd, da, dc
+
+
+def _block_bwd_torch(G, W, d, a_s, a_m, c, Qs, Qm, Qw, S, need_w: bool):
+    N = W.shape[0]
+    Gs, Gm = G[..., :N, :], G[..., N:, :]
+    H = Gs + _col(c) * Gm
+    P = torch.matmul(W.transpose(-1, -2), H)
+    dQw = _col(d) * P
+    dQs = _col(a_s) * H
+    dQm = _col(a_m) * Gm
+    dW = torch.einsum("bnk,bmk->nm", H, _col(d) * Qw) if need_w else W.new_empty(_EMPTY)
+    return (dQs, dQm, dQw, dW, (P * Qw).sum(-1), (H * Qs).sum(-1), (Gm * Qm).sum(-1), (Gm * S).sum(-1))
+
+
+def _triton():
+    # Imported here, not at the top: Triton decides interpreter-vs-compiled when the kernels are decorated.
+    from . import tangent_triton
+    return tangent_triton
+
+
+def _contig(t: Tensor) -> Tensor:
+    # Coefficients are broadcast views (stride 0 is fine); frames only need a last-dim stride the kernel
+    # can read, which any strided tensor has. Gradients may arrive with odd strides: normalise them.
+    return t if t.is_contiguous() else t.contiguous()
+
+
+# ------------------------------------------------------------------------------------------------
+# Custom ops: dense form
+# ------------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("surroflos::dense_tangent", mutates_args=())
+def _dense_op(W: Tensor, d: Tensor, a: Tensor, c: Optional[Tensor], Q: Tensor, use_triton: bool) -> Tensor:
+    if use_triton:
+        return _triton().forward(W, d, a, Q, c, None, None, Q, block_form=False)
+    return _dense_torch(W, d, a, c, Q)
+
+
+@_dense_op.register_fake
+def _(W, d, a, c, Q, use_triton):
+    return Q.new_empty(Q.shape)
+
+
+@torch.library.custom_op("surroflos::dense_tangent_backward", mutates_args=())
+def _dense_bwd_op(G: Tensor, W: Tensor, d: Tensor, a: Tensor, c: Optional[Tensor], Q: Tensor, use_triton: bool,
+                  need_w: bool, need_c: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    if not use_triton:
+        return _dense_bwd_torch(G, W, d, a, c, Q, need_w, need_c)
+    tt = _triton()
+    dQ, _, _, dW, sums = tt.backward(_contig(G), None, W, d, a, Q, c, None, None, Q, None, False, need_w)
+    dc = Q.new_empty(_EMPTY)
+    if need_c:
+        dc = (G * tt.forward(W, d, a, Q, None, None, None, Q, block_form=False)).sum(-1)
+    dW = dW if dW is not None else W.new_empty(_EMPTY)
+    return dQ, dW, sums[0].to(d.dtype), sums[1].to(a.dtype), dc
+
+
+@_dense_bwd_op.register_fake
+def _(G, W, d, a, c, Q, use_triton, need_w, need_c):
+    B, N = Q.shape[0], Q.shape[1]
+    return (Q.new_empty(Q.shape), W.new_empty(W.shape if need_w else _EMPTY), d.new_empty(B, N),
+            a.new_empty(B, N), Q.new_empty((B, N) if need_c else _EMPTY))
+
+
+def _dense_setup(ctx, inputs, output):
+    W, d, a, c, Q, use_triton = inputs
+    ctx.use_triton = use_triton
+    ctx.has_c = c is not None
+    ctx.save_for_backward(W, d, a, c, Q)
+
+
+def _dense_backward(ctx, grad):
+    W, d, a, c, Q = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    need_c = ctx.has_c and bool(need[3])
+    dQ, dW, dd, da, dc = _dense_bwd_op(grad, W, d, a, c, Q, ctx.use_triton, bool(need[0]), need_c)
+    return (dW if need[0] else None, dd if need[1] else None, da if need[2] else None,
+            dc if need_c else None, dQ if need[4] else None, None)
+
+
+_dense_op.register_autograd(_dense_backward, setup_context=_dense_setup)
+
+
+# ------------------------------------------------------------------------------------------------
+# Custom ops: 2x2-block form
+# ------------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("surroflos::block_tangent", mutates_args=())
+def _block_op(W: Tensor, d: Tensor, a_s: Tensor, a_m: Tensor, c: Tensor, Qs: Tensor, Qm: Tensor, Qw: Tensor,
+              use_triton: bool) -> Tensor:
+    if use_triton:
+        return _triton().forward(W, d, a_s, Qs, c, a_m, Qm, Qw, block_form=True)
+    return _block_torch(W, d, a_s, a_m, c, Qs, Qm, Qw)
+
+
+@_block_op.register_fake
+def _(W, d, a_s, a_m, c, Qs, Qm, Qw, use_triton):
+    B, N, k = Qm.shape
+    return Qm.new_empty(B, 2 * N, k)
+
+
+@torch.library.custom_op("surroflos::block_tangent_backward", mutates_args=())
+def _block_bwd_op(G: Tensor, W: Tensor, d: Tensor, a_s: Tensor, a_m: Tensor, c: Tensor, Qs: Tensor, Qm: Tensor,
+                  Qw: Tensor, out: Tensor, use_triton: bool, need_w: bool
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    N = W.shape[0]
+    S = out[..., :N, :]
+    if not use_triton:
+        return _block_bwd_torch(G, W, d, a_s, a_m, c, Qs, Qm, Qw, S, need_w)
+    G = _contig(G)
+    dQw, dQs, dQm, dW, sums = _triton().backward(G[:, :N], G[:, N:], W, d, a_s, Qs, c, a_m, Qm, Qw, S, True,
+                                                 need_w)
+    dW = dW if dW is not None else W.new_empty(_EMPTY)
+    dt = Qm.dtype
+    return dQs, dQm, dQw, dW, sums[0].to(dt), sums[1].to(dt), sums[2].to(dt), sums[3].to(dt)
+
+
+@_block_bwd_op.register_fake
+def _(G, W, d, a_s, a_m, c, Qs, Qm, Qw, out, use_triton, need_w):
+    B, N = Qm.shape[0], Qm.shape[1]
+    e = Qm.new_empty
+    return (e(Qm.shape), e(Qm.shape), e(Qm.shape), W.new_empty(W.shape if need_w else _EMPTY),
+            e(B, N), e(B, N), e(B, N), e(B, N))
+
+
+def _block_setup(ctx, inputs, output):
+    W, d, a_s, a_m, c, Qs, Qm, Qw, use_triton = inputs
+    ctx.use_triton = use_triton
+    ctx.save_for_backward(W, d, a_s, a_m, c, Qs, Qm, Qw, output)
+
+
+def _block_backward(ctx, grad):
+    W, d, a_s, a_m, c, Qs, Qm, Qw, out = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    dQs, dQm, dQw, dW, dd, da_s, da_m, dc = _block_bwd_op(grad, W, d, a_s, a_m, c, Qs, Qm, Qw, out,
+                                                          ctx.use_triton, bool(need[0]))
+    grads = (dW, dd, da_s, da_m, dc, dQs, dQm, dQw)
+    return tuple(g if n else None for g, n in zip(grads, need[:8])) + (None,)
+
+
+_block_op.register_autograd(_block_backward, setup_context=_block_setup)
+
+
+# ------------------------------------------------------------------------------------------------
+# Public dispatch
+# ------------------------------------------------------------------------------------------------
+
+def _check_frame(name: str, Q: Any, like: Optional[Tensor] = None) -> None:
+    if not isinstance(Q, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [B, N, k], got {type(Q).__name__}")
+    if Q.ndim != 3 or Q.shape[0] < 1 or Q.shape[1] < 1 or Q.shape[2] < 1:
+        raise ValueError(f"{name} must have shape [B, N, k] with B, N, k >= 1, got {tuple(Q.shape)}")
+    if not Q.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got {Q.dtype}")
+    if like is not None:
+        if Q.shape != like.shape:
+            raise ValueError(f"{name} has shape {tuple(Q.shape)}, expected {tuple(like.shape)} like the other blocks")
+        if Q.dtype != like.dtype or Q.device != like.device:
+            raise ValueError(f"{name} is {Q.dtype} on {Q.device}, the other blocks are {like.dtype} on {like.device}")
+
+
+def _check_weight(W: Any, Q: Tensor) -> None:
+    if not isinstance(W, Tensor):
+        raise TypeError(f"W must be a torch.Tensor [N, N], got {type(W).__name__}")
+    N = Q.shape[1]
+    if W.ndim != 2 or W.shape[0] != N or W.shape[1] != N:
+        raise ValueError(f"W must have shape [N, N] = [{N}, {N}] for frames [B, N, k] = {tuple(Q.shape)}, "
+                         f"got {tuple(W.shape)}")
+    if W.dtype != Q.dtype or W.device != Q.device:
+        raise ValueError(f"W is {W.dtype} on {W.device} but the frame is {Q.dtype} on {Q.device}; convert one")
+
+
+def _coef(name: str, value: Coef, Q: Tensor) -> Tensor:
+    """A coefficient as a ``[B, N]`` view (scalars and ``[N]`` broadcast with stride 0)."""
+    B, N = Q.shape[0], Q.shape[1]
+    if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
+        raise TypeError(f"{name} must be a number or a tensor (scalar, [N] or [B, N]), got {type(value).__name__}")
+    if not isinstance(value, Tensor):
+        value = Q.new_full((), float(value))  # a fill on the device, not a host-to-device copy (no sync)
+    elif value.dtype != Q.dtype or value.device != Q.device:
+        raise ValueError(f"{name} is {value.dtype} on {value.device} but the frame is {Q.dtype} on {Q.device}")
+    if value.ndim > 2:
+        raise ValueError(f"{name} must be a scalar, [N] or [B, N] = [{B}, {N}], got shape {tuple(value.shape)}")
+    try:
+        return torch.broadcast_to(value, (B, N))
+    except RuntimeError:
+        raise ValueError(f"{name} of shape {tuple(value.shape)} does not broadcast to [B, N] = [{B}, {N}]") from None
+
+
+def _resolved_triton(backend: str, device: str) -> bool:
+    return resolve_backend(backend, device) == "triton"
+
+
+# torch.compile: resolve at trace time and treat the answer as a constant (it reads the environment and
+# Triton's knobs, which Dynamo cannot trace). This is exactly what torch.compiler.assume_constant_result
+# does, spelled out because that function imports Dynamo (seconds) at `import surroflos`.
+_resolved_triton._dynamo_marked_constant = True  # type: ignore[attr-defined]
+_resolved_triton_const = _resolved_triton
+
+
+def _use_triton(backend: str, Q: Tensor) -> bool:
+    use = _resolved_triton_const(backend, str(Q.device))
+    if use and Q.dtype not in _TRITON_DTYPES:
+        if backend == "triton":
+            raise ValueError(f"backend='triton' supports float16/bfloat16/float32/float64 frames, got {Q.dtype}")
+        use = False
+    return use
+
+
+def dense_tangent(W: Tensor, d: Coef, a: Coef, Q: Tensor, c: Optional[Coef] = None, *,
+                  backend: str = "auto") -> Tensor:
+    """``c * (W @ (d * Q) + a * Q)`` for a frame ``Q: [B, N, k]``, differentiable in every tensor.
+
+    Args:
+        W: ``[N, N]`` recurrent matrix (shared by the batch).
+        d: row scaling of ``Q`` before ``W``: number, ``[N]`` or ``[B, N]``.
+        a: diagonal term, same shapes.
+        Q: the frame ``[B, N, k]``.
+        c: optional outer row factor (``None`` = 1), same shapes.
+        backend: ``"auto"`` (Triton for CUDA tensors), ``"torch"`` or ``"triton"``.
+
+    Returns:
+        ``[B, N, k]`` in ``Q``'s dtype (Triton accumulates in float32, float64 for float64).
+    """
+    _check_frame("Q", Q)
+    _check_weight(W, Q)
+    d_, a_ = _coef("d", d, Q), _coef("a", a, Q)
+    c_ = None if c is None else _coef("c", c, Q)
+    return _dense_op(W, d_, a_, c_, Q, _use_triton(backend, Q))
+
+
+def block_tangent(W: Tensor, d: Coef, a_s: Coef, a_m: Coef, c: Coef, Qs: Tensor, Qm: Tensor,
+                  Qw: Optional[Tensor] = None, *, backend: str = "auto") -> Tensor:
+    """The 2x2-block tangent map ``[dsyn; dmem]: [B, 2N, k]`` of a current-based network::
+
+        dsyn = a_s * Qs + W @ (d * Qw)        (Qw = Qm when not given)
+        dmem = a_m * Qm + c * dsyn
+
+    ``Qs``, ``Qm``, ``Qw``: ``[B, N, k]`` blocks (views of one frame are fine); coefficients as in
+    :func:`dense_tangent`. With ``Qw = Qm`` this is the Jacobian of ``cuba``/``RSynaptic``
+    (``a_s = alpha``, ``a_m = c beta`` or ``beta - theta d``, ...); Norse's recurrent LIF uses
+    ``Qw = Qz`` and ``d = 1`` to get ``(dj, du)``.
+    """
+    _check_frame("Qm", Qm)
+    _check_frame("Qs", Qs, Qm)
+    Qw = Qm if Qw is None else Qw
+    _check_frame("Qw", Qw, Qm)
+    _check_weight(W, Qm)
+    coefs = [_coef(n, v, Qm) for n, v in (("d", d), ("a_s", a_s), ("a_m", a_m), ("c", c))]
+    return _block_op(W, *coefs, Qs, Qm, Qw, _use_triton(backend, Qm))
+
+
+# ------------------------------------------------------------------------------------------------
+# Registry: model -> fused tangent function
+# ------------------------------------------------------------------------------------------------
+
+def _spiking_fire(v: Tensor, p: Any) -> Tensor:
+    # Same as surroflos.models.spiking's spike of the shifted membrane (smooth primitive or Heaviside).
+    return p.surrogate.primitive(v) if p.smooth else p.surrogate(v)
+
+
+def _make_lif(backend: str) -> TangentFn:
+    def lif_tangent_fused(x: Tensor, U: Tensor, p: Any, Q: Tensor) -> Tensor:
+        v = U - p.threshold
+        d = p.surrogate.derivative(v)
+        if p.reset == "subtract":
+            a = p.beta if p.detach_reset else p.beta - p.threshold * d
+        else:
+            R = _spiking_fire(v, p)
+            a = p.beta * (1.0 - R)
+            if not p.detach_reset:
+                a = a - p.beta * U * d
+        return dense_tangent(p.weight_rec, d, a, Q, backend=backend)
+    return lif_tangent_fused
+
+
+def _make_cuba(backend: str) -> TangentFn:
+    def cuba_tangent_fused(x: Tensor, state: Tensor, p: Any, Q: Tensor) -> Tensor:
+        syn, mem = state.chunk(2, dim=-1)
+        Qs, Qm = Q.chunk(2, dim=-2)
+        v = mem - p.threshold
+        d = p.surrogate.derivative(v)
+        if p.reset == "subtract":
+            c: Any = 1.0
+            a_m = p.beta if p.detach_reset else p.beta - p.threshold * d
+        else:
+            spk = _spiking_fire(v, p)
+            c = 1.0 - spk
+            a_m = c * p.beta
+            if not p.detach_reset:
+                pre = p.beta * mem + p.alpha * syn + x @ p.weight_in.T + spk @ p.weight_rec.T + p.bias
+                a_m = a_m - pre * d
+        return block_tangent(p.weight_rec, d, p.alpha, a_m, c, Qs, Qm, backend=backend)
+    return cuba_tangent_fused
+
+
+def _make_rate(backend: str, reference: TangentFn) -> TangentFn:
+    def rate_tangent_fused(x: Tensor, h: Tensor, p: Any, Q: Tensor) -> Tensor:
+        if p.nonlinearity == "tanh":
+            dphi = 1.0 - torch.tanh(h) ** 2
+        elif p.nonlinearity == "relu":
+            dphi = (h > 0).to(h.dtype)
+        else:  # a nonlinearity added later: the model's own map stays correct
+            return reference(x, h, p, Q)
+        if p.dt == 1.0:
+            return dense_tangent(p.weight_rec, dphi, 0.0, Q, backend=backend)
+        return dense_tangent(p.weight_rec, p.dt * dphi, 1.0 - p.dt, Q, backend=backend)
+    return rate_tangent_fused
+
+
+def _make_rleaky(backend: str, reference: TangentFn) -> TangentFn:
+    def rleaky_tangent_fused(x: Tensor, state: Tensor, p: Any, Q: Tensor) -> Tensor:
+        if p.recurrent_kind != "linear" or p.surrogate is None or not p.reset_delay:
+            return reference(x, state, p, Q)  # one-to-one feedback is diagonal; errors come from the reference
+        d = p.surrogate.derivative(state - p.threshold) * p.graded_spikes_factor
+        c = None
+        if p.reset == "zero":
+            c = 1.0 - p.spike(state - p.threshold).detach()
+        return dense_tangent(p.recurrent_weight, d, p.beta, Q, c, backend=backend)
+    return rleaky_tangent_fused
+
+
+def _make_rsynaptic(backend: str, reference: TangentFn) -> TangentFn:
+    def rsynaptic_tangent_fused(x: Tensor, state: Tensor, p: Any, Q: Tensor) -> Tensor:
+        if p.recurrent_kind != "linear" or p.surrogate is None:
+            return reference(x, state, p, Q)
+        syn, mem = state.chunk(2, dim=-1)
+        Qs, Qm = Q.chunk(2, dim=-2)
+        d = p.surrogate.derivative(mem - p.threshold) * p.graded_spikes_factor
+        c: Any = 1.0
+        if p.reset == "zero":
+            c = 1.0 - p.spike(mem - p.threshold).detach()
+        return block_tangent(p.recurrent_weight, d, p.alpha, c * p.beta, c, Qs, Qm, backend=backend)
+    return rsynaptic_tangent_fused
+
+
+def _make_norse(backend: str) -> TangentFn:
+    from ..norse import norse_surrogate  # only reached when surroflos.norse is already imported
+
+    def norse_lif_tangent_fused(x: Tensor, state: Tensor, params: Any, Q: Tensor) -> Tensor:
+        W_in, W_rec, p, dt = params
+        z, v, i = state.chunk(3, dim=-1)
+        Qz, Qv, Qi = Q.chunk(3, dim=-2)
+        j = i + torch.nn.functional.linear(x, W_in) + torch.nn.functional.linear(z, W_rec)
+        a = dt * p.tau_mem_inv
+        u = v + a * ((p.v_leak - v) + j)
+        x_th = u - p.v_th
+        s = norse_surrogate(p.method, p.alpha)
+        # [dj; du] with dj = Qi + W_rec Qz, du = (1 - a) Qv + a dj: the block form with Qw = Qz, d = 1.
+        a = _as_coef(a, Q)  # Norse keeps float32 parameters: promote before forming 1 - a
+        ju = block_tangent(W_rec, 1.0, 1.0, 1.0 - a, a, Qi, Qv, Qz, backend=backend)
+        N = v.shape[-1]
+        dj, du = ju[..., :N, :], ju[..., N:, :]
+        dz = du * s.derivative(x_th).unsqueeze(-1) if s is not None else torch.zeros_like(du)
+        dv = du * (1 - (x_th > 0).to(u.dtype)).unsqueeze(-1)
+        keep = 1.0 - _as_coef(dt * p.tau_syn_inv, Q)
+        di = dj * (keep.unsqueeze(-1) if isinstance(keep, Tensor) and keep.ndim else keep)
+        return torch.cat([dz, dv, di], dim=-2)
+    return norse_lif_tangent_fused
+
+
+def _as_coef(value: Any, like: Tensor) -> Coef:
+    """Norse parameters may be floats or tensors; tensors must match the frame's dtype."""
+    if isinstance(value, Tensor):
+        return value.to(like.dtype)
+    return float(value)
+
+
+def _layer_fused(layer: Any, backend: str) -> Optional[TangentFn]:
+    try:
+        reference = getattr(layer, "tangent_function", None)
+    except Exception:  # the layer's own property refuses (unsupported options): no analytic map to fuse
+        return None
+    return _by_reference(reference, backend)
+
+
+def _by_reference(reference: Any, backend: str) -> Optional[TangentFn]:
+    """The fused version of a known reference tangent function, else None."""
+    if reference is None:
+        return None
+    spiking = sys.modules.get(__package__.rsplit(".", 1)[0] + ".models.spiking")
+    rate = sys.modules.get(__package__.rsplit(".", 1)[0] + ".models.rate")
+    snn = sys.modules.get(__package__.rsplit(".", 1)[0] + ".snntorch")
+    norse = sys.modules.get(__package__.rsplit(".", 1)[0] + ".norse")
+    if spiking is not None and reference is spiking.lif_tangent:
+        return _make_lif(backend)
+    if spiking is not None and reference is spiking.cuba_tangent:
+        return _make_cuba(backend)
+    if rate is not None and reference is rate.rate_tangent:
+        return _make_rate(backend, reference)
+    if snn is not None and reference is snn.rleaky_flat_tangent:
+        return _make_rleaky(backend, reference)
+    if snn is not None and reference is snn.rsynaptic_flat_tangent:
+        return _make_rsynaptic(backend, reference)
+    if norse is not None and reference is norse.lif_recurrent_flat_tangent:
+        return _make_norse(backend)
+    return None
+
+
+def fused_tangent_function(model: Any, backend: str = "triton") -> Optional[TangentFn]:
+    """A tangent function ``(x, state, params, Q) -> D Q`` for ``model`` built on the fused ops, or None.
+
+    Known models (recognised by their reference tangent function, so a subclass that replaces it is
+    left alone): :class:`~surroflos.SpikingRNN` (``lif`` and ``cuba``, every reset and
+    ``detach_reset``), :class:`~surroflos.RateRNN` (``tanh``/``relu``), and a
+    :class:`~surroflos.models.layered.LayeredNetwork` (what ``lyapunov_spectrum`` makes of an
+    ``nn.Sequential``) around :class:`surroflos.snntorch.RLeaky` / ``RSynaptic`` (``nn.Linear``
+    feedback; one-to-one feedback falls back to the layer's own map at call time) or
+    :class:`surroflos.norse.LIFRecurrentCell`. A model with a ``backend_tangent_function(backend)``
+    method (e.g. :class:`~surroflos.BalancedNetwork`) decides itself. Anything else gives ``None``:
+    use the model's own ``tangent_function``.
+
+    The returned function reads the same ``params`` bundle as the model's own (``model.params()``)
+    and runs the ops with ``backend`` (``"triton"`` by default; ``"torch"`` gives the same numbers
+    through the PyTorch path).
+    """
+    own = getattr(model, "backend_tangent_function", None)
+    if callable(own):
+        return own(backend)
+    layered = sys.modules.get(__package__.rsplit(".", 1)[0] + ".models.layered")
+    if layered is not None and isinstance(model, layered.LayeredNetwork):
+        inner = _layer_fused(model.layer, backend)
+        if inner is None:
+            return None
+
+        def layered_tangent_fused(x: Tensor, state: Tensor, p: Any, Q: Tensor) -> Tensor:
+            return inner(p.encoder(x), state, p.layer, Q)
+        return layered_tangent_fused
+    try:
+        reference = getattr(model, "tangent_function", None)
+    except Exception:
+        return None
+    return _by_reference(reference, backend)
