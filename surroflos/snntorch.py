@@ -7,11 +7,15 @@ inherited unchanged), and ``isinstance(layer, snntorch.Leaky)`` holds, so snnTor
 
 ``layer.sequence(x, state=None, backend="auto")``
     runs a whole sequence ``x: [T, B, ...]`` (time first) and returns the spike sequence and the state
-    sequences, all ``[T, B, ...]``. It is a plain PyTorch loop over the pure step functions of this
-    module (:func:`leaky_step`, :func:`synaptic_step`, :func:`rleaky_step`, :func:`rsynaptic_step`),
-    which reproduce snnTorch's single step exactly: values, spikes and gradients match a loop over
-    ``layer(x[t], ...)``. ``sequence`` neither reads nor writes the hidden state stored on the module
-    (``layer.mem`` etc.); the initial state is ``state`` (zeros when omitted, like ``reset_mem()``).
+    sequences, all ``[T, B, ...]``. ``Leaky`` and ``Synaptic`` run the fused whole-sequence neurons of
+    :mod:`surroflos.kernels.lif` (PyTorch, or Triton with ``backend="triton"`` / ``"auto"`` on CUDA)
+    where those can express the layer (a recognised surrogate, a constant ``graded_spikes_factor``,
+    scalar or per-neuron ``[N]`` parameters); otherwise, and for the recurrent layers, ``sequence`` is a
+    plain PyTorch loop over the pure step functions of this module (:func:`leaky_step`,
+    :func:`synaptic_step`, :func:`rleaky_step`, :func:`rsynaptic_step`). Both reproduce snnTorch's
+    single step: values, spikes and gradients match a loop over ``layer(x[t], ...)``. ``sequence``
+    neither reads nor writes the hidden state stored on the module (``layer.mem`` etc.); the initial
+    state is ``state`` (zeros when omitted, like ``reset_mem()``).
 
 - ``Leaky``: ``state = mem``; returns ``(spk, mem)``; replays ``lif(x[t], mem)``.
 - ``Synaptic``: ``state = (syn, mem)``; returns ``(spk, syn, mem)``; replays ``lif(x[t], syn, mem)``.
@@ -49,10 +53,11 @@ Deliberate differences from snnTorch's step: spikes keep the dtype of ``x`` (snn
 float32, which also makes its RLeaky/RSynaptic with a float64 ``nn.Linear`` fail); the ``sigmoid``
 surrogate derivative is computed in a stable form where snnTorch's overflows to NaN
 (``slope * (theta - mem) > 88`` in float32); a state whose shape differs from ``x[t]`` raises a
-ValueError (snnTorch silently replaces it by zeros). ``sequence`` raises NotImplementedError for
-``init_hidden=True``, ``inhibition=True``, ``state_quant`` and for a ``reset_mechanism`` changed after
-construction (snnTorch keeps the old state function then). ``output=True`` is supported (without
-``init_hidden`` it does not change snnTorch's return value).
+ValueError (snnTorch silently replaces it by zeros). The fused path also returns the states in the
+dtype of ``x`` (the loop promotes float16 ``x`` with float32 per-neuron parameters to float32).
+``sequence`` raises NotImplementedError for ``init_hidden=True``, ``inhibition=True``, ``state_quant``
+and for a ``reset_mechanism`` changed after construction (snnTorch keeps the old state function then).
+``output=True`` is supported (without ``init_hidden`` it does not change snnTorch's return value).
 
 For the recurrent layers, ``layer.step_function`` / ``layer.tangent_function`` / ``layer.params()``
 give the one-step map on a flat state and its analytic surrogate tangent map, in the style of
@@ -72,6 +77,7 @@ from snntorch import surrogate as _snn_surrogate
 from torch import nn
 
 from . import surrogate as sg
+from .kernels import lif as _lif
 
 __all__ = [
     "Leaky", "Synaptic", "RLeaky", "RSynaptic",
@@ -364,13 +370,10 @@ def rsynaptic_flat_tangent(x: Tensor, state: Tensor, p: NeuronParams, Q: Tensor)
 
 
 def _resolve_backend(backend: object) -> str:
+    """``backend`` after checking its name; the device decides later (:mod:`surroflos.kernels.backend`)."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "triton":
-        raise RuntimeError(
-            'backend="triton" is not available yet: the Triton kernels for these layers arrive in a later '
-            'release of surroflos. backend="torch" (or "auto") runs the same computation as a PyTorch loop.')
-    return "torch"
+    return backend
 
 
 def _one_to_one_classes() -> tuple:
@@ -492,14 +495,43 @@ class _SequenceMixin:
     def _loop(self, x: Tensor, state: Tuple[Tensor, ...], p: NeuronParams) -> Tuple[list, ...]:
         raise NotImplementedError  # pragma: no cover - each layer implements it
 
+    def _fused(self, x: Tensor, state: Tuple[Tensor, ...], p: NeuronParams,
+               backend: str) -> Optional[Tuple[Tensor, ...]]:
+        """The fused whole-sequence path, or ``None`` where the layer has none (the loop runs)."""
+        return None
+
+    def _run_fused(self, p: NeuronParams, backend: str, call: Callable[[dict], Tuple[Tensor, ...]]
+                   ) -> Optional[Tuple[Tensor, ...]]:
+        """``call(options)`` of :mod:`surroflos.kernels.lif`, or ``None`` (loop) where it cannot express the layer.
+
+        For ``backend="triton"`` a configuration the kernels cannot express is an error instead.
+        """
+        reason = None
+        if p.surrogate is None:
+            reason = (f"spike_grad={p.spike!r} is not a surrogate the kernels know (snnTorch's atan, fast_sigmoid, "
+                      "sigmoid or a surroflos.Surrogate)")
+        else:
+            try:
+                return call(dict(surrogate=p.surrogate, reset=p.reset, reset_delay=p.reset_delay,
+                                 graded=p.graded_spikes_factor, backend=backend))
+            except _lif.LIFConfigError as err:
+                reason = str(err)
+        if backend == "triton":
+            raise NotImplementedError(f'backend="triton" cannot run this {type(self).__name__}: {reason}. '
+                                      'backend="torch" or "auto" run it as a PyTorch loop.')
+        return None
+
     def sequence(self, x: Tensor, state: StateArg = None, backend: str = "auto") -> Tuple[Tensor, ...]:
         """Run the layer over ``x: [T, B, ...]`` (time first); see the class docstring for ``state``.
 
         Returns the spike sequence and the state sequences, each ``[T, B, ...]``, identical to calling
-        the layer step by step with the states passed explicitly. ``backend``: ``"auto"`` or
-        ``"torch"`` (the PyTorch loop); ``"triton"`` is not available yet.
+        the layer step by step with the states passed explicitly. ``backend``: ``"torch"`` runs the
+        fused whole-sequence PyTorch path of :mod:`surroflos.kernels.lif` (``Leaky``, ``Synaptic``)
+        where it can express the layer, else the PyTorch loop; ``"triton"`` the Triton kernels (an
+        error where they cannot express the layer, and for the recurrent layers, which have none
+        yet); ``"auto"`` Triton for CUDA tensors, else ``"torch"``.
         """
-        _resolve_backend(backend)
+        backend = _resolve_backend(backend)
         cls = type(self).__name__
         if not isinstance(x, Tensor):
             raise TypeError(f"{cls}.sequence expects x to be a torch.Tensor [T, B, ...], got {type(x).__name__}")
@@ -511,6 +543,13 @@ class _SequenceMixin:
         p = self.params()
         init = self._initial_state(x, state)
         self._warn_ignored()
+        fused = self._fused(x, init, p, backend)
+        if fused is not None:
+            return fused
+        if backend == "triton":
+            raise RuntimeError(
+                f'backend="triton" is not available yet for {cls}: its Triton kernels arrive in a later release of '
+                'surroflos. backend="torch" (or "auto") runs the same computation as a PyTorch loop.')
         columns = self._loop(x, init, p)
         if x.shape[0] == 0:
             return tuple(x.new_zeros(x.shape) for _ in columns)
@@ -531,6 +570,9 @@ class Leaky(_SequenceMixin, _snn.Leaky):
 
     _STATE_NAMES = ("mem",)
 
+    def _fused(self, x, state, p, backend):
+        return self._run_fused(p, backend, lambda kw: _lif.leaky_sequence(x, state[0], p.beta, p.threshold, **kw))
+
     def _loop(self, x, state, p):
         (mem,) = state
         spks, mems = [], []
@@ -550,6 +592,10 @@ class Synaptic(_SequenceMixin, _snn.Synaptic):
 
     _STATE_NAMES = ("syn", "mem")
     _HAS_ALPHA = True
+
+    def _fused(self, x, state, p, backend):
+        return self._run_fused(p, backend, lambda kw: _lif.synaptic_sequence(x, state[0], state[1], p.alpha, p.beta,
+                                                                            p.threshold, **kw))
 
     def _loop(self, x, state, p):
         spks, syns, mems = [], [], []

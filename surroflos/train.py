@@ -54,13 +54,16 @@ class TrainConfig:
     """Everything that defines a training run (all JSON-serialisable).
 
     Task: ``task`` (a name from :func:`surroflos.tasks.names`), ``delay`` and ``T`` (trial length in
-    steps; ``None``: the task's own default; the defaults 10 and 60 are those of the main job, delayed
+    steps; ``None``: the task's own default; the defaults 6 and 60 are those of the main job, delayed
     XOR, so set them to ``None`` for tasks without a delay such as ``flipflop``), ``task_params`` (further keyword arguments of :func:`surroflos.tasks.make`).
     Model: ``model`` in :data:`MODELS`, ``N`` hidden units, gain ``g``; spiking ``beta``, ``alpha``,
     ``threshold``, ``reset``, ``surrogate``; balanced ``K`` (in-degree). ``backend``: kernel backend.
     Flossing: ``flossing`` in :data:`FLOSSING_MODES`, ``k`` exponents towards ``target``,
     ``pre_steps``, ``floss_every``/``floss_steps``/``floss_times`` (during training), ``floss_T``
     (steps per estimate), ``floss_batch``, ``floss_lr``.
+    The defaults are the README's main job (``surroflos train`` without arguments): a recurrent LIF
+    network (64 neurons, beta 0.7, zero reset) on delayed XOR with delay 6, preflossed, 40 epochs; it
+    reaches about 90% accuracy in under a minute on a laptop CPU.
     Optimisation: ``epochs`` x ``steps_per_epoch`` Adam steps on fresh batches of ``batch`` trials,
     learning rate ``lr``, gradient-norm clip ``grad_clip`` (``None``: off).
     Monitoring: validation on ``eval_batch`` fixed trials every epoch; lambda_1 every
@@ -69,16 +72,16 @@ class TrainConfig:
     """
 
     task: str = "xor"
-    delay: Optional[int] = 10
+    delay: Optional[int] = 6
     T: Optional[int] = 60
     task_params: dict = field(default_factory=dict)
     model: str = "lif"
     N: int = 64
     g: float = 1.0
-    beta: float = 0.9
+    beta: float = 0.7
     alpha: float = 0.8
     threshold: float = 1.0
-    reset: str = "subtract"
+    reset: str = "zero"
     surrogate: str = "atan"
     K: int = 16
     backend: str = "auto"
@@ -93,16 +96,16 @@ class TrainConfig:
     floss_T: int = 100
     floss_batch: int = 8
     floss_lr: float = 1e-3
-    epochs: int = 20
+    epochs: int = 40
     steps_per_epoch: int = 20
     batch: int = 32
-    lr: float = 3e-3
+    lr: float = 1e-2
     grad_clip: Optional[float] = 1.0
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
     eval_batch: int = 256
-    lyap_every: int = 1
+    lyap_every: int = 2
     spectrum_T: int = 200
     spectrum_k: Optional[int] = None
     out: str = "outputs/train"

@@ -490,8 +490,12 @@ def test_backends(kind):
     x, _ = make_inputs(kind)
     for a, b in zip(ours.sequence(x, backend="auto"), ours.sequence(x, backend="torch")):
         assert torch.equal(a, b)
-    with pytest.raises(RuntimeError, match=r"later release.*backend=\"torch\""):
-        ours.sequence(x, backend="triton")
+    if kind in ("rleaky", "rsynaptic"):
+        with pytest.raises(RuntimeError, match=r"later release"):
+            ours.sequence(x, backend="triton")
+    else:  # the fused kernels (Triton's interpreter on CPU) give the PyTorch path's numbers
+        for a, b in zip(ours.sequence(x, backend="triton"), ours.sequence(x, backend="torch")):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     for bad in ("cuda", "Torch", None):
         with pytest.raises(ValueError, match="backend"):
             ours.sequence(x, backend=bad)
