@@ -67,14 +67,23 @@ fast_sigmoid(25); ~490/s and ~-30/s at dt = 0.5 ms).
 Storage: ``pre_idx [N, K]`` (int64 buffer: presynaptic ids, sorted per row) and ``weight_rec [N, K]``
 (values; an ``nn.Parameter`` with ``learn_recurrent=True``, else a buffer). Trainable weights keep the
 fixed sparsity pattern; no ``N x N`` matrix is ever formed. The differentiable step gathers
-``s[..., pre_idx]`` (``B N K`` temporaries; ``B N K k`` in the tangent map). :meth:`BalancedNetwork.simulate`
-is event driven (work per step proportional to the number of spikes times the largest out-degree) through a
-presynaptic-major copy of the pattern, padded to the largest out-degree (about ``K + 4 sqrt(K)``), built on
-first use and cached (not saved in the state dict).
+``s[..., pre_idx]`` (``B N K`` temporaries; ``B N K k`` in the tangent map).
+
+Backends (``backend="auto" | "torch" | "triton"``, :mod:`surroflos.kernels.backend`):
+:meth:`BalancedNetwork.rollout` (so also ``model(x)``) and :meth:`BalancedNetwork.simulate` run the whole
+sequence through :func:`surroflos.kernels.balanced.balanced_sequence`: with ``"torch"`` (``"auto"`` on the
+CPU) an event-driven loop (work per step proportional to the number of spikes times the largest
+out-degree, through a presynaptic-major copy of the pattern padded to the largest out-degree, about
+``K + 4 sqrt(K)``, built on first use and cached, not saved in the state dict) with an explicit reverse-time
+backward; with ``"triton"`` (``"auto"`` on CUDA) fused per-step kernels. In a subclass that replaces
+``step_function``, :meth:`BalancedNetwork.rollout` keeps the generic per-step loop (``simulate`` always runs
+the built-in dynamics). :meth:`BalancedNetwork.backend_tangent_function` gives
+the fused tangent map (:func:`surroflos.kernels.balanced.balanced_tangent_fused`) for ``"triton"``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -85,12 +94,15 @@ from torch import nn
 
 from .. import surrogate as sg
 from .._random import rand, randn
-from .base import RecurrentModel, check_inputs
+from ..kernels.backend import check_backend, resolve_backend
+from ..kernels.balanced import balanced_sequence, balanced_tangent_fused, out_pattern
+from .base import RecurrentModel, Rollout, check_inputs, check_state_and_model
 
-__all__ = ["BalancedParams", "BalancedNetwork", "balanced_step", "balanced_tangent", "sparse_fixed_indegree",
-           "plot_raster", "SYNAPSE_NORMS"]
+__all__ = ["BalancedParams", "BalancedNetwork", "balanced_step", "balanced_tangent", "balanced_tangent_kernel",
+           "sparse_fixed_indegree", "plot_raster", "SYNAPSE_NORMS"]
 
 SYNAPSE_NORMS = ("tau_m", "tau_s")
+_SIM_CHUNK_BYTES = 64 << 20  # simulate(): states kept per chunk of time
 
 
 class BalancedParams(NamedTuple):
@@ -168,6 +180,30 @@ def balanced_tangent(x: torch.Tensor, state: torch.Tensor, p: BalancedParams, Q:
     dI = p.a_s * QI + p.ac * dr
     dV = p.a_m * e.unsqueeze(-1) * QV + p.b * QI + p.bc * dr
     return torch.cat([dI, dV], dim=-2)
+
+
+def balanced_tangent_kernel(x: torch.Tensor, state: torch.Tensor, p: BalancedParams, Q: torch.Tensor, *,
+                            backend: str = "triton") -> torch.Tensor:
+    """:func:`balanced_tangent` through the fused op :func:`surroflos.kernels.balanced.balanced_tangent_fused`.
+
+    Same arguments and result; ``d = sigma'(V - 1)`` and the reset factor ``e`` are computed here with
+    PyTorch (differentiable in the state), the sparse product and its epilogue by the fused op.
+    """
+    _check_step_args(x, state, p)
+    N = p.pre_idx.shape[0]
+    if Q.ndim != state.ndim + 1 or Q.shape[-2] != 2 * N or Q.shape[:-2] != state.shape[:-1]:
+        raise ValueError(f"Q must have shape [B, 2N, k] = [{', '.join(map(str, state.shape[:-1]))}, {2 * N}, k], "
+                         f"got {tuple(Q.shape)}")
+    lead = state.shape[:-1]
+    state2 = state.reshape(-1, 2 * N)  # the op takes [B, ...]: flatten any leading dimensions
+    V = state2[:, N:]
+    v = V - 1.0
+    d = p.surrogate.derivative(v)
+    s = (v > 0).to(v.dtype)
+    e = 1.0 - s if p.detach_reset else 1.0 - s - d * V
+    out = balanced_tangent_fused(d, e, Q.reshape(-1, 2 * N, Q.shape[-1]), p.weight_rec, p.pre_idx, p.a_m, p.a_s,
+                                 p.b, p.bc, p.ac, backend=backend)
+    return out.reshape(*lead, 2 * N, Q.shape[-1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,6 +319,9 @@ class BalancedNetwork(RecurrentModel):
             ``x = V - 1`` to threshold (the threshold-to-reset gap is 1).
         detach_reset: detach the reset from the graph (default True, as in :class:`SpikingRNN`).
         generator: seeds the graph, the input and the readout weights.
+        backend: ``"auto"`` (default), ``"torch"`` or ``"triton"``: the implementation of :meth:`rollout`,
+            :meth:`simulate` and :meth:`backend_tangent_function` (see the module docstring); resolved
+            against the device of the inputs / weights at each call.
     """
 
     step_function = staticmethod(balanced_step)
@@ -293,7 +332,8 @@ class BalancedNetwork(RecurrentModel):
                  synapse_norm: str = "tau_m", ei: bool = False, f_E: float = 0.8, g: float = 5.0,
                  learn_recurrent: bool = False, surrogate: sg.SurrogateLike = "atan", detach_reset: bool = True,
                  input_scale: float = 1.0, generator: torch.Generator | None = None,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 backend: str = "auto") -> None:
         super().__init__()
         N = _check_int("N", N, 2)
         if isinstance(K, bool) or not isinstance(K, int) or K < 1:
@@ -329,6 +369,7 @@ class BalancedNetwork(RecurrentModel):
         self.f_E, self.g = (float(f_E), float(g)) if ei else (0.0, 0.0)
         self.surrogate = sg.get(surrogate)
         self.detach_reset = bool(detach_reset)
+        self.backend = check_backend(backend)
 
         pre, self.N_E, self.K_E, self.K_I = sparse_fixed_indegree(N, K, generator=generator, ei=self.ei, f_E=f_E)
         scale = J0 / math.sqrt(K)
@@ -435,39 +476,68 @@ class BalancedNetwork(RecurrentModel):
 
         ``post [N, D]``: targets of each neuron's spikes (padding: the dummy target ``N``); ``slot [N, D]``:
         position of that synapse in ``weight_rec.reshape(-1)`` (padding: ``N K``, a zero weight appended).
+        The event-driven sequence reads the same cached copy (:func:`surroflos.kernels.balanced.out_pattern`).
         """
         pre = self.pre_idx
-        key = (pre, pre._version)  # rebuilt after .to(device) or an in-place change (load_state_dict)
-        if self._csr is None or self._csr[2] is not key[0] or self._csr[3] != key[1]:
-            N, K = self.N, self.K
-            flat = pre.reshape(-1)
-            perm = torch.argsort(flat, stable=True)  # synapses grouped by presynaptic neuron
-            counts = torch.bincount(flat, minlength=N)
-            D = int(counts.max()) if counts.numel() else 0
-            start = torch.cumsum(counts, 0) - counts
-            rank = torch.arange(N * K, device=pre.device) - start[flat[perm]]  # position within the group
-            slot = torch.full((N, D), N * K, dtype=torch.long, device=pre.device)
-            slot[flat[perm], rank] = perm
-            post = torch.where(slot < N * K, torch.div(slot, K, rounding_mode="floor"), N)
+        if self._csr is None or self._csr[2] is not pre or self._csr[3] != pre._version:
+            post, slot = out_pattern(pre)  # rebuilt after .to(device) or an in-place change (load_state_dict)
             self._csr = (post, slot, pre, pre._version)
         return self._csr[0], self._csr[1]
 
-    def _event_recurrent(self, spk: torch.Tensor, post: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
-        """``J s`` for boolean spikes ``[B, N]``, touching only the synapses of the spiking neurons."""
-        B, N = spk.shape
-        r = torch.zeros(B, N + 1, dtype=w_out.dtype, device=w_out.device)
-        bi, j = spk.nonzero(as_tuple=True)
-        if j.numel():
-            # index_select rather than post[j]: the advanced-indexing kernel is much slower for these row gathers
-            target = post.index_select(0, j) + (bi * (N + 1)).unsqueeze(1)
-            r.view(-1).index_add_(0, target.reshape(-1), w_out.index_select(0, j).reshape(-1))
-        return r[:, :N]
+    def _sequence_backend(self, device: torch.device) -> Optional[str]:
+        """The resolved backend of the fused sequence, or None for the generic per-step loop."""
+        backend = resolve_backend(self.backend, device)
+        if self.step_function is not balanced_step:  # a subclass replaced the dynamics
+            if self.backend == "triton":
+                raise ValueError(f"backend='triton': {type(self).__name__} replaces step_function, which the fused "
+                                 "kernels do not implement; use backend='torch' or 'auto' (the per-step loop)")
+            return None
+        return backend
+
+    def _drive_sequence(self, inputs: Optional[torch.Tensor], steps: int, batch: int) -> torch.Tensor:
+        """The external input current ``u = I_ext + W_in x[t]`` of every step, ``[T, B, N]`` (expanded if constant)."""
+        if inputs is None or self.n_in == 0:
+            return self.drive.expand(steps, batch, self.N)
+        return self.drive + inputs @ self.weight_in.T
+
+    def _sequence(self, u: torch.Tensor, state0: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return balanced_sequence(u, state0, self.weight_rec, self.pre_idx, a_m=self.a_m, a_s=self.a_s, b=self.b,
+                                 bc=self.bc, ac=self.ac, surrogate=self.surrogate, detach_reset=self.detach_reset,
+                                 backend=backend)
+
+    def rollout(self, x: torch.Tensor, state0: torch.Tensor | None = None) -> Rollout:
+        """Simulate ``x: [T, B, n_in]`` with surrogate gradients: outputs, states ``[T, B, 2N]`` and spikes.
+
+        The same trajectory as looping :func:`balanced_step`, computed by the fused sequence op (one
+        whole-sequence autograd node; see the module docstring on backends).
+        """
+        check_inputs(x, self.n_in)
+        check_state_and_model(self, x, state0)
+        backend = self._sequence_backend(x.device)
+        if backend is None:
+            return super().rollout(x, state0)
+        batch = x.shape[1]
+        state = self.initial_state(batch, device=x.device, dtype=x.dtype) if state0 is None else state0
+        spikes, states = self._sequence(self._drive_sequence(x, x.shape[0], batch), state, backend)
+        return Rollout(self.readout(spikes), states, spikes)
+
+    def backend_tangent_function(self, backend: str):
+        """The fused tangent map for ``backend``: a function ``(x, state, params, Q) -> D Q`` or None.
+
+        ``"triton"`` gives :func:`balanced_tangent_kernel` on the Triton op (same numbers as
+        :func:`balanced_tangent`); ``"torch"`` gives None (use ``tangent_function``); ``"auto"`` resolves
+        against the weights' device. None as well when a subclass replaced ``tangent_function``.
+        """
+        resolved = resolve_backend(check_backend(backend), self.weight_rec.device)
+        if resolved != "triton" or self.tangent_function is not balanced_tangent:
+            return None
+        return functools.partial(balanced_tangent_kernel, backend="triton")
 
     @torch.no_grad()
     def simulate(self, steps: int, batch: int | None = None, inputs: torch.Tensor | None = None,
                  state0: torch.Tensor | None = None, generator: torch.Generator | None = None, *,
                  return_state: bool = False):
-        """Event-driven simulation without gradient: boolean spikes ``[steps, B, N]``.
+        """Simulation without gradient: boolean spikes ``[steps, B, N]``.
 
         Same update as :func:`balanced_step` with the Heaviside forward (``spikes[t]`` is ``H(V - 1)`` after
         step ``t``, like the step function's output). ``inputs``: optional ``[steps, B, n_in]``; ``state0``:
@@ -475,7 +545,11 @@ class BalancedNetwork(RecurrentModel):
         the batch of ``inputs`` / ``state0``, else 1. With ``return_state=True`` returns
         ``(spikes, final_state, mean_current)``, where ``mean_current [B, N]`` is the time average of the
         total input ``u + (b I + b c r) / (1 - a_m)`` that the V update integrates (``u = I_ext + W_in x``; its mean
-        is O(1) in the balanced state while ``I_ext = I0 sqrt(K)``).
+        is O(1) in the balanced state while ``I_ext = I0 sqrt(K)``), recovered from consecutive states as
+        ``(V[t] - a_m (1 - s[t-1]) V[t-1]) / (1 - a_m)``.
+
+        Runs :func:`~surroflos.kernels.balanced.balanced_sequence` (event driven on the ``"torch"`` backend)
+        in chunks of time, so the intermediate states never take more than about 64 MiB.
         """
         steps = _check_int("steps", steps, 1)
         f = self._factory()
@@ -501,33 +575,25 @@ class BalancedNetwork(RecurrentModel):
         B = next(iter(sizes.values())) if sizes else 1
         if state0 is None:
             state0 = self.initial_state(B, random=True, generator=generator)
-        state0 = state0.to(f["device"])
-        I, V = state0[:, :self.N].clone(), state0[:, self.N:].clone()
-        post, slot = self._out_pattern()
-        w = self.weight_rec.detach().reshape(-1)
-        w_out = torch.cat([w, w.new_zeros(1)])[slot]  # [N, D] outgoing weights, zero padded
-        drive = self.drive.detach()
-        W_in = self.weight_in.detach()
-        one_m = 1.0 - self.a_m
-        const = one_m * drive
-        out = torch.empty(steps, B, self.N, dtype=torch.bool, device=f["device"])
-        spk = V > 1.0
-        mean_u = torch.zeros(B, self.N, dtype=f["dtype"], device=f["device"]) if return_state else None
-        for t in range(steps):
-            r = self._event_recurrent(spk, post, w_out)
-            if inputs is not None and self.n_in:
-                u_term = one_m * (drive + inputs[t].to(f["device"]) @ W_in.T)
-            else:
-                u_term = const
-            rec = self.b * I + self.bc * r
+        state = state0.to(f["device"])
+        N = self.N
+        backend = resolve_backend(self.backend, state.device)  # the built-in dynamics, as always
+        self._out_pattern()  # build (or refresh) the cached event pattern the torch path reads
+        out = torch.empty(steps, B, N, dtype=torch.bool, device=f["device"])
+        total = torch.zeros(B, N, dtype=torch.float64, device=f["device"]) if return_state else None
+        chunk = max(1, _SIM_CHUNK_BYTES // (B * 2 * N * state.element_size()))
+        for t0 in range(0, steps, chunk):
+            t1 = min(steps, t0 + chunk)
+            x = inputs[t0:t1].to(f["device"]) if inputs is not None else None
+            spikes, states = self._sequence(self._drive_sequence(x, t1 - t0, B), state, backend)
+            out[t0:t1] = spikes > 0
             if return_state:
-                mean_u += (u_term + rec) / one_m
-            V = self.a_m * V.masked_fill(spk, 0.0) + rec + u_term
-            I = self.a_s * I + self.ac * r
-            spk = V > 1.0
-            out[t] = spk
+                V = states[..., N:].double()
+                V_in = torch.cat([state[None, :, N:].double(), V[:-1]])
+                total += (V - self.a_m * V_in.masked_fill(V_in > 1.0, 0.0)).sum(0)
+            state = states[-1]
         if return_state:
-            return out, torch.cat([I, V], dim=-1), mean_u / steps
+            return out, state.clone(), (total / ((1.0 - self.a_m) * steps)).to(f["dtype"])
         return out
 
     def extra_repr(self) -> str:
@@ -535,7 +601,8 @@ class BalancedNetwork(RecurrentModel):
              f"dt={self.dt}, n_in={self.n_in}, n_out={self.n_out}, synapse_norm={self.synapse_norm!r}")
         if self.ei:
             s += f", ei=True, f_E={self.f_E}, g={self.g}"
-        return s + f", learn_recurrent={isinstance(self.weight_rec, nn.Parameter)}, surrogate={self.surrogate}"
+        return s + (f", learn_recurrent={isinstance(self.weight_rec, nn.Parameter)}, surrogate={self.surrogate}, "
+                    f"backend={self.backend!r}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,517 @@
+"""Fused sequence and tangent map of the sparse balanced LIF network (:mod:`surroflos.models.balanced`).
+
+Public functions (``N`` neurons, ``K`` synapses per neuron stored as ``pre_idx [N, K]`` presynaptic ids and
+``weight_rec [N, K]`` values; no ``N x N`` matrix is ever formed)::
+
+    spikes, states = balanced_sequence(x_drive, state0, weight_rec, pre_idx, a_m=..., a_s=..., b=..., bc=...,
+                                       ac=..., surrogate="atan", detach_reset=True, backend="auto")
+    DQ = balanced_tangent_fused(d, e, Q, weight_rec, pre_idx, a_m, a_s, b, bc, ac, backend="auto")
+
+:func:`balanced_sequence` runs ``T`` steps of :func:`surroflos.models.balanced.balanced_step` at once.
+``x_drive [T, B, N]`` is the external input current of every step, ``u = I_ext + W_in x[t]`` (computed by
+the caller; an expanded tensor with zero strides is fine), ``state0 [B, 2N] = [I | V]``. Per step::
+
+    s = H(V - 1);  r_i = sum_k w[i, k] s[pre[i, k]]
+    I' = a_s I + ac r;  V' = a_m (1 - s) V + b I + bc r + (1 - a_m) u;  spike = H(V' - 1)
+
+It returns ``spikes [T, B, N]`` (0/1 in the input dtype, surrogate gradient) and ``states [T, B, 2N]``, with
+gradients for ``x_drive``, ``state0`` and ``weight_rec``. Reverse-time adjoint recursion (``gI, gV``: the
+complete loss gradient of the state after step ``t``, ``d = sigma'(V - 1)`` and ``s`` at the state before
+it)::
+
+    gV += g_spike[t] sigma'(V[t] - 1);  g_r = ac gI + bc gV;  g_u[t] = (1 - a_m) gV
+    gI_prev = a_s gI + b gV
+    gV_prev = a_m (1 - s) gV [- a_m V d gV if the reset is not detached] + d (J^T g_r)
+    g_w[i, k] += sum_b g_r[b, i] s[b, pre[i, k]]
+
+:func:`balanced_tangent_fused` is the surrogate Jacobian of one step applied to a block ``Q = [Q_I; Q_V]:
+[B, 2N, k]`` from ``d = sigma'(V - 1)`` and the reset factor ``e`` (``1 - s``, or ``1 - s - d V`` when the reset
+is not detached), both ``[B, N]``; it is :func:`surroflos.models.balanced.balanced_tangent` written as::
+
+    dr = J (d * Q_V);  DQ = [a_s Q_I + ac dr;  a_m e Q_V + b Q_I + bc dr]
+
+(the equivalent of a ``(d, e, Q_I, Q_V) -> (dI, dV)`` signature with the halves stacked), differentiable in
+``d``, ``e``, ``Q`` and ``weight_rec``.
+
+Backends (:mod:`surroflos.kernels.backend`): ``"torch"`` runs a whole-sequence op whose forward loops over
+time under no autograd graph and is event driven (each step touches only the out-going synapses of the
+neurons that spiked, through a presynaptic-major copy of the pattern, :func:`out_pattern`), and whose
+backward scans time in reverse with the formulas above (``J^T g_r`` by one scatter per step, ``g_w`` in one
+pass over all spike events); the tangent's torch path is the plain gather formula. ``"triton"`` launches
+one kernel per time step that gathers the ``K`` presynaptic membranes of each neuron and loads only the
+weights of the synapses that spiked, one kernel per reverse step, one weight-gradient kernel, and a
+tangent kernel over ``(b, n-block, k-block)`` (:mod:`surroflos.kernels.balanced_triton`). ``"auto"`` picks
+Triton for CUDA tensors. All are ``torch.library`` custom ops (``surroflos::balanced_sequence[_backward]``,
+``surroflos::balanced_tangent[_backward]``) with fake implementations, so ``torch.compile`` captures them.
+Forward-mode AD and double backward are not supported.
+
+States are accumulated in float32 for float16/bfloat16/float32 inputs and in float64 for float64 inputs;
+outputs have the input dtype. ``pre_idx`` must hold ids in ``[0, N)``: checked (one device sync) when its
+presynaptic-major copy is built, once per tensor and in-place version (the copy is cached).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import weakref
+from typing import Any, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from surroflos import surrogate as sg
+
+from .backend import acc_dtype, check_backend, resolve_backend
+
+__all__ = ["balanced_sequence", "balanced_tangent_fused", "out_pattern"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Presynaptic-major copy of the connectivity (cached per pre_idx tensor)
+# ----------------------------------------------------------------------------------------------
+
+
+class _Pattern(NamedTuple):
+    post: Tensor  # [N, D] int64: targets of neuron j's spikes (padding: the dummy target N)
+    slot: Tensor  # [N, D] int64: position of that synapse in weight_rec.reshape(-1) (padding: N K)
+    pre32: Tensor  # [N, K] int32 copy of pre_idx (Triton index loads)
+    post32: Tensor  # [N, D] int32 copy of post
+
+
+_PATTERNS: dict[int, tuple] = {}
+
+
+def _build_pattern(pre: Tensor) -> _Pattern:
+    N, K = pre.shape
+    if pre.numel():  # once per tensor version (the result is cached): out-of-range ids would index out of bounds
+        lo, hi = int(pre.min()), int(pre.max())
+        if lo < 0 or hi >= N:
+            raise ValueError(f"pre_idx must hold presynaptic ids in [0, N) = [0, {N}), found values in [{lo}, {hi}]")
+    flat = pre.reshape(-1).long()
+    perm = torch.argsort(flat, stable=True)  # synapses grouped by presynaptic neuron
+    counts = torch.bincount(flat, minlength=N)
+    D = int(counts.max()) if counts.numel() else 0
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(N * K, device=pre.device) - start[flat[perm]]  # position within the group
+    slot = torch.full((N, D), N * K, dtype=torch.long, device=pre.device)
+    slot[flat[perm], rank] = perm
+    post = torch.where(slot < N * K, torch.div(slot, K, rounding_mode="floor"), N)
+    return _Pattern(post, slot, pre.to(torch.int32).contiguous(), post.to(torch.int32).contiguous())
+
+
+def _pattern(pre: Tensor) -> _Pattern:
+    # Keyed by tensor identity and version: rebuilt after an in-place change (load_state_dict) or for a new
+    # tensor; an entry dies with its tensor.
+    key = id(pre)
+    hit = _PATTERNS.get(key)
+    if hit is not None and hit[0]() is pre and hit[1] == pre._version:
+        return hit[2]
+    pat = _build_pattern(pre)
+    try:
+        ref = weakref.ref(pre, lambda _r, k=key: _PATTERNS.pop(k, None))
+    except TypeError:  # pragma: no cover - tensors that cannot be weakly referenced are not cached
+        return pat
+    _PATTERNS[key] = (ref, pre._version, pat)
+    return pat
+
+
+def out_pattern(pre_idx: Tensor) -> Tuple[Tensor, Tensor]:
+    """Presynaptic-major copy of ``pre_idx [N, K]``, padded to the largest out-degree ``D`` (cached).
+
+    Returns ``post [N, D]`` (targets of each neuron's spikes; padding: the dummy target ``N``) and
+    ``slot [N, D]`` (position of that synapse in ``weight_rec.reshape(-1)``; padding: ``N K``). Both int64.
+    """
+    _check_pattern(pre_idx, None)
+    pat = _pattern(pre_idx)
+    return pat.post, pat.slot
+
+
+def _outgoing_weights(w: Tensor, slot: Tensor, dtype: torch.dtype) -> Tensor:
+    """``w_out [N, D]``: weights of the out-going synapses, zero on the padding."""
+    flat = w.reshape(-1).to(dtype)
+    return torch.cat([flat, flat.new_zeros(1)])[slot]
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch path of the sequence
+# ----------------------------------------------------------------------------------------------
+
+
+def _event_recurrent(fire: Tensor, post: Tensor, w_out: Tensor) -> Tensor:
+    """``r = J s`` for boolean spikes ``fire [B, N]``, touching only the synapses of the spiking neurons."""
+    B, N = fire.shape
+    r = torch.zeros(B, N + 1, dtype=w_out.dtype, device=w_out.device)
+    bi, j = fire.nonzero(as_tuple=True)
+    if j.numel():
+        # index_select rather than post[j]: the advanced-indexing kernel is much slower for these row gathers
+        target = post.index_select(0, j) + (bi * (N + 1)).unsqueeze(1)
+        r.view(-1).index_add_(0, target.reshape(-1), w_out.index_select(0, j).reshape(-1))
+    return r[:, :N]
+
+
+def _sequence_forward_torch(x_drive: Tensor, state0: Tensor, w: Tensor, pre: Tensor, a_m: float, a_s: float,
+                            b: float, bc: float, ac: float) -> Tuple[Tensor, Tensor]:
+    T, B, N = x_drive.shape
+    dtype, dev = state0.dtype, state0.device
+    acc = acc_dtype(dtype)
+    pat = _pattern(pre)
+    w_out = _outgoing_weights(w, pat.slot, acc)
+    states = torch.empty(T, B, 2 * N, dtype=dtype, device=dev)
+    st = states if acc == dtype else torch.empty(T, B, 2 * N, dtype=acc, device=dev)  # written in place
+    fire_all = torch.empty(T, B, N, dtype=torch.bool, device=dev)
+    one_m = 1.0 - a_m
+    # A constant input (an expanded [N] or [B, N] drive) is scaled once, not at every step.
+    const_u = one_m * x_drive[0].to(acc) if x_drive.stride(0) == 0 else None
+    I, V = state0[:, :N].to(acc), state0[:, N:].to(acc)
+    fire = V > 1.0
+    for t in range(T):
+        r = _event_recurrent(fire, pat.post, w_out)
+        I_new, V_new = st[t, :, :N], st[t, :, N:]
+        # balanced_step's operation order: a_m (1 - s) V + b I + bc r + (1 - a_m) u
+        torch.mul(V.masked_fill(fire, 0.0), a_m, out=V_new).add_(b * I).add_(bc * r)
+        V_new.add_(const_u if const_u is not None else one_m * x_drive[t].to(acc))
+        torch.mul(I, a_s, out=I_new).add_(ac * r)
+        I, V = I_new, V_new
+        fire = torch.gt(V, 1.0, out=fire_all[t])
+    if st is not states:
+        states.copy_(st)
+    return fire_all.to(dtype), states
+
+
+def _sequence_backward_torch(g_spk: Tensor, g_st: Tensor, state0: Tensor, states: Tensor, w: Tensor, pre: Tensor,
+                             a_m: float, a_s: float, b: float, bc: float, ac: float, surrogate_id: int, scale: float,
+                             detach_reset: bool, need_w: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    T, B, N2 = states.shape
+    N, K = pre.shape
+    dtype = states.dtype
+    acc = acc_dtype(dtype)
+    wa = w.to(acc)
+    # Everything that does not depend on the adjoint is computed for all steps at once:
+    # V_in[t] is the membrane entering step t (state0 for t = 0), d and s at it.
+    V_all = torch.cat([state0[None, :, N:], states[:, :, N:]]).to(acc)  # [T + 1, B, N]
+    d_all = sg.surrogate_derivative(V_all - 1.0, surrogate_id, scale)
+    fire_all = V_all > 1.0
+    keep = (~fire_all[:T]).to(acc).mul_(a_m)  # a_m (1 - s) at the state entering step t
+    if not detach_reset:
+        keep.sub_(a_m * V_all[:T] * d_all[:T])
+    gS = g_st.to(acc, copy=True)  # direct gradients of states[t], plus the spikes' surrogate path
+    gS[..., N:].add_(g_spk.to(acc) * d_all[1:])
+    flat = pre.reshape(-1).long()
+    g_r_all = torch.empty(T, B, N, dtype=acc, device=states.device)
+    g_u = torch.empty(T, B, N, dtype=acc, device=states.device)
+    gI = torch.zeros(B, N, dtype=acc, device=states.device)
+    gV = torch.zeros(B, N, dtype=acc, device=states.device)
+    for t in range(T - 1, -1, -1):
+        gI = gI.add_(gS[t, :, :N])
+        gV = gV.add_(gS[t, :, N:])
+        g_r = torch.mul(gI, ac, out=g_r_all[t]).add_(bc * gV)
+        g_u[t] = gV
+        g_s = torch.zeros(B, N, dtype=acc, device=states.device)
+        g_s.index_add_(1, flat, (g_r.unsqueeze(-1) * wa).reshape(B, N * K))  # J^T g_r
+        gI, gV = (a_s * gI).add_(b * gV), (keep[t] * gV).add_(d_all[t] * g_s)
+    g_state0 = torch.cat([gI, gV], dim=-1).to(state0.dtype)
+    g_u.mul_(1.0 - a_m)
+    if need_w:
+        g_w = _weight_grad_events(g_r_all, fire_all[:T], pre).to(w.dtype)
+    else:
+        g_w = w.new_empty(0)
+    return g_u.to(dtype), g_state0, g_w
+
+
+def _weight_grad_events(g_r: Tensor, fire_in: Tensor, pre: Tensor) -> Tensor:
+    """``g_w[i, k] = sum_{t, b} g_r[t, b, i] s_in[t, b, pre[i, k]]`` over the spike events only."""
+    T, B, N = g_r.shape
+    K = pre.shape[1]
+    pat = _pattern(pre)
+    D = pat.post.shape[1]
+    g_pad = torch.cat([g_r, g_r.new_zeros(T, B, 1)], dim=-1).reshape(-1)  # [T B (N + 1)], dummy target N
+    g_w = g_r.new_zeros(N * K + 1)  # slot N K collects the padding
+    tb, j = fire_in.reshape(T * B, N).nonzero(as_tuple=True)
+    chunk = max(1, (1 << 22) // max(D, 1))  # bounded [events, D] temporaries
+    for lo in range(0, j.numel(), chunk):
+        jj, row = j[lo:lo + chunk], tb[lo:lo + chunk]
+        vals = g_pad.index_select(0, (pat.post.index_select(0, jj) + (row * (N + 1)).unsqueeze(1)).reshape(-1))
+        g_w.index_add_(0, pat.slot.index_select(0, jj).reshape(-1), vals)
+    return g_w[:N * K].reshape(N, K)
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch path of the tangent map
+# ----------------------------------------------------------------------------------------------
+
+
+def _tangent_forward_torch(d: Tensor, e: Tensor, Q: Tensor, w: Tensor, pre: Tensor, a_m: float, a_s: float,
+                           b: float, bc: float, ac: float) -> Tensor:
+    N, K = pre.shape
+    acc = acc_dtype(Q.dtype)
+    Qa = Q.to(acc)
+    QI, QV = Qa[:, :N], Qa[:, N:]
+    X = d.to(acc).unsqueeze(-1) * QV  # [B, N, k]
+    G = X.index_select(1, pre.reshape(-1).long()).unflatten(1, (N, K))  # [B, N, K, k]
+    dr = torch.einsum("bnkq,nk->bnq", G, w.to(acc))
+    dI = a_s * QI + ac * dr
+    dV = a_m * e.to(acc).unsqueeze(-1) * QV + b * QI + bc * dr
+    return torch.cat([dI, dV], dim=1).to(Q.dtype)
+
+
+def _tangent_backward_torch(grad: Tensor, d: Tensor, e: Tensor, Q: Tensor, w: Tensor, pre: Tensor, a_m: float,
+                            a_s: float, b: float, bc: float, ac: float,
+                            need_w: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    N, K = pre.shape
+    B, _, k = Q.shape
+    acc = acc_dtype(Q.dtype)
+    g, Qa, da, ea, wa = grad.to(acc), Q.to(acc), d.to(acc), e.to(acc), w.to(acc)
+    gI, gV = g[:, :N], g[:, N:]
+    QV = Qa[:, N:]
+    g_dr = ac * gI + bc * gV  # [B, N, k]
+    flat = pre.reshape(-1).long()
+    JTg = torch.zeros(B, N, k, dtype=acc, device=Q.device)
+    JTg.index_add_(1, flat, (g_dr.unsqueeze(2) * wa.unsqueeze(-1)).reshape(B, N * K, k))  # J^T g_dr
+    gQ = torch.cat([a_s * gI + b * gV, a_m * ea.unsqueeze(-1) * gV + da.unsqueeze(-1) * JTg], dim=1)
+    gd = (QV * JTg).sum(-1)
+    ge = a_m * (gV * QV).sum(-1)
+    if need_w:
+        X = da.unsqueeze(-1) * QV
+        g_w = torch.einsum("bnq,bnkq->nk", g_dr, X.index_select(1, flat).unflatten(1, (N, K))).to(w.dtype)
+    else:
+        g_w = w.new_empty(0)
+    return gd.to(d.dtype), ge.to(e.dtype), gQ.to(Q.dtype), g_w
+
+
+def _triton_module():
+    # Imported lazily: Triton decides interpreter-vs-compiled when the kernels are decorated.
+    from . import balanced_triton
+    return balanced_triton
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops (backend "torch" | "triton", already resolved)
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("surroflos::balanced_sequence", mutates_args=())
+def _sequence_op(x_drive: Tensor, state0: Tensor, weight_rec: Tensor, pre_idx: Tensor, a_m: float, a_s: float,
+                 b: float, bc: float, ac: float, surrogate_id: int, scale: float, detach_reset: bool,
+                 backend: str) -> Tuple[Tensor, Tensor]:
+    if backend == "triton":
+        return _triton_module().sequence_forward(x_drive, state0, weight_rec, _pattern(pre_idx).pre32,
+                                                 a_m, a_s, b, bc, ac)
+    return _sequence_forward_torch(x_drive, state0, weight_rec, pre_idx, a_m, a_s, b, bc, ac)
+
+
+@_sequence_op.register_fake
+def _(x_drive, state0, weight_rec, pre_idx, a_m, a_s, b, bc, ac, surrogate_id, scale, detach_reset, backend):
+    T, B, N = x_drive.shape
+    return state0.new_empty(T, B, N), state0.new_empty(T, B, 2 * N)
+
+
+@torch.library.custom_op("surroflos::balanced_sequence_backward", mutates_args=())
+def _sequence_backward_op(g_spikes: Tensor, g_states: Tensor, state0: Tensor, states: Tensor, weight_rec: Tensor,
+                          pre_idx: Tensor, a_m: float, a_s: float, b: float, bc: float, ac: float, surrogate_id: int,
+                          scale: float, detach_reset: bool, need_w: bool,
+                          backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    if backend == "triton":
+        pat = _pattern(pre_idx)
+        return _triton_module().sequence_backward(g_spikes, g_states, state0, states, weight_rec, pat.pre32,
+                                                  pat.post32, _outgoing_weights(weight_rec, pat.slot, weight_rec.dtype),
+                                                  a_m, a_s, b, bc, ac, surrogate_id, scale, detach_reset, need_w)
+    return _sequence_backward_torch(g_spikes, g_states, state0, states, weight_rec, pre_idx, a_m, a_s, b, bc, ac,
+                                    surrogate_id, scale, detach_reset, need_w)
+
+
+@_sequence_backward_op.register_fake
+def _(g_spikes, g_states, state0, states, weight_rec, pre_idx, a_m, a_s, b, bc, ac, surrogate_id, scale,
+      detach_reset, need_w, backend):
+    T, B, N2 = states.shape
+    g_w = torch.empty_like(weight_rec) if need_w else weight_rec.new_empty(0)
+    return states.new_empty(T, B, N2 // 2), torch.empty_like(state0), g_w
+
+
+def _sequence_setup(ctx, inputs, output):
+    x_drive, state0, weight_rec, pre_idx, a_m, a_s, b, bc, ac, surrogate_id, scale, detach_reset, backend = inputs
+    ctx.save_for_backward(state0, output[1], weight_rec, pre_idx)
+    ctx.static = (a_m, a_s, b, bc, ac, surrogate_id, scale, detach_reset)
+    ctx.backend = backend
+
+
+def _sequence_backward(ctx, g_spikes, g_states):
+    state0, states, weight_rec, pre_idx = ctx.saved_tensors
+    T, B, N2 = states.shape
+    if g_spikes is None:
+        g_spikes = states.new_zeros(T, B, N2 // 2)
+    if g_states is None:
+        g_states = torch.zeros_like(states)
+    need_w = bool(ctx.needs_input_grad[2])
+    g_x, g_s0, g_w = _sequence_backward_op(g_spikes, g_states, state0, states, weight_rec, pre_idx, *ctx.static,
+                                           need_w, ctx.backend)
+    return (g_x, g_s0, g_w if need_w else None) + (None,) * 10
+
+
+_sequence_op.register_autograd(_sequence_backward, setup_context=_sequence_setup)
+
+
+@torch.library.custom_op("surroflos::balanced_tangent", mutates_args=())
+def _tangent_op(d: Tensor, e: Tensor, Q: Tensor, weight_rec: Tensor, pre_idx: Tensor, a_m: float, a_s: float,
+                b: float, bc: float, ac: float, backend: str) -> Tensor:
+    if backend == "triton":
+        return _triton_module().tangent_forward(d, e, Q, weight_rec, _pattern(pre_idx).pre32, a_m, a_s, b, bc, ac)
+    return _tangent_forward_torch(d, e, Q, weight_rec, pre_idx, a_m, a_s, b, bc, ac)
+
+
+@_tangent_op.register_fake
+def _(d, e, Q, weight_rec, pre_idx, a_m, a_s, b, bc, ac, backend):
+    return torch.empty_like(Q, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("surroflos::balanced_tangent_backward", mutates_args=())
+def _tangent_backward_op(grad: Tensor, d: Tensor, e: Tensor, Q: Tensor, weight_rec: Tensor, pre_idx: Tensor,
+                         a_m: float, a_s: float, b: float, bc: float, ac: float, need_w: bool,
+                         backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    if backend == "triton":
+        pat = _pattern(pre_idx)
+        return _triton_module().tangent_backward(grad, d, e, Q, weight_rec, pat.pre32, pat.post32,
+                                                 _outgoing_weights(weight_rec, pat.slot, weight_rec.dtype),
+                                                 a_m, a_s, b, bc, ac, need_w)
+    return _tangent_backward_torch(grad, d, e, Q, weight_rec, pre_idx, a_m, a_s, b, bc, ac, need_w)
+
+
+@_tangent_backward_op.register_fake
+def _(grad, d, e, Q, weight_rec, pre_idx, a_m, a_s, b, bc, ac, need_w, backend):
+    g_w = torch.empty_like(weight_rec) if need_w else weight_rec.new_empty(0)
+    return (torch.empty_like(d, memory_format=torch.contiguous_format),
+            torch.empty_like(e, memory_format=torch.contiguous_format),
+            torch.empty_like(Q, memory_format=torch.contiguous_format), g_w)
+
+
+def _tangent_setup(ctx, inputs, output):
+    d, e, Q, weight_rec, pre_idx, a_m, a_s, b, bc, ac, backend = inputs
+    ctx.save_for_backward(d, e, Q, weight_rec, pre_idx)
+    ctx.static = (a_m, a_s, b, bc, ac)
+    ctx.backend = backend
+
+
+def _tangent_backward(ctx, grad):
+    d, e, Q, weight_rec, pre_idx = ctx.saved_tensors
+    need_w = bool(ctx.needs_input_grad[3])
+    gd, ge, gQ, g_w = _tangent_backward_op(grad, d, e, Q, weight_rec, pre_idx, *ctx.static, need_w, ctx.backend)
+    return (gd, ge, gQ, g_w if need_w else None) + (None,) * 7
+
+
+_tangent_op.register_autograd(_tangent_backward, setup_context=_tangent_setup)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public dispatch
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_tensor(name: str, t: Any, shape: str) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {shape}, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise ValueError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+    return t
+
+
+def _check_pattern(pre_idx: Any, weight_rec: Optional[Tensor]) -> None:
+    _check_tensor("pre_idx", pre_idx, "[N, K]")
+    if pre_idx.ndim != 2 or pre_idx.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"pre_idx must be an int32/int64 tensor [N, K], got {pre_idx.dtype} of shape "
+                         f"{tuple(pre_idx.shape)}")
+    if weight_rec is not None and (weight_rec.ndim != 2 or weight_rec.shape != pre_idx.shape):
+        raise ValueError(f"weight_rec must have the shape of pre_idx [N, K] = {list(pre_idx.shape)}, got "
+                         f"{tuple(weight_rec.shape)}")
+    if weight_rec is not None and weight_rec.device != pre_idx.device:
+        raise ValueError(f"pre_idx is on {pre_idx.device} but weight_rec on {weight_rec.device}")
+    if not torch.compiler.is_compiling():
+        _pattern(pre_idx)  # checks the id range when the (cached) pattern is built: once per tensor version
+
+
+def _check_float(name: str, t: Tensor, ref: Tensor) -> None:
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got dtype {t.dtype}")
+    if t.dtype != ref.dtype or t.device != ref.device:
+        raise ValueError(f"{name} is {t.dtype} on {t.device} but weight_rec is {ref.dtype} on {ref.device}; "
+                         "convert them to one dtype and device")
+
+
+def _coefficients(a_m: Any, a_s: Any, b: Any, bc: Any, ac: Any) -> Tuple[float, ...]:
+    out = []
+    for name, v in (("a_m", a_m), ("a_s", a_s), ("b", b), ("bc", bc), ("ac", ac)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
+            raise ValueError(f"{name} must be a finite real number, got {v!r}")
+        out.append(float(v))
+    return tuple(out)
+
+
+def _resolve(backend: Any, device: torch.device) -> str:
+    check_backend(backend)
+    if torch.compiler.is_compiling():
+        # Dynamo cannot trace Triton's environment probes: decide by the device alone while tracing (a
+        # missing Triton then fails when the op runs; eager calls get resolve_backend's clear errors).
+        return "triton" if backend == "triton" or (backend == "auto" and device.type == "cuda") else "torch"
+    return resolve_backend(backend, device)
+
+
+def balanced_sequence(x_drive: Tensor, state0: Tensor, weight_rec: Tensor, pre_idx: Tensor, *, a_m: float,
+                      a_s: float, b: float, bc: float, ac: float, surrogate: sg.SurrogateLike = "atan",
+                      detach_reset: bool = True, backend: str = "auto") -> Tuple[Tensor, Tensor]:
+    """``T`` steps of the balanced network: ``(spikes [T, B, N], states [T, B, 2N])``.
+
+    Args:
+        x_drive: external input current of every step, ``[T, B, N]`` (``I_ext + W_in x[t]``; may be expanded).
+        state0: ``[B, 2N] = [I | V]`` before the first step.
+        weight_rec, pre_idx: ``[N, K]`` synaptic weights and presynaptic ids (int32/int64 in ``[0, N)``).
+        a_m, a_s, b, bc, ac: the exact one-step propagator (see :class:`surroflos.models.BalancedNetwork`).
+        surrogate: spike surrogate (name or :class:`~surroflos.surrogate.Surrogate`); only the gradient uses it.
+        detach_reset: detach the reset ``(1 - s)`` from the gradient (as :func:`balanced_step`).
+        backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see the module docstring).
+
+    Gradients flow to ``x_drive``, ``state0`` and ``weight_rec``. Same numbers as looping
+    :func:`surroflos.models.balanced.balanced_step` (up to the summation order of the recurrent input).
+    """
+    _check_tensor("x_drive", x_drive, "[T, B, N]")
+    _check_tensor("state0", state0, "[B, 2N]")
+    _check_tensor("weight_rec", weight_rec, "[N, K]")
+    _check_pattern(pre_idx, weight_rec)
+    if x_drive.ndim != 3 or x_drive.shape[0] < 1 or x_drive.shape[1] < 1:
+        raise ValueError(f"x_drive must have shape [T, B, N] with T, B >= 1, got {tuple(x_drive.shape)}")
+    N = pre_idx.shape[0]
+    T, B = x_drive.shape[:2]
+    if x_drive.shape[2] != N:
+        raise ValueError(f"x_drive has {x_drive.shape[2]} neurons in its last dimension, pre_idx has N = {N}")
+    if state0.ndim != 2 or tuple(state0.shape) != (B, 2 * N):
+        raise ValueError(f"state0 must have shape [B, 2N] = [{B}, {2 * N}], got {tuple(state0.shape)}")
+    for name, t in (("weight_rec", weight_rec), ("x_drive", x_drive), ("state0", state0)):
+        _check_float(name, t, weight_rec)
+    coef = _coefficients(a_m, a_s, b, bc, ac)
+    surr = sg.get(surrogate)
+    resolved = _resolve(backend, x_drive.device)
+    return _sequence_op(x_drive, state0, weight_rec, pre_idx, *coef, surr.id, float(surr.scale),
+                        bool(detach_reset), resolved)
+
+
+def balanced_tangent_fused(d: Tensor, e: Tensor, Q: Tensor, weight_rec: Tensor, pre_idx: Tensor, a_m: float,
+                           a_s: float, b: float, bc: float, ac: float, *, backend: str = "auto") -> Tensor:
+    """The surrogate tangent map of one balanced-network step applied to ``Q [B, 2N, k]``: ``DQ [B, 2N, k]``.
+
+    ``d = sigma'(V - 1)`` and ``e`` (the reset factor: ``1 - s``, or ``1 - s - d V`` without a detached reset)
+    are ``[B, N]``. Differentiable in ``d``, ``e``, ``Q`` and ``weight_rec``; see the module docstring.
+    """
+    for name, t, shape in (("d", d, "[B, N]"), ("e", e, "[B, N]"), ("Q", Q, "[B, 2N, k]"),
+                           ("weight_rec", weight_rec, "[N, K]")):
+        _check_tensor(name, t, shape)
+    _check_pattern(pre_idx, weight_rec)
+    N = pre_idx.shape[0]
+    if Q.ndim != 3 or Q.shape[1] != 2 * N or Q.shape[0] < 1:
+        raise ValueError(f"Q must have shape [B, 2N, k] = [B, {2 * N}, k], got {tuple(Q.shape)}")
+    B = Q.shape[0]
+    for name, t in (("d", d), ("e", e)):
+        if tuple(t.shape) != (B, N):
+            raise ValueError(f"{name} must have shape [B, N] = [{B}, {N}], got {tuple(t.shape)}")
+    for name, t in (("weight_rec", weight_rec), ("Q", Q), ("d", d), ("e", e)):
+        _check_float(name, t, weight_rec)
+    coef = _coefficients(a_m, a_s, b, bc, ac)
+    resolved = _resolve(backend, Q.device)
+    return _tangent_op(d, e, Q, weight_rec, pre_idx, *coef, resolved)
