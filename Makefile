@@ -3,10 +3,17 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all clean distclean
+.PHONY: train demo bench test test-all clean distclean
+
+# The README's main job: a recurrent LIF network on delayed XOR with preflossing (about a minute on CPU).
+train: $(STAMP)
+	$(VENV)/bin/surroflos train
 
 demo: $(STAMP)
 	$(VENV)/bin/surroflos demo
+
+bench: $(STAMP)
+	$(VENV)/bin/surroflos bench --config cpu
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q

@@ -346,11 +346,12 @@ def _check_method(p: Any) -> None:
     norse_surrogate(p.method, p.alpha)
 
 
-def _check_backend(backend: str) -> str:
-    if backend == "triton":
+def _check_backend(backend: str, *, fused: bool = False) -> str:
+    """``backend`` after checking it; ``fused=True`` for the modules that have fused kernels (LIF, LIFBox)."""
+    if backend == "triton" and not fused:
         raise RuntimeError("backend='triton': the fused Triton kernels for surroflos.norse arrive in a later "
                            "release; use backend='torch' or 'auto' (plain PyTorch, works on CPU and GPU)")
-    if backend not in ("auto", "torch"):
+    if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend
 
@@ -516,9 +517,66 @@ class LIFRecurrentCell(_FlatRecurrent, _norse.LIFRecurrentCell):
 # ----------------------------------------------------------------------------------------------
 
 
+def _forward_ad_active() -> bool:
+    """True inside ``torch.func`` transforms or a forward-AD dual level (the fused ops have no jvp/vmap rule)."""
+    if torch.compiler.is_compiling():
+        return False  # (Dynamo reports an interpreter stack of its own while tracing)
+    try:
+        if torch._C._functorch.peek_interpreter_stack() is not None:
+            return True
+    except AttributeError:  # pragma: no cover - older PyTorch
+        pass
+    return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
+
+
+def _fusion_blocker(p: Any, fields: Sequence[str], x: torch.Tensor) -> Optional[str]:
+    """Why the fused kernels cannot run this module's step (None when they can)."""
+    if _forward_ad_active():
+        return "forward-mode AD / torch.func transforms (the fused ops have no forward-mode or vmap rule)"
+    n = x.shape[-1]
+    for f in fields:
+        t = getattr(p, f)
+        if isinstance(t, torch.Tensor) and t.ndim > 0 and not (t.ndim == 1 and t.shape[0] in (1, n)):
+            return (f"p.{f} has shape {tuple(t.shape)}; the fused kernels take parameters of shape [] or [N] = "
+                    f"[{n}] (per neuron of the input's last dimension)")
+    reset = getattr(p, "reset_method", reset_value)
+    if reset is not reset_value and reset is not reset_subtract:
+        return f"reset_method={getattr(reset, '__name__', reset)!r} (only reset_value and reset_subtract are fused)"
+    return None
+
+
+def _lif_fused(module, x: torch.Tensor, state: LIFFeedForwardState, backend: str):
+    p = module.p
+    z, v, i = _norse_kernels().lif_feed_forward_sequence(
+        x, state.v, state.i, tau_mem_inv=p.tau_mem_inv, tau_syn_inv=p.tau_syn_inv, v_leak=p.v_leak, v_th=p.v_th,
+        v_reset=p.v_reset, dt=module.dt, surrogate=norse_surrogate(p.method, p.alpha), backend=backend)
+    if module.record_states:
+        return z, LIFFeedForwardState(v=v, i=i)
+    return z, LIFFeedForwardState(v=v[-1], i=i[-1])
+
+
+def _box_fused(module, x: torch.Tensor, state: LIFBoxFeedForwardState, backend: str):
+    p = module.p
+    reset = "subtract" if getattr(p, "reset_method", reset_value) is reset_subtract else "value"
+    z, v = _norse_kernels().lif_box_sequence(
+        x, state.v, tau_mem_inv=p.tau_mem_inv, v_leak=p.v_leak, v_th=p.v_th, v_reset=p.v_reset, dt=module.dt,
+        reset=reset, surrogate=norse_surrogate(p.method, p.alpha), backend=backend)
+    return z, LIFBoxFeedForwardState(v=v if module.record_states else v[-1])
+
+
+def _norse_kernels():
+    from .kernels import norse_lif  # (lazy: keeps `import surroflos.norse` light)
+    return norse_lif
+
+
 def _sequence_forward(module, input_tensor: torch.Tensor, state, param_fields, state_fields, state_name: str,
-                      step) -> Tuple[torch.Tensor, Any]:
-    """The shared body of the feed-forward sequence modules: checks, initial state, loop over ``step``."""
+                      step, fused=None) -> Tuple[torch.Tensor, Any]:
+    """The shared body of the feed-forward sequence modules: checks, initial state, then the fused
+    whole-sequence op ``fused(module, x, state, backend)`` where it can run, else the loop over ``step``.
+
+    ``backend="triton"`` with something the fused kernels cannot express raises NotImplementedError;
+    ``"auto"``/``"torch"`` fall back to the loop.
+    """
     _check_input(input_tensor, min_ndim=2, layout="[T, B, ...]")
     if input_tensor.shape[0] < 1:
         raise ValueError(f"input needs at least one time step, got shape {tuple(input_tensor.shape)}")
@@ -529,20 +587,31 @@ def _sequence_forward(module, input_tensor: torch.Tensor, state, param_fields, s
     else:
         _check_state(state, state_fields, state_name, input_tensor, target)
     p, dt = module.p, module.dt
+    backend = getattr(module, "backend", "auto")
+    if fused is not None:
+        blocker = _fusion_blocker(p, param_fields, input_tensor)
+        if blocker is None:
+            return fused(module, input_tensor, state, backend)
+        if backend == "triton":
+            raise NotImplementedError(f"{type(module).__name__}(backend='triton'): the fused kernels do not support "
+                                      f"{blocker}; use backend='auto' or 'torch' (they fall back to the step loop)")
     return _run(lambda x, s: step(x, s, p, dt), input_tensor, state, module.record_states)
 
 
 class LIF(_norse.LIF):
     """Feed-forward LIF layer over time: ``z_seq, state = lif(x_seq, state)`` with ``x_seq: [T, ...]``.
 
-    Same constructor as Norse's (``p``, ``dt=1e-3``, ``record_states=False``) plus ``backend``
-    (``"auto"`` | ``"torch"``; ``"triton"`` arrives in a later release). Returns the spikes ``[T, ...]``
-    and the final ``LIFFeedForwardState`` (all states stacked over time if ``record_states``).
+    Same constructor as Norse's (``p``, ``dt=1e-3``, ``record_states=False``) plus ``backend``:
+    ``"torch"`` runs the whole sequence as one fused PyTorch op, ``"triton"`` as fused Triton kernels
+    (:func:`surroflos.kernels.norse_lif.lif_feed_forward_sequence`), ``"auto"`` picks Triton for CUDA
+    inputs. Parameters of shapes other than ``[]``/``[N]`` and forward-mode AD fall back to the step loop
+    (``"triton"`` raises NotImplementedError instead). Returns the spikes ``[T, ...]`` and the final
+    ``LIFFeedForwardState`` (all states stacked over time if ``record_states``).
     """
 
     def __init__(self, p: LIFParameters = LIFParameters(), *, backend: str = "auto", **kwargs: Any) -> None:
         _check_method(p)
-        resolved = _check_backend(backend)
+        resolved = _check_backend(backend, fused=True)
         super().__init__(p, **kwargs)
         self.backend = resolved
         self.activation = lif_feed_forward_step
@@ -557,7 +626,7 @@ class LIF(_norse.LIF):
     def forward(self, input_tensor: torch.Tensor,
                 state: Optional[LIFFeedForwardState] = None) -> Tuple[torch.Tensor, LIFFeedForwardState]:
         return _sequence_forward(self, input_tensor, state, _LIF_FIELDS, ("v", "i"), "LIFFeedForwardState",
-                                 lif_feed_forward_step)
+                                 lif_feed_forward_step, _lif_fused)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend!r}"
@@ -567,13 +636,15 @@ class LIFBox(_NorseSNN):
     """:class:`LIFBoxCell` over time (Norse has no such module; this one subclasses Norse's ``SNN``).
 
     ``LIFBox(p=LIFBoxParameters(), dt=1e-3, record_states=False, backend="auto")``; ``x_seq: [T, ...]``;
-    returns the spikes ``[T, ...]`` and the final ``LIFBoxFeedForwardState`` (or all, stacked).
+    returns the spikes ``[T, ...]`` and the final ``LIFBoxFeedForwardState`` (or all, stacked). Backends
+    as in :class:`LIF` (:func:`surroflos.kernels.norse_lif.lif_box_sequence`); ``reset_value`` and
+    ``reset_subtract`` are fused, other ``reset_method`` callables run the step loop.
     """
 
     def __init__(self, p: LIFBoxParameters = LIFBoxParameters(), dt: float = 0.001, record_states: bool = False,
                  *, backend: str = "auto") -> None:
         _check_method(p)
-        resolved = _check_backend(backend)
+        resolved = _check_backend(backend, fused=True)
         super().__init__(activation=lif_box_step, state_fallback=self.initial_state, p=_tensorize(p, _BOX_FIELDS),
                          dt=dt, record_states=record_states)
         self.backend = resolved
@@ -587,7 +658,7 @@ class LIFBox(_NorseSNN):
     def forward(self, input_tensor: torch.Tensor,
                 state: Optional[LIFBoxFeedForwardState] = None) -> Tuple[torch.Tensor, LIFBoxFeedForwardState]:
         return _sequence_forward(self, input_tensor, state, _BOX_FIELDS, ("v",), "LIFBoxFeedForwardState",
-                                 lif_box_step)
+                                 lif_box_step, _box_fused)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, backend={self.backend!r}"
