@@ -32,7 +32,9 @@ from torch import nn
 
 from .. import surrogate as sg
 from .._random import rand
-from .base import RecurrentModel
+from ..kernels.backend import check_backend
+from ..kernels.recurrent import spiking_rnn_sequence
+from .base import RecurrentModel, Rollout, check_inputs, check_state_and_model
 
 __all__ = ["SpikingParams", "lif_step", "lif_tangent", "cuba_step", "cuba_tangent", "SpikingRNN",
            "NEURONS", "RESETS", "READOUTS"]
@@ -166,6 +168,10 @@ class SpikingRNN(RecurrentModel):
             Jacobian equal the surrogate tangent map (for validating surrogate exponents against
             brute-force perturbation growth). Use ``detach_reset=False`` with it.
         dt: duration of one step (exponents are reported per ``dt``; default 1 = per step).
+        backend: how :meth:`rollout` (and ``forward``) runs the sequence: ``"auto"`` (fused Triton
+            kernels for CUDA inputs, the fused PyTorch op otherwise), ``"torch"`` or ``"triton"``; see
+            :func:`surroflos.kernels.recurrent.spiking_rnn_sequence`. ``smooth=True`` always uses the
+            step loop. Single steps, tangent maps and Lyapunov spectra use the step functions.
     """
 
     def __init__(self, n_in: int, n_hidden: int, n_out: int, *, neuron: str = "lif", beta=0.9, alpha=0.8,
@@ -174,8 +180,9 @@ class SpikingRNN(RecurrentModel):
                  learn_threshold: bool = False, g: float = 1.0, input_scale: float = 1.0, bias: bool = True,
                  readout: str = "linear", readout_beta: float = 0.9, smooth: bool = False, dt: float = 1.0,
                  generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, backend: str = "auto") -> None:
         super().__init__()
+        self.backend = check_backend(backend)
         for name, v, allowed in (("neuron", neuron, NEURONS), ("reset", reset, RESETS), ("readout", readout, READOUTS)):
             if v not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {v!r}")
@@ -229,6 +236,27 @@ class SpikingRNN(RecurrentModel):
             state[:, -self.n_hidden:] = u * self.threshold.detach()
         return state
 
+    def rollout(self, x: torch.Tensor, state0: torch.Tensor | None = None) -> Rollout:
+        """Simulate ``x: [T, B, n_in]``: outputs, states and spikes, as the step loop computes them.
+
+        Unless ``smooth``, the drive ``x W_in^T`` of all steps is one GEMM and the recurrence runs in the
+        fused sequence op (backend ``self.backend``, resolved against the inputs' device), whose PyTorch
+        path repeats the step loop's floating-point operations in the same order.
+        """
+        if self.smooth:
+            return super().rollout(x, state0)
+        check_inputs(x, self.n_in)
+        check_state_and_model(self, x, state0)
+        state = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype) if state0 is None else state0
+        p = self.params()
+        # x W_in^T for all steps in one GEMM; b goes in separately, added where _current adds it.
+        x_in = torch.matmul(x, p.weight_in.T)
+        spikes, states = spiking_rnn_sequence(
+            x_in, p.weight_rec, state, neuron=self.neuron, beta=p.beta, alpha=p.alpha, threshold=p.threshold,
+            surrogate=p.surrogate, reset=p.reset, detach_reset=p.detach_reset, bias=p.bias,
+            backend=getattr(self, "backend", "auto"))  # (modules pickled before the attribute existed)
+        return Rollout(self.readout(spikes), states, spikes)
+
     def readout(self, activity: torch.Tensor) -> torch.Tensor:
         drive = self.readout_layer(activity)
         if self.readout_kind == "linear":
@@ -247,4 +275,4 @@ class SpikingRNN(RecurrentModel):
     def extra_repr(self) -> str:
         return (f"n_in={self.n_in}, n_hidden={self.n_hidden}, n_out={self.n_out}, neuron={self.neuron!r}, "
                 f"reset={self.reset!r}, detach_reset={self.detach_reset}, surrogate={self.surrogate}, "
-                f"smooth={self.smooth}, dt={self.dt}")
+                f"smooth={self.smooth}, dt={self.dt}, backend={self.backend!r}")

@@ -1,0 +1,418 @@
+"""Fused recurrent spiking network step (``SpikingRNN``: LIF and current-based neurons) over a sequence.
+
+::
+
+    spikes, states = spiking_rnn_sequence(x_in, W, state0, neuron="lif", beta=0.9, alpha=0.8,
+                                          threshold=1.0, surrogate="atan", reset="subtract",
+                                          detach_reset=True, bias=None, backend="auto")
+
+``x_in = x W_in^T + b`` is the feed-forward drive of all ``T`` steps, computed by the caller with one
+GEMM (it is not sequential); alternatively ``x_in = x W_in^T`` and ``bias=b``, which adds ``b`` after
+the recurrent product as the step function does. The function computes exactly the loop of
+:func:`surroflos.models.spiking.lif_step` / :func:`~surroflos.models.spiking.cuba_step` (see that module's
+docstring), step ``t = 0 .. T-1`` from the state ``U[-1] = state0``::
+
+    S[t-1] = H(U[t-1] - theta)        (surrogate gradient into U[t-1] and theta)
+    R[t]   = S[t-1]                   (detached when detach_reset)
+    I[t]   = x_in[t] + S[t-1] W^T (+ bias)
+    lif:  U[t] = beta U[t-1] + I[t] - R theta        | beta (1 - R) U[t-1] + I[t]          (subtract | zero)
+    cuba: syn[t] = alpha syn[t-1] + I[t]
+          mem[t] = beta mem[t-1] + syn[t] - R theta  | (1 - R) (beta mem[t-1] + syn[t])
+    S[t]   = H(U[t] - theta)          (returned, with the surrogate gradient)
+
+and returns ``spikes [T, B, N]`` and ``states [T, B, D]`` (``D = N`` for lif, ``2N = [syn | mem]`` for
+cuba). ``beta``, ``alpha`` and ``threshold`` are numbers or tensors ``[]`` / ``[N]``, used as given
+(:class:`surroflos.SpikingRNN` passes ``beta`` and ``alpha`` clamped to [0, 1]); gradients reach
+``x_in``, ``W``, ``state0`` and every parameter tensor that requires grad.
+
+Backends (see :mod:`surroflos.kernels.backend`):
+
+- ``"torch"``: one whole-sequence op. Its forward loops over time under no autograd with one matmul and
+  a few fused elementwise ops per step into preallocated buffers; its backward scans time in reverse
+  with the explicit adjoint below (one matmul ``dI[t] W`` per step), and forms
+  ``dW = sum_t dI[t]^T S[t-1]`` as ONE GEMM over ``[T * B]`` at the end.
+- ``"triton"``: per-step kernels (:mod:`surroflos.kernels.recurrent_triton`): the forward fuses the
+  recurrent product (skipping all-zero spike blocks) with the neuron update, the backward fuses
+  ``dI[t] W`` with the local adjoint; dW is the same final GEMM.
+- ``"auto"``: Triton for CUDA tensors, PyTorch otherwise.
+
+Both run through the ``torch.library`` custom ops ``surroflos::spiking_rnn_fwd`` / ``_bwd`` (with fake
+implementations, so ``torch.compile`` captures them). Forward-mode AD and double backward are not
+supported. States accumulate in float32 for float16/bfloat16/float32 inputs and in float64 for float64.
+
+Adjoint (reverse time). With ``sd[t] = sigma'(mem[t] - theta)``, the loss gradients ``gS[t]``, ``gU[t]``
+of the outputs, ``gsp[t] = dL/dS[t-1]`` through step ``t`` and ``K[t] = dmem[t]/dmem[t-1]`` (``beta``, or
+``beta (1 - R[t])`` for the zero reset)::
+
+    gmem[t] = gU_mem[t] + sd[t] (gS[t] + gsp[t+1]) + K[t+1] gmem[t+1]
+    lif:  dI[t] = gmem[t]
+    cuba: dI[t] = gU_syn[t] + alpha dI[t+1] + c[t] gmem[t]       (c = 1, or 1 - R[t] for the zero reset)
+    gsp[t] = dI[t] W + rho[t] gmem[t]   with rho = 0 when detach_reset, else -theta (subtract),
+             -beta mem[t-1] (lif zero), -(beta mem[t-1] + syn[t]) (cuba zero)
+    dU[-1]: mem = K[0] gmem[0] + sd[-1] gsp[0];   syn = alpha dI[0]
+    dbeta = sum gmem[t] (1 - R[t] | 1) mem[t-1];  dalpha = sum dI[t] syn[t-1]
+    dtheta = -sum_{t >= -1} sd[t] (gS[t] + gsp[t+1]) - sum R[t] gmem[t] (subtract reset only)
+    dx_in = dI;  dbias = sum_{t, b} dI[t];  dW = sum_t dI[t]^T S[t-1]
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .. import surrogate as sg
+from .backend import acc_dtype, check_backend, resolve_backend
+
+__all__ = ["spiking_rnn_sequence", "spiking_rnn_reference", "NEURONS", "RESETS"]
+
+NEURONS = ("lif", "cuba")
+RESETS = ("subtract", "zero")
+
+ParamLike = Union[float, int, Tensor]
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch path (x_in [T, B, N]; W [N, N]; state0 [B, D]; beta / alpha / theta: [N] vectors)
+# ----------------------------------------------------------------------------------------------
+
+
+def _forward_torch(x_in: Tensor, W: Tensor, state0: Tensor, beta: Tensor, alpha: Optional[Tensor], theta: Tensor,
+                   bias: Optional[Tensor], cuba: bool, zero: bool) -> Tuple[Tensor, Tensor]:
+    # The elementwise ops mirror lif_step / cuba_step operation by operation (same roundings), so with
+    # x W_in^T and b passed separately the states follow the step loop's floating-point numbers.
+    T, B, N = x_in.shape
+    D = state0.shape[1]
+    ad = acc_dtype(x_in.dtype)
+    x, Wt = x_in.to(ad), W.to(ad).t()
+    beta, theta = beta.to(ad), theta.to(ad)
+    alpha = alpha.to(ad) if cuba else None
+    bias = bias.to(ad) if bias is not None else None
+    states = torch.empty(T, B, D, dtype=ad, device=x.device)
+    spikes = torch.empty(T, B, N, dtype=ad, device=x.device)
+    rec = torch.empty(B, N, dtype=ad, device=x.device)
+    cur = torch.empty(B, N, dtype=ad, device=x.device)
+    mem = state0[:, D - N:].to(ad)
+    syn = state0[:, :N].to(ad) if cuba else None
+    s = (mem > theta).to(ad)  # S[-1]; (u > theta) == (u - theta > 0) in IEEE arithmetic
+    for t in range(T):
+        torch.add(x[t], torch.mm(s, Wt, out=rec), out=cur)  # I = x_in + S W^T (+ b)
+        if bias is not None:
+            cur.add_(bias)
+        mem_new = states[t, :, D - N:]
+        if cuba:
+            syn_new = states[t, :, :N]
+            torch.mul(alpha, syn, out=syn_new).add_(cur)
+            drive = syn = syn_new
+        else:
+            drive = cur
+        if zero and cuba:
+            torch.mul(beta, mem, out=mem_new).add_(drive).mul_(1.0 - s)
+        elif zero:
+            torch.mul(beta * (1.0 - s), mem, out=mem_new).add_(drive)
+        else:
+            torch.mul(beta, mem, out=mem_new).add_(drive).addcmul_(s, theta, value=-1.0)
+        mem, s = mem_new, spikes[t]
+        s.copy_(mem_new > theta)
+    return spikes.to(x_in.dtype), states.to(x_in.dtype)
+
+
+def _backward_torch(gspk: Tensor, gst: Tensor, W: Tensor, state0: Tensor, spikes: Tensor, states: Tensor, beta: Tensor,
+                    alpha: Optional[Tensor], theta: Tensor, cuba: bool, zero: bool, detach: bool, sid: int,
+                    scale: float, need_beta: bool, need_alpha: bool, need_theta: bool):
+    """``(dI, dstate0, dbeta, dalpha, dtheta, S_prev)`` in the accumulator dtype (see the module docstring).
+
+    Full-sequence work is done once up front (surrogate derivatives); the reverse scan then works on
+    ``[B, N]`` slices only and accumulates the parameter gradients per element, summed at the end.
+    """
+    T, B, N = spikes.shape
+    D = state0.shape[1]
+    ad = acc_dtype(spikes.dtype)
+    dev = spikes.device
+    W = W.to(ad)
+    beta, theta = beta.to(ad), theta.to(ad)
+    alpha = alpha.to(ad) if cuba else None
+    states, gspk, gst = states.to(ad), gspk.to(ad), gst.to(ad)
+    mem = states[..., D - N:]
+    mem0 = state0[:, D - N:].to(ad)
+    syn0 = state0[:, :N].to(ad) if cuba else None
+    s_prev = torch.cat([(mem0 > theta).to(ad).unsqueeze(0), spikes[:-1].to(ad)])  # R[t] = S[t-1]
+    sd = sg.surrogate_derivative(mem - theta, sid, scale)
+    sd0 = sg.surrogate_derivative(mem0 - theta, sid, scale)
+    G0 = torch.addcmul(gst[..., D - N:], sd, gspk)  # the parts of gmem[t] known before the scan
+    need_alpha = need_alpha and cuba
+    acc_b = torch.zeros(B, N, dtype=ad, device=dev) if need_beta else None
+    acc_a = torch.zeros(B, N, dtype=ad, device=dev) if need_alpha else None
+    acc_t = torch.zeros(B, N, dtype=ad, device=dev) if need_theta else None
+    dI = torch.empty(T, B, N, dtype=ad, device=dev)
+    gm, gm_next = torch.empty(B, N, dtype=ad, device=dev), torch.empty(B, N, dtype=ad, device=dev)
+    gsp, gsp_next = torch.empty(B, N, dtype=ad, device=dev), torch.empty(B, N, dtype=ad, device=dev)
+    for t in range(T - 1, -1, -1):
+        # gmem[t] = gU_mem[t] + sd[t] (gS[t] + gsp[t+1]) + K[t+1] gmem[t+1]
+        if t == T - 1:
+            gm.copy_(G0[t])
+        else:
+            torch.addcmul(G0[t], sd[t], gsp_next, out=gm)
+            gm.addcmul_(beta * (1.0 - s_prev[t + 1]) if zero else beta, gm_next)
+            if need_theta:
+                acc_t.addcmul_(sd[t], gsp_next)
+        mem_prev = mem[t - 1] if t > 0 else mem0
+        R = s_prev[t]
+        d = dI[t]
+        if cuba:
+            syn_prev = states[t - 1, :, :N] if t > 0 else syn0
+            if zero:
+                torch.addcmul(gst[t, :, :N], 1.0 - R, gm, out=d)
+            else:
+                torch.add(gst[t, :, :N], gm, out=d)
+            if t < T - 1:
+                d.addcmul_(alpha, dI[t + 1])
+            if need_alpha:
+                acc_a.addcmul_(d, syn_prev)
+        else:
+            d.copy_(gm)
+        torch.mm(d, W, out=gsp)
+        if not detach:  # the reset's own gradient: rho[t] gmem[t]
+            if not zero:
+                gsp.addcmul_(theta, gm, value=-1.0)
+            elif cuba:
+                gsp.addcmul_(torch.addcmul(states[t, :, :N], beta, mem_prev), gm, value=-1.0)
+            else:
+                gsp.addcmul_(beta * mem_prev, gm, value=-1.0)
+        if need_beta:
+            acc_b.addcmul_(gm * (1.0 - R) if zero else gm, mem_prev)
+        if need_theta and not zero:
+            acc_t.addcmul_(R, gm)
+        gm, gm_next = gm_next, gm
+        gsp, gsp_next = gsp_next, gsp
+    # After the swap: gm_next = gmem[0], gsp_next = gsp[0] = dL/dS[-1].
+    keep0 = beta * (1.0 - s_prev[0]) if zero else beta
+    g_mem0 = torch.addcmul(keep0 * gm_next, sd0, gsp_next)
+    dstate0 = torch.cat([alpha * dI[0], g_mem0], dim=1) if cuba else g_mem0
+    dbeta = acc_b.sum(0) if need_beta else None
+    dalpha = acc_a.sum(0) if need_alpha else None
+    dtheta = None
+    if need_theta:  # -sum sd (gS + gsp_next) over t >= -1, minus sum R gmem (subtract reset)
+        acc_t.addcmul_(sd0, gsp_next)
+        dtheta = -(acc_t.sum(0) + (sd * gspk).sum((0, 1)))
+    return dI, dstate0, dbeta, dalpha, dtheta, s_prev
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops (both backends behind one op; use_triton picks the implementation)
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("surroflos::spiking_rnn_fwd", mutates_args=())
+def _rnn_fwd(x_in: Tensor, W: Tensor, state0: Tensor, beta: Tensor, alpha: Optional[Tensor], threshold: Tensor,
+             bias: Optional[Tensor], cuba: bool, zero_reset: bool, detach_reset: bool, surrogate_id: int,
+             surrogate_scale: float, use_triton: bool) -> Tuple[Tensor, Tensor]:
+    if use_triton:
+        from .recurrent_triton import forward_triton  # lazy: Triton picks interpreter/compiled at import
+
+        spikes, states = forward_triton(x_in, W, state0, beta, alpha, threshold, bias, cuba, zero_reset)
+    else:
+        spikes, states = _forward_torch(x_in, W, state0, beta, alpha, threshold, bias, cuba, zero_reset)
+    return spikes.contiguous(), states
+
+
+@_rnn_fwd.register_fake
+def _rnn_fwd_fake(x_in, W, state0, beta, alpha, threshold, bias, cuba, zero_reset, detach_reset, surrogate_id,
+                  surrogate_scale, use_triton):
+    T, B, N = x_in.shape
+    return x_in.new_empty(T, B, N), x_in.new_empty(T, B, state0.shape[1])
+
+
+@torch.library.custom_op("surroflos::spiking_rnn_bwd", mutates_args=())
+def _rnn_bwd(grad_spikes: Tensor, grad_states: Tensor, W: Tensor, state0: Tensor, spikes: Tensor, states: Tensor,
+             beta: Tensor, alpha: Optional[Tensor], threshold: Tensor, cuba: bool, zero_reset: bool,
+             detach_reset: bool, surrogate_id: int, surrogate_scale: float, need_w: bool, need_beta: bool,
+             need_alpha: bool, need_theta: bool, use_triton: bool
+             ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    T, B, N = spikes.shape
+    args = (grad_spikes, grad_states, W, state0, spikes, states, beta, alpha, threshold, cuba, zero_reset,
+            detach_reset, surrogate_id, surrogate_scale, need_beta, need_alpha, need_theta)
+    if use_triton:
+        from .recurrent_triton import backward_triton
+
+        dI, ds0, db, da, dt, s_prev = backward_triton(*args)
+    else:
+        dI, ds0, db, da, dt, s_prev = _backward_torch(*args)
+    if need_w:  # dW[n, k] = sum_{t, b} dI[t, b, n] S[t-1, b, k]: one GEMM over T * B rows
+        dW = torch.mm(dI.reshape(T * B, N).t(), s_prev.reshape(T * B, N).to(dI.dtype)).to(W.dtype)
+    else:
+        dW = W.new_empty(0)
+    # (custom ops may not return one tensor twice: a fresh empty for every unneeded gradient)
+    vec = lambda g, like: like.new_empty(0) if g is None else g.to(like.dtype)  # noqa: E731
+    return dI.to(spikes.dtype), dW, ds0.to(state0.dtype), vec(db, beta), vec(da, beta), vec(dt, threshold)
+
+
+@_rnn_bwd.register_fake
+def _rnn_bwd_fake(grad_spikes, grad_states, W, state0, spikes, states, beta, alpha, threshold, cuba, zero_reset,
+                  detach_reset, surrogate_id, surrogate_scale, need_w, need_beta, need_alpha, need_theta, use_triton):
+    N = spikes.shape[-1]
+    vec = lambda need: W.new_empty(N if need else 0)  # noqa: E731
+    return (torch.empty_like(spikes), W.new_empty(N, N) if need_w else W.new_empty(0), torch.empty_like(state0),
+            vec(need_beta), vec(need_alpha and cuba), vec(need_theta))
+
+
+def _setup(ctx, inputs, output):
+    (_, W, state0, beta, alpha, threshold, _bias, cuba, zero, detach, sid, scale, use_triton) = inputs
+    spikes, states = output
+    ctx.save_for_backward(W, state0, beta, alpha, threshold, spikes, states)
+    ctx.flags = (cuba, zero, detach, sid, scale, use_triton)
+
+
+def _backward(ctx, g_spikes, g_states):
+    W, state0, beta, alpha, threshold, spikes, states = ctx.saved_tensors
+    cuba, zero, detach, sid, scale, use_triton = ctx.flags
+    need = ctx.needs_input_grad
+    if g_spikes is None:
+        g_spikes = torch.zeros_like(spikes)
+    if g_states is None:
+        g_states = torch.zeros_like(states)
+    dx, dW, ds0, db, da, dt = _rnn_bwd(g_spikes, g_states, W, state0, spikes, states, beta, alpha, threshold,
+                                       cuba, zero, detach, sid, scale, need[1], need[3], need[4] and cuba,
+                                       need[5], use_triton)
+    db_in = dx.sum((0, 1)) if need[6] else None  # I = x_in + S W^T + bias
+    return (dx, dW if need[1] else None, ds0, db if need[3] else None, da if need[4] and cuba else None,
+            dt if need[5] else None, db_in, None, None, None, None, None, None)
+
+
+_rnn_fwd.register_autograd(_backward, setup_context=_setup)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------
+
+
+def _param(value: ParamLike, name: str, N: int, like: Tensor) -> Tensor:
+    """A parameter as an ``[N]`` tensor (a broadcast view of a scalar, so gradients sum back to it)."""
+    if isinstance(value, Tensor):
+        if value.ndim > 1 or (value.ndim == 1 and value.shape[0] != N):
+            raise ValueError(f"{name} must be a number or a tensor of shape [] or [{N}], got {tuple(value.shape)}")
+        if value.dtype != like.dtype or value.device != like.device:
+            raise ValueError(f"{name} is {value.dtype} on {value.device} but x_in is {like.dtype} on "
+                             f"{like.device}; convert one of them")
+        return value.expand(N)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return torch.full((N,), float(value), dtype=like.dtype, device=like.device)
+    raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
+
+
+def _resolves_to_triton(backend: str, device_type: str) -> bool:
+    return resolve_backend(backend, device_type) == "triton"
+
+
+# torch.compile must evaluate the resolution while tracing and keep the answer as a constant (it reads
+# the environment and Triton's settings, which Dynamo cannot trace). This is what
+# torch.compiler.assume_constant_result does; it is spelled out because that function imports
+# torch._dynamo, seconds at `import surroflos`.
+_resolves_to_triton._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
+def _use_triton(backend: str, device: torch.device) -> bool:
+    if backend == "torch" or (backend == "auto" and device.type != "cuda"):
+        return False
+    return _resolves_to_triton(backend, device.type)
+
+
+def spiking_rnn_sequence(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: str = "lif", beta: ParamLike = 0.9,
+                         alpha: Optional[ParamLike] = 0.8, threshold: ParamLike = 1.0,
+                         surrogate: sg.SurrogateLike = "atan", reset: str = "subtract", detach_reset: bool = True,
+                         bias: Optional[Tensor] = None, backend: str = "auto") -> Tuple[Tensor, Tensor]:
+    """Run the recurrent spiking network over ``x_in: [T, B, N]`` (see the module docstring).
+
+    Args:
+        x_in: feed-forward drive ``x W_in^T + b`` of every step, ``[T, B, N]``, floating point.
+        W: recurrent weights ``[N, N]`` (``I = S W^T``), same dtype and device as ``x_in``.
+        state0: ``[B, D]`` state before the first step (``D = N`` lif, ``2N`` cuba ``[syn | mem]``).
+        neuron: ``"lif"`` or ``"cuba"``.
+        beta, alpha, threshold: numbers or tensors ``[]`` / ``[N]`` (``alpha`` is read for cuba only).
+        surrogate: name or :class:`~surroflos.surrogate.Surrogate` (its id and scale).
+        reset: ``"subtract"`` or ``"zero"``; detach_reset: no gradient through the reset's spike.
+        bias: optional ``[N]`` added after the recurrent product, ``I[t] = (x_in[t] + S[t-1] W^T) + bias``:
+            the step function's order of additions, so a caller that passes ``x W_in^T`` and ``b``
+            separately gets the step loop's roundings on the PyTorch path (bit for bit where the BLAS
+            rounds the one ``[T*B]``-row GEMM like the per-step ones; near-threshold membranes make the
+            surrogate gradients sensitive to the last bit). Otherwise fold ``b`` into ``x_in``.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+
+    Returns:
+        ``(spikes [T, B, N], states [T, B, D])`` in the dtype of ``x_in``.
+
+    Raises:
+        ValueError / TypeError: bad shapes, dtypes, devices or options.
+        TritonUnavailableError: ``backend="triton"`` where the kernels cannot run.
+    """
+    check_backend(backend)
+    if neuron not in NEURONS:
+        raise ValueError(f"neuron must be one of {NEURONS}, got {neuron!r}")
+    if reset not in RESETS:
+        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    for name, t in (("x_in", x_in), ("W", W), ("state0", state0)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if x_in.ndim != 3 or x_in.shape[0] < 1 or x_in.shape[1] < 1 or x_in.shape[2] < 1:
+        raise ValueError(f"x_in must have shape [T, B, N] with T, B, N >= 1, got {tuple(x_in.shape)}")
+    if not x_in.is_floating_point():
+        raise ValueError(f"x_in must be floating point, got {x_in.dtype}")
+    T, B, N = x_in.shape
+    D = 2 * N if neuron == "cuba" else N
+    if W.shape != (N, N):
+        raise ValueError(f"W must have shape [N, N] = [{N}, {N}], got {tuple(W.shape)}")
+    if state0.shape != (B, D):
+        raise ValueError(f"state0 must have shape [B, D] = [{B}, {D}] for neuron={neuron!r}, "
+                         f"got {tuple(state0.shape)}")
+    for name, t in (("W", W), ("state0", state0)):
+        if t.dtype != x_in.dtype or t.device != x_in.device:
+            raise ValueError(f"{name} is {t.dtype} on {t.device} but x_in is {x_in.dtype} on {x_in.device}; "
+                             "convert one of them")
+    surrogate = sg.get(surrogate)
+    cuba = neuron == "cuba"
+    if cuba and alpha is None:
+        raise ValueError("neuron='cuba' needs alpha (the synaptic decay)")
+    beta_v = _param(beta, "beta", N, x_in)
+    alpha_v = _param(alpha, "alpha", N, x_in) if cuba else None
+    theta_v = _param(threshold, "threshold", N, x_in)
+    if bias is not None:
+        if not isinstance(bias, Tensor) or bias.shape != (N,):
+            raise ValueError(f"bias must be a tensor of shape [{N}], got {getattr(bias, 'shape', type(bias).__name__)}")
+        if bias.dtype != x_in.dtype or bias.device != x_in.device:
+            raise ValueError(f"bias is {bias.dtype} on {bias.device} but x_in is {x_in.dtype} on {x_in.device}; "
+                             "convert one of them")
+    use_triton = _use_triton(backend, x_in.device)
+    return _rnn_fwd(x_in, W, state0, beta_v, alpha_v, theta_v, bias, cuba, reset == "zero", bool(detach_reset),
+                    surrogate.id, float(surrogate.scale), use_triton)
+
+
+def spiking_rnn_reference(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: str = "lif", beta: ParamLike = 0.9,
+                          alpha: Optional[ParamLike] = 0.8, threshold: ParamLike = 1.0,
+                          surrogate: sg.SurrogateLike = "atan", reset: str = "subtract",
+                          detach_reset: bool = True) -> Tuple[Tensor, Tensor]:
+    """The naive loop over :func:`~surroflos.models.spiking.lif_step` / ``cuba_step`` (autograd per op).
+
+    ``x_in`` enters as the input with ``W_in = I`` and ``b = 0`` (exact: multiplying by the identity
+    rounds nothing), so this is the model's own step function on the same numbers.
+    """
+    from ..models.spiking import SpikingParams, cuba_step, lif_step
+
+    N = x_in.shape[-1]
+
+    def as_t(v):
+        return v if isinstance(v, Tensor) else torch.tensor(float(v), dtype=x_in.dtype, device=x_in.device)
+
+    eye = torch.eye(N, dtype=x_in.dtype, device=x_in.device)
+    p = SpikingParams(W, eye, torch.zeros(N, dtype=x_in.dtype, device=x_in.device), as_t(beta),
+                      as_t(alpha) if neuron == "cuba" else None, as_t(threshold), sg.get(surrogate), reset,
+                      bool(detach_reset), False)
+    step = lif_step if neuron == "lif" else cuba_step
+    state, spikes, states = state0, [], []
+    for t in range(x_in.shape[0]):
+        s, state = step(x_in[t], state, p)
+        spikes.append(s)
+        states.append(state)
+    return torch.stack(spikes), torch.stack(states)
