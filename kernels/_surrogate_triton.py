@@ -17,10 +17,9 @@ def surrogate_grad(x, SURROGATE: tl.constexpr, scale):
     elif SURROGATE == 1:  # atan
         u = 1.5707963267948966 * scale * x
         out = (scale * 0.5) / (1.0 + u * u)
-    elif SURROGATE == 2:  # sigmoid: s(scale x) s(-scale x), stable in both tails
-        s = 1.0 / (1.0 + tl.exp(-scale * x))
-        r = 1.0 / (1.0 + tl.exp(scale * x))
-        out = scale * s * r
+    elif SURROGATE == 2:  # sigmoid: s(scale x) s(-scale x) = e / (1 + e)^2 with e = exp(-scale |x|), no overflow
+        e = tl.exp(-scale * tl.abs(x))
+        out = scale * e / ((1.0 + e) * (1.0 + e))
     elif SURROGATE == 3:  # triangle
         out = scale * tl.maximum(1.0 - tl.abs(x), 0.0)
     elif SURROGATE == 4:  # exponential
