@@ -3,10 +3,47 @@ tangent dynamics, each beside its plain-PyTorch reference.
 
 Layout: ``<concept>.py`` holds the public dispatch function and the PyTorch path,
 ``<concept>_triton.py`` the Triton kernels (imported lazily, see :mod:`surroflos.kernels.backend`),
-``<concept>_reference.py`` (where the PyTorch path is not itself a plain loop) the naive loop that the
-tests compare both against.
+and a naive per-step reference that the tests compare both against.
+
+=============================  ===============================================================
+``leaky_sequence``             snnTorch ``Leaky`` over ``[T, ...]`` (:mod:`.lif`)
+``synaptic_sequence``          snnTorch ``Synaptic`` (:mod:`.lif`)
+``lif_feed_forward_sequence``  Norse ``LIF`` (:mod:`.norse_lif`)
+``lif_box_sequence``           Norse ``LIFBox`` (:mod:`.norse_lif`)
+``spiking_rnn_sequence``       recurrent LIF / current-based network (:mod:`.recurrent`)
+``balanced_sequence``          sparse balanced network (:mod:`.balanced`)
+``balanced_tangent_fused``     its tangent map (:mod:`.balanced`)
+``dense_tangent``              ``c (W (d Q) + a Q)`` for a block of k vectors (:mod:`.tangent`)
+``block_tangent``              the 2x2-block (synaptic + membrane) form (:mod:`.tangent`)
+``orthonormalize``             CholeskyQR2 / Householder re-orthonormalisation (:mod:`.qr`)
+=============================  ===============================================================
+
+Submodules are imported on first use, so ``import surroflos`` stays cheap.
 """
+
+from __future__ import annotations
+
+import importlib
 
 from .backend import BACKENDS, TritonUnavailableError, resolve_backend
 
-__all__ = ["BACKENDS", "TritonUnavailableError", "resolve_backend"]
+_LAZY = {
+    "leaky_sequence": "lif", "synaptic_sequence": "lif",
+    "lif_feed_forward_sequence": "norse_lif", "lif_box_sequence": "norse_lif",
+    "spiking_rnn_sequence": "recurrent",
+    "balanced_sequence": "balanced", "balanced_tangent_fused": "balanced",
+    "dense_tangent": "tangent", "block_tangent": "tangent", "fused_tangent_function": "tangent",
+    "orthonormalize": "qr", "cholesky_qr2": "qr",
+}
+
+__all__ = ["BACKENDS", "TritonUnavailableError", "resolve_backend", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
