@@ -398,6 +398,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             log(f"preflossing: lambda_1..{cfg.k} {_fmt(state['preflossing']['lambda_first'])} -> "
                 f"{_fmt(state['preflossing']['lambda_last'])}")
             _atomic_save(snapshot(), ckpt_path)
+        if cfg.lyap_every and state.get("lambda1_start") is None:
+            state["lambda1_start"] = _spectrum(model, task, cfg, 1, 0, device, dtype)[0]
         bar = _progress_bar(cfg.epochs, state["epoch"], progress)
         done_this_call = 0
         while state["epoch"] < cfg.epochs:
@@ -462,7 +464,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     final = {task.metric: last.get(task.metric), "val_loss": last.get("val_loss"), "metric": task.metric,
              "higher_is_better": task.higher_is_better, "epochs": state["epoch"]}
     _atomic_json({"config": cfg.to_dict(), "final": final, "spectrum_before": state["spectrum_before"],
-                  "spectrum_after": after, "preflossing": state["preflossing"], "versions": _versions()},
+                  "spectrum_after": after, "preflossing": state["preflossing"],
+                  "lambda1_start": state.get("lambda1_start"), "versions": _versions()},
                  os.path.join(cfg.out, "result.json"))
     _plots(cfg, task, model, state, after, x_val, device)
     log(f"{cfg.task} (delay {cfg.delay}), {cfg.model} N={cfg.N}, flossing={cfg.flossing}: "
@@ -517,6 +520,8 @@ def _plots(cfg: TrainConfig, task, model, state: dict, after: list, x_val: torch
     plotting.save_figure(fig, os.path.join(cfg.out, "spectrum.png"))
 
     lam = [(r["epoch"], r["lambda1"]) for r in rows if "lambda1" in r]
+    if state.get("lambda1_start") is not None:
+        lam.insert(0, (0, state["lambda1_start"]))  # after preflossing, before the first epoch
     if lam:
         fig, (ax,) = plotting.figure(1)
         ax.plot([e for e, _ in lam], [v for _, v in lam], marker=".")
@@ -526,7 +531,8 @@ def _plots(cfg: TrainConfig, task, model, state: dict, after: list, x_val: torch
                 ax.axvline(r["epoch"] - 0.5, color="C3", lw=0.8, alpha=0.6)
         ax.set_xlabel("epoch")
         ax.set_ylabel("$\\lambda_1$")
-        ax.set_title("largest Lyapunov exponent during training" + (" (red: flossing bouts)" if cfg.flossing == "during" else ""))
+        ax.set_title("largest Lyapunov exponent during training" + (" (red: flossing bouts)" if cfg.flossing == "during" else "")
+                     + ("\nepoch 0: after preflossing" if cfg.flossing != "none" and cfg.pre_steps else ""))
         plotting.save_figure(fig, os.path.join(cfg.out, "lambda1.png"))
 
     if hasattr(model, "spikes"):
@@ -534,5 +540,6 @@ def _plots(cfg: TrainConfig, task, model, state: dict, after: list, x_val: torch
 
         with torch.no_grad():
             _, states = model(x_val[:, :1])
+        unit = "s" if cfg.model == "balanced" else "steps"  # SpikingRNN counts time in steps (dt = 1)
         plot_raster(model.spikes(states).cpu(), float(model.dt), os.path.join(cfg.out, "raster.png"),
-                    title=f"{cfg.model}: spikes on one validation trial")
+                    title=f"{cfg.model}: spikes on one validation trial", time_unit=unit)

@@ -611,7 +611,7 @@ class BalancedNetwork(RecurrentModel):
 
 
 def plot_raster(spikes: torch.Tensor, dt: float, path_or_ax, *, n_neurons: int = 200, batch_index: int = 0,
-                t0: float = 0.0, title: str = "", markersize: float = 1.0):
+                t0: float = 0.0, title: str = "", markersize: float = 1.0, time_unit: str = "s"):
     """Spike raster of the first ``n_neurons`` neurons: time (s) against neuron index.
 
     ``spikes``: ``[T, N]`` or ``[T, B, N]`` (bool or float; ``batch_index`` picks the trajectory).
@@ -631,20 +631,20 @@ def plot_raster(spikes: torch.Tensor, dt: float, path_or_ax, *, n_neurons: int =
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(8, 4))
-        _draw_raster(ax, times, n_idx, s.shape, dt, t0, title, markersize)
+        _draw_raster(ax, times, n_idx, s.shape, dt, t0, title, markersize, time_unit)
         fig.tight_layout()
         fig.savefig(path_or_ax, dpi=120)
         plt.close(fig)
         return None
-    _draw_raster(path_or_ax, times, n_idx, s.shape, dt, t0, title, markersize)
+    _draw_raster(path_or_ax, times, n_idx, s.shape, dt, t0, title, markersize, time_unit)
     return path_or_ax
 
 
-def _draw_raster(ax, times, n_idx, shape, dt, t0, title, markersize) -> None:
+def _draw_raster(ax, times, n_idx, shape, dt, t0, title, markersize, time_unit="s") -> None:
     ax.plot(times.numpy(), n_idx.numpy(), "|", color="k", markersize=markersize * 3, markeredgewidth=markersize * 0.5)
     ax.set_xlim(t0, t0 + shape[0] * dt)
     ax.set_ylim(-0.5, shape[1] - 0.5)
-    ax.set_xlabel("time [s]")
+    ax.set_xlabel(f"time [{time_unit}]")
     ax.set_ylabel("neuron")
     if title:
         ax.set_title(title)
