@@ -4,6 +4,7 @@
 ``surroflos demo``      spectra of a rate and a LIF network before/after preflossing
 ``surroflos train``     the README's main job: train a network on a temporal task, with gradient flossing
 ``surroflos sweep``     a grid of training runs (tasks x delays x models x flossing x seeds) -> tables + plots
+``surroflos export``    a trained run -> NIR file, hardware-target checks, cross-simulator verification
 ``surroflos bench``     kernel benchmarks -> JSON + table
 """
 
@@ -321,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", default="outputs/sweep")
     w.add_argument("--no-progress", action="store_true")
     w.set_defaults(func=cmd_sweep)
+
+    from .export.cli import add_export_parser
+
+    add_export_parser(sub)
 
     try:
         from .bench import add_bench_parser

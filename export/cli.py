@@ -1,0 +1,266 @@
+"""``surroflos export``: a trained run as a NIR file, checked against a hardware target.
+
+::
+
+    surroflos export RUN_DIR --dt DT [--out model.nir] [--target generic|loihi2|spinnaker2|xylo|speck]
+                     [--verify] [--quantize] [--bits B] [--trials N] [--via auto|model|nir] [--strict]
+
+Loads ``config.json`` and ``checkpoint.pt`` of a ``surroflos train`` run (the network rebuilt with
+:func:`surroflos.train.build_model`, the checkpoint's weights loaded), writes the NIR graph (its
+metadata holds the training configuration), reads the file back and prints a summary: nodes, shapes
+and parameter ranges; the target check (:func:`surroflos.export.targets.check_graph`); with
+``--verify`` the agreement of each simulator with the model (:func:`surroflos.export.verify`); with
+``--quantize`` accuracy and spike agreement after weight quantisation
+(:func:`~surroflos.export.targets.evaluate_quantized`) and the quantised graph as a second file
+``<out>.<target>.q<bits>.nir``. Everything printed also goes to a JSON report beside the ``.nir`` file
+(``<out without .nir>.export.json``).
+
+The lead wires it into ``surroflos/cli.py`` with ``add_export_parser(subparsers)``; ``cmd_export(args)``
+returns the exit status (0; 2 for a bad run folder, an unsupported model or bad arguments; 1 with
+``--strict`` when the target check finds errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+from typing import Any, Optional
+
+import numpy as np
+
+from .targets import TARGETS, RunError, _flow_order, check_graph, format_issues, get_target
+
+__all__ = ["add_export_parser", "cmd_export", "graph_summary", "format_graph_table", "report_path"]
+
+
+def _positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {s!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {s}")
+    return v
+
+
+def add_export_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``export`` subcommand to ``surroflos``'s subparsers (sets ``func=cmd_export``)."""
+    p = subparsers.add_parser(
+        "export", help="write a trained run as a NIR graph; check it against a hardware target",
+        description="Export the network of a `surroflos train` run folder to NIR, print nodes, shapes and "
+                    "parameter ranges, check the graph against a hardware profile, optionally verify it in "
+                    "other simulators (--verify) and measure weight quantisation (--quantize). Writes "
+                    "<out> and a JSON report <out>.export.json.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `surroflos train --out RUN_DIR`")
+    p.add_argument("--out", default=None, help="NIR file to write (default RUN_DIR/model.nir)")
+    p.add_argument("--dt", type=_positive_float, required=True,
+                   help="seconds per simulation step (NIR stores time constants in seconds), e.g. 1e-3")
+    p.add_argument("--target", choices=list(TARGETS), default="generic",
+                   help="hardware profile to check against and quantise for (default generic)")
+    p.add_argument("--verify", action="store_true", help="simulate the exported graph in the supported "
+                   "simulators and report spike agreement with the model")
+    p.add_argument("--quantize", action="store_true", help="quantise the weights for --target; report "
+                   "accuracy and spike agreement; write the quantised graph too")
+    p.add_argument("--bits", type=_positive_int, default=None,
+                   help="weight bits for --quantize (default: the target's precision, 8 for generic)")
+    p.add_argument("--trials", type=_positive_int, default=64,
+                   help="validation trials used by --verify and --quantize (default 64)")
+    p.add_argument("--via", choices=["auto", "model", "nir"], default="auto",
+                   help="--quantize by quantising the model's tensors (model) or the NIR graph read back by "
+                        "from_nir (nir); auto (default): model for lif/cuba networks, nir otherwise")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 if the target check finds errors")
+    p.set_defaults(func=cmd_export)
+    return p
+
+
+def report_path(nir_path: str) -> str:
+    """The JSON report beside a ``.nir`` file: ``model.nir`` -> ``model.export.json``."""
+    stem = nir_path[:-4] if nir_path.lower().endswith(".nir") else nir_path
+    return stem + ".export.json"
+
+
+def _quantized_path(nir_path: str, target: str, bits: int) -> str:
+    stem = nir_path[:-4] if nir_path.lower().endswith(".nir") else nir_path
+    return f"{stem}.{target}.q{bits}.nir"
+
+
+def _shape(t) -> list:
+    if not t:
+        return []
+    v = next(iter(t.values()))
+    try:
+        return [int(s) for s in np.asarray(v).reshape(-1)]
+    except (TypeError, ValueError):
+        return []
+
+
+def _walk_ordered(graph, prefix: str = ""):
+    for name in _flow_order(graph):
+        node = graph.nodes[name]
+        yield prefix + name, node
+        if type(node).__name__ == "NIRGraph":
+            yield from _walk_ordered(node, prefix + name + ".")
+
+
+def graph_summary(graph) -> list:
+    """One dict per node, in signal-flow order (subgraphs inlined as ``"sub.node"``): ``name``, ``type``,
+    ``input_shape``, ``output_shape`` and ``params`` (``{field: [min, max, shape]}`` for every numeric
+    array parameter)."""
+    rows = []
+    for path, node in _walk_ordered(graph):
+        params = {}
+        if dataclasses.is_dataclass(node):
+            for f in dataclasses.fields(node):
+                if f.name in ("input_type", "output_type", "metadata", "nodes", "edges"):
+                    continue
+                v = getattr(node, f.name, None)
+                if isinstance(v, (np.ndarray, list, tuple, float, int)) and not isinstance(v, bool):
+                    a = np.asarray(v)
+                    if a.size and np.issubdtype(a.dtype, np.number):
+                        params[f.name] = [float(a.min()), float(a.max()), [int(s) for s in a.shape]]
+        rows.append({"name": path, "type": type(node).__name__,
+                     "input_shape": _shape(getattr(node, "input_type", None)),
+                     "output_shape": _shape(getattr(node, "output_type", None)), "params": params})
+    return rows
+
+
+def format_graph_table(rows: list, edges: Optional[list] = None) -> str:
+    """The node table printed by ``surroflos export``."""
+    head = f"{'node':<20} {'type':<9} {'in':>8} {'out':>8}  parameters [min, max]"
+    lines = [head, "-" * max(len(head), 72)]
+    for r in rows:
+        shp = lambda s: "x".join(map(str, s)) if s else "-"  # noqa: E731
+        ps = ", ".join(f"{k} [{v[0]:.3g}, {v[1]:.3g}]" for k, v in r["params"].items()) or "-"
+        lines.append(f"{r['name']:<20} {r['type']:<9} {shp(r['input_shape']):>8} {shp(r['output_shape']):>8}  {ps}")
+    if edges is not None:
+        lines.append("edges: " + ", ".join(f"{a}->{b}" for a, b in edges))
+    return "\n".join(lines)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return x
+
+
+def _write_json(path: str, payload: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(_jsonable(payload), f, indent=2)
+    os.replace(tmp, path)
+
+
+def _err(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def cmd_export(args) -> int:
+    """Run ``surroflos export`` with parsed arguments; returns the exit status."""
+    import torch
+
+    from . import targets as tg
+
+    run_dir = args.run_dir
+    out = args.out or os.path.join(run_dir, "model.nir")
+    target = get_target(args.target)
+    try:
+        bits = tg._check_bits((target.weight_bits or 8) if args.bits is None else args.bits, target)
+    except (TypeError, ValueError) as e:
+        return _err(str(e))
+    try:
+        model, task, cfg = tg.load_run(run_dir)
+    except RunError as e:
+        return _err(str(e))
+    try:
+        write, read = tg._export_fn("write"), tg._export_fn("read")
+    except ImportError as e:
+        return _err(f"NIR export is not available: {e}")
+
+    metadata = {"source": "surroflos train run", "run_dir": os.path.abspath(run_dir), "task": cfg.task,
+                "model": cfg.model, "training_config": cfg.to_dict()}
+    out_dir = os.path.dirname(os.path.abspath(out))
+    os.makedirs(out_dir, exist_ok=True)
+    try:
+        write(out, model, args.dt, metadata=metadata)
+    except (TypeError, NotImplementedError, ValueError, KeyError, AttributeError) as e:
+        return _err(f"cannot export the {cfg.model!r} network of {run_dir!r}: {e}")
+    graph = read(out)
+    rows = graph_summary(graph)
+    report: dict[str, Any] = {"run_dir": os.path.abspath(run_dir), "nir": os.path.abspath(out), "dt": args.dt,
+                              "target": target.name, "training_config": cfg.to_dict(),
+                              "graph": {"nodes": rows, "edges": [list(e) for e in graph.edges]},
+                              "target_profile": target.to_dict()}
+    print(f"exported {cfg.model} network (N={cfg.N}, task {cfg.task}) of {run_dir} to {out} (dt = {args.dt:g} s)")
+    print(format_graph_table(rows, graph.edges))
+
+    issues = check_graph(graph, target)
+    report["check"] = [i.to_dict() for i in issues]
+    print()
+    print(format_issues(issues, target))
+
+    x_val = None
+    if args.verify or args.quantize:
+        x_val, _, _ = tg._validation_set(task, cfg, next(model.parameters()).dtype)
+        x_val = x_val[:, : args.trials]
+    if args.verify:
+        try:
+            verify = tg._export_fn("verify")
+        except ImportError as e:
+            return _err(f"--verify is not available: {e}")
+        with torch.no_grad():
+            vrep = verify(model, args.dt, x_val)
+        print()
+        print(vrep.table())
+        report["verify"] = vrep.to_dict()
+    if args.quantize:
+        try:
+            res = tg.evaluate_quantized(run_dir, args.dt, target, bits=bits, via=args.via, n_trials=args.trials)
+        except (ImportError, TypeError, ValueError) as e:
+            return _err(f"--quantize failed: {e}")
+        qgraph, info = tg.quantize_graph(graph, target, bits=bits)
+        qpath = _quantized_path(out, target.name, bits)
+        import nir
+
+        nir.write(qpath, qgraph)
+        q_issues = check_graph(qgraph, target)
+        res["quantized_nir"] = os.path.abspath(qpath)
+        res["graph_quantization"] = info.to_dict()
+        res["check_quantized"] = [i.to_dict() for i in q_issues]
+        report["quantize"] = res
+        m = res["metric"]
+        print()
+        print(info.table())
+        print(f"{m} on {res['n_trials']} validation trials: float {res['score_float']:.4f} -> "
+              f"{bits}-bit {res['score_quantized']:.4f} (via {res['via']})")
+        fd = res["first_divergence_step"]
+        print(f"spike agreement with the float model: {res['spike_agreement']:.4f} "
+              f"(first differing step: {'none' if fd is None else fd}); firing rate "
+              f"{res['rate_float']:.4f} -> {res['rate_quantized']:.4f}")
+        if res.get("conversion_agreement") is not None:
+            print(f"from_nir of the float graph vs the model: agreement {res['conversion_agreement']:.4f}")
+        print(f"wrote the quantised graph to {qpath}; " + format_issues(q_issues, target).splitlines()[0])
+    rpath = report_path(out)
+    _write_json(rpath, report)
+    print(f"\nwrote {out} and {rpath}")
+    errors = sum(i.severity == "error" for i in issues)
+    return 1 if (args.strict and errors) else 0
