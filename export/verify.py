@@ -126,6 +126,8 @@ class VerificationReport:
                 first = "-" if r.first_divergence_step is None else \
                     f"step {r.first_divergence_step} ({r.first_divergence_time:.4g} s)"
                 rows.append((r.simulator, f"{r.spike_agreement:.6f}", first, f"{r.output_error:.3g}", str(r.spikes)))
+                if r.spike_agreement < 1.0 and r.note:  # say which known convention explains the difference
+                    notes.append(f"  {r.simulator} (known convention difference): {r.note}")
             else:
                 kind = r.status.split(":")[0]
                 rows.append((r.simulator, kind, "", "", ""))
