@@ -8,14 +8,30 @@ inherited unchanged), and ``isinstance(layer, snntorch.Leaky)`` holds, so snnTor
 ``layer.sequence(x, state=None, backend="auto")``
     runs a whole sequence ``x: [T, B, ...]`` (time first) and returns the spike sequence and the state
     sequences, all ``[T, B, ...]``. ``Leaky`` and ``Synaptic`` run the fused whole-sequence neurons of
-    :mod:`surroflos.kernels.lif` (PyTorch, or Triton with ``backend="triton"`` / ``"auto"`` on CUDA)
-    where those can express the layer (a recognised surrogate, a constant ``graded_spikes_factor``,
-    scalar or per-neuron ``[N]`` parameters); otherwise, and for the recurrent layers, ``sequence`` is a
-    plain PyTorch loop over the pure step functions of this module (:func:`leaky_step`,
-    :func:`synaptic_step`, :func:`rleaky_step`, :func:`rsynaptic_step`). Both reproduce snnTorch's
-    single step: values, spikes and gradients match a loop over ``layer(x[t], ...)``. ``sequence``
-    neither reads nor writes the hidden state stored on the module (``layer.mem`` etc.); the initial
-    state is ``state`` (zeros when omitted, like ``reset_mem()``).
+    :mod:`surroflos.kernels.lif`, ``RLeaky`` and ``RSynaptic`` the fused recurrent network of
+    :mod:`surroflos.kernels.recurrent` (PyTorch, or Triton with ``backend="triton"`` / ``"auto"`` on
+    CUDA) where those can express the layer (see below); otherwise ``sequence`` is a plain PyTorch
+    loop over the pure step functions of this module (:func:`leaky_step`, :func:`synaptic_step`,
+    :func:`rleaky_step`, :func:`rsynaptic_step`), and ``backend="triton"`` raises NotImplementedError
+    naming what the kernel lacks. Both reproduce snnTorch's single step: values, spikes and gradients
+    match a loop over ``layer(x[t], ...)``. ``sequence`` neither reads nor writes the hidden state
+    stored on the module (``layer.mem`` etc.); the initial state is ``state`` (zeros when omitted,
+    like ``reset_mem()``).
+
+What the kernels express. ``Leaky``/``Synaptic``: a recognised surrogate (below), a constant
+``graded_spikes_factor``, scalar or per-neuron ``[N]`` parameters. ``RLeaky``/``RSynaptic``: a
+recognised surrogate, reset ``"subtract"`` or ``"zero"``, the delayed reset (``reset_delay=True``;
+RSynaptic ignores it anyway), ``graded_spikes_factor`` the constant 1, scalar or ``[N]`` parameters,
+and a recurrent ``nn.Linear(N, N)`` (``all_to_all=True``) or one-to-one ``V`` (scalar or ``[N]``, run
+as the ``N x N`` matrix ``diag(V)``) without forward hooks. Then RLeaky-subtract is the network's
+LIF neuron, RLeaky-zero (which zeroes the whole update ``beta mem + x + rec(spk)``) its
+current-based neuron with ``alpha = 0``, and RSynaptic its current-based neuron, with ``W`` the
+recurrent weight and the recurrent bias added to the current. Any given ``spk0`` works (it need not
+be ``H(mem0 - theta)`` and may require grad). The kernel adds the terms of a step in another order
+than snnTorch: in float32 its states agree with snnTorch's to a few ulps and its gradients to a few
+1e-5 of their scale (high surrogate slopes amplify the ulps); in float64 states and gradients agree
+to ~1e-13. For the same reason (CPU GEMMs also round by operand alignment) a sequence continued
+from ``(spk[-1], mem[-1])`` equals the unsplit one up to rounding, not bit for bit.
 
 - ``Leaky``: ``state = mem``; returns ``(spk, mem)``; replays ``lif(x[t], mem)``.
 - ``Synaptic``: ``state = (syn, mem)``; returns ``(spk, syn, mem)``; replays ``lif(x[t], syn, mem)``.
@@ -54,7 +70,9 @@ float32, which also makes its RLeaky/RSynaptic with a float64 ``nn.Linear`` fail
 surrogate derivative is computed in a stable form where snnTorch's overflows to NaN
 (``slope * (theta - mem) > 88`` in float32); a state whose shape differs from ``x[t]`` raises a
 ValueError (snnTorch silently replaces it by zeros). The fused path also returns the states in the
-dtype of ``x`` (the loop promotes float16 ``x`` with float32 per-neuron parameters to float32).
+dtype of ``x`` (the loop promotes float16 ``x`` with float32 per-neuron parameters to float32); the
+recurrent kernel runs the layer's parameters converted to the dtype of ``x`` (so float64 ``x`` works
+with a float32 RLeaky, whose ``nn.Linear`` fails in the loop).
 ``sequence`` raises NotImplementedError for ``init_hidden=True``, ``inhibition=True``, ``state_quant``
 and for a ``reset_mechanism`` changed after construction (snnTorch keeps the old state function then).
 ``output=True`` is supported (without ``init_hidden`` it does not change snnTorch's return value).
@@ -78,6 +96,7 @@ from torch import nn
 
 from . import surrogate as sg
 from .kernels import lif as _lif
+from .kernels import recurrent as _rec
 
 __all__ = [
     "Leaky", "Synaptic", "RLeaky", "RSynaptic",
@@ -526,10 +545,10 @@ class _SequenceMixin:
 
         Returns the spike sequence and the state sequences, each ``[T, B, ...]``, identical to calling
         the layer step by step with the states passed explicitly. ``backend``: ``"torch"`` runs the
-        fused whole-sequence PyTorch path of :mod:`surroflos.kernels.lif` (``Leaky``, ``Synaptic``)
-        where it can express the layer, else the PyTorch loop; ``"triton"`` the Triton kernels (an
-        error where they cannot express the layer, and for the recurrent layers, which have none
-        yet); ``"auto"`` Triton for CUDA tensors, else ``"torch"``.
+        fused whole-sequence PyTorch path of :mod:`surroflos.kernels.lif` (``Leaky``, ``Synaptic``) or
+        :mod:`surroflos.kernels.recurrent` (``RLeaky``, ``RSynaptic``) where it can express the layer,
+        else the PyTorch loop; ``"triton"`` the Triton kernels (NotImplementedError where they cannot
+        express the layer); ``"auto"`` Triton for CUDA tensors, else ``"torch"``.
         """
         backend = _resolve_backend(backend)
         cls = type(self).__name__
@@ -547,9 +566,9 @@ class _SequenceMixin:
         if fused is not None:
             return fused
         if backend == "triton":
-            raise RuntimeError(
-                f'backend="triton" is not available yet for {cls}: its Triton kernels arrive in a later release of '
-                'surroflos. backend="torch" (or "auto") runs the same computation as a PyTorch loop.')
+            raise NotImplementedError(  # defensive: every layer's _fused raises its own reason first
+                f'backend="triton" has no kernel for this {cls}; backend="torch" (or "auto") runs it as a PyTorch '
+                'loop.')
         columns = self._loop(x, init, p)
         if x.shape[0] == 0:
             return tuple(x.new_zeros(x.shape) for _ in columns)
@@ -649,12 +668,167 @@ class _FlatMixin:
         return self._STATE_FACTOR * int(w.shape[0])
 
 
+# --------------------------------------------------------------------------------------------------
+# RLeaky / RSynaptic on the fused recurrent-network kernel (surroflos.kernels.recurrent)
+# --------------------------------------------------------------------------------------------------
+
+
+class _RecurrentPlan(NamedTuple):
+    """What :func:`spiking_rnn_sequence` needs, every tensor in the dtype of ``x`` (differentiable views)."""
+
+    W: Tensor                          # [N, N], I = S W^T
+    bias: Optional[Tensor]             # [N] recurrent bias or None
+    beta: Tensor                       # [] or [N], clamped
+    threshold: Tensor                  # [] or [N]
+    alpha: Optional[Tensor]            # [] or [N] (RSynaptic), None for RLeaky
+    feed: Callable[[Tensor], Tensor]   # spikes -> S W^T (the recurrent module without its bias)
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    from torch.nn.modules import module as _m  # global hooks apply to every module call
+
+    own = (module._forward_hooks, module._forward_pre_hooks)
+    glob = (getattr(_m, "_global_forward_hooks", {}), getattr(_m, "_global_forward_pre_hooks", {}))
+    return any(len(h) for h in own + glob)
+
+
+def _kernel_vector(value: object, name: str, N: int, x: Tensor) -> Union[Tensor, str]:
+    """A parameter as a ``[]`` / ``[N]`` tensor in ``x``'s dtype, or the reason why the kernel cannot take it."""
+    t = torch.as_tensor(value)
+    if t.device != x.device:
+        return f"{name} is on {t.device} but x is on {x.device}"
+    if not t.is_floating_point():
+        t = t.to(x.dtype)
+    if t.numel() == 1 and t.ndim <= 1:
+        return t.reshape(()).to(x.dtype)
+    if t.ndim == 1 and t.shape[0] == N:
+        return t.to(x.dtype)
+    return f"{name} has shape {tuple(t.shape)}; the kernel takes a scalar or a per-neuron [{N}] tensor"
+
+
+def _recurrent_plan(layer: nn.Module, x: Tensor, p: NeuronParams, synaptic: bool) -> Union[_RecurrentPlan, str]:
+    """The kernel's arguments for this layer and ``x: [T, ..., N]``, or why the kernel cannot express it.
+
+    The recurrent network kernel reads the fed-back spikes off the state, ``S[t-1] = H(mem[t-1] - theta)``
+    (surrogate gradient), feeds them through ``W`` with a delayed, detached reset: snnTorch's
+    RLeaky/RSynaptic exactly when the spikes are 0/1 (graded factor 1), the recurrent module is linear
+    and the reset is delayed. (The given ``spk0`` need not be ``H(mem0 - theta)``, see
+    :func:`_recurrent_fused`.)
+    """
+    if p.surrogate is None:
+        return (f"spike_grad={p.spike!r} is not a surrogate the kernel knows (snnTorch's atan, fast_sigmoid, "
+                "sigmoid or a surroflos.Surrogate)")
+    if p.reset == "none":
+        return 'reset_mechanism="none" (the recurrent kernel resets by subtraction or to zero)'
+    if not synaptic and not p.reset_delay:
+        return "reset_delay=False (the recurrent kernel only has the delayed reset)"
+    g = p.graded_spikes_factor
+    if isinstance(g, Tensor):
+        if g.requires_grad or g.numel() != 1 or float(g) != 1.0:
+            return ("graded_spikes_factor must be the constant 1 (the kernel feeds 0/1 spikes back); got "
+                    + ("a learnable factor" if g.requires_grad else f"{g.tolist()}"))
+    elif g != 1:
+        return f"graded_spikes_factor must be 1, got {g!r}"
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        return f"x has dtype {x.dtype}"
+    N = x.shape[-1]
+    rec = p.recurrent
+    if _has_hooks(rec):
+        return "the recurrent module has forward hooks (the kernel would bypass them)"
+    if type(rec) is nn.Linear:
+        W, b = rec.weight, rec.bias
+        if W.shape != (N, N):
+            return f"recurrent nn.Linear weight has shape {tuple(W.shape)}, expected [{N}, {N}] (N = x.shape[-1])"
+        if W.device != x.device:
+            return f"the recurrent weights are on {W.device} but x is on {x.device}"
+        W = W.to(x.dtype)
+        b = b.to(x.dtype) if b is not None else None
+
+        def feed(s: Tensor) -> Tensor:
+            return nn.functional.linear(s, W)
+    elif _ONE_TO_ONE and type(rec) in _ONE_TO_ONE:
+        V = _kernel_vector(rec.V, "the one-to-one recurrent gain V", N, x)
+        if isinstance(V, str):
+            return V
+        # x * V is the diagonal matrix diag(V) applied to the spikes
+        W = torch.diag(V) if V.ndim else V * torch.eye(N, dtype=x.dtype, device=x.device)
+        b = None
+
+        def feed(s: Tensor) -> Tensor:
+            return s * V
+    else:
+        return (f"the recurrent module is {type(rec).__name__}; the kernel takes nn.Linear (all_to_all=True, "
+                "linear_features=N) or the one-to-one V (all_to_all=False)")
+    vecs = {}
+    for name, value in (("beta", p.beta), ("threshold", p.threshold), ("alpha", p.alpha if synaptic else None)):
+        if value is None:
+            continue
+        v = _kernel_vector(value, name, N, x)
+        if isinstance(v, str):
+            return v
+        vecs[name] = v
+    return _RecurrentPlan(W, b, vecs["beta"], vecs["threshold"], vecs.get("alpha"), feed)
+
+
+def _recurrent_fused(layer: nn.Module, x: Tensor, state: Tuple[Tensor, ...], p: NeuronParams, backend: str,
+                     synaptic: bool) -> Optional[Tuple[Tensor, ...]]:
+    """RLeaky / RSynaptic ``sequence`` on :func:`surroflos.kernels.recurrent.spiking_rnn_sequence`.
+
+    ``None`` (the loop runs) where the kernel cannot express the layer; for ``backend="triton"`` that
+    is a NotImplementedError instead. Mapping (reset delayed and detached, spikes 0/1)::
+
+        RLeaky    subtract -> neuron="lif",  W = rec.weight, bias = rec.bias  (b = beta mem + x + rec(spk))
+        RLeaky    zero     -> neuron="cuba", alpha = 0: syn = I, mem = (1 - R)(beta mem + I) = b - R b
+        RSynaptic          -> neuron="cuba" with the layer's alpha
+        one-to-one V       -> W = diag(V)
+
+    The kernel feeds back ``S[-1] = H(mem0 - theta)`` at its first step, with the surrogate gradient
+    into ``mem0`` and ``theta``; snnTorch feeds back the given ``spk0`` (any values, maybe requiring
+    grad) as a constant of ``mem0``. Where that matters, ``x[0]`` gets ``(spk0 - S~) W^T`` with
+    ``S~ = H(mem0 - theta)`` carrying the same surrogate gradient: zero in value when ``spk0 = S[-1]``,
+    and its gradient cancels the kernel's into ``mem0``/``theta`` and routes ``spk0``'s.
+    """
+    plan = _recurrent_plan(layer, x, p, synaptic)
+    if isinstance(plan, str):
+        if backend == "triton":
+            raise NotImplementedError(f'backend="triton" cannot run this {type(layer).__name__}: {plan}. '
+                                      'backend="torch" or "auto" run it as a PyTorch loop.')
+        return None
+    n_out = 3 if synaptic else 2
+    if x.numel() == 0:
+        return tuple(x.new_zeros(x.shape) for _ in range(n_out))
+    T, N = x.shape[0], x.shape[-1]
+    M = x[0].numel() // N
+    flat = [s.reshape(M, N) for s in state]
+    spk0, mem0 = flat[0], flat[-1]
+    theta = plan.threshold
+    x_in = x.reshape(T, M, N)
+    if (spk0.requires_grad or mem0.requires_grad or theta.requires_grad
+            or not torch.equal(spk0, (mem0 > theta).to(spk0.dtype))):
+        s_kernel = p.surrogate(mem0 - theta)  # the kernel's S[-1], with its surrogate gradient
+        x_in = torch.cat([(x_in[0] + plan.feed(spk0 - s_kernel)).unsqueeze(0), x_in[1:]])
+    if synaptic:
+        state0, neuron, alpha = torch.cat([flat[1], mem0], dim=1), "cuba", plan.alpha
+    elif p.reset == "zero":  # syn = 0 syn + I = I exactly: the syn half of the state is just the current
+        state0, neuron, alpha = torch.cat([torch.zeros_like(mem0), mem0], dim=1), "cuba", 0.0
+    else:
+        state0, neuron, alpha = mem0, "lif", None
+    spikes, states = _rec.spiking_rnn_sequence(
+        x_in, plan.W, state0, neuron=neuron, beta=plan.beta, alpha=alpha, threshold=theta, surrogate=p.surrogate,
+        reset=p.reset, detach_reset=True, bias=plan.bias, backend=backend)
+    outs = (spikes, states[..., :N], states[..., N:]) if synaptic else (spikes, states[..., -N:])
+    return tuple(o.reshape(x.shape) for o in outs)
+
+
 class RLeaky(_FlatMixin, _SequenceMixin, _snn.RLeaky):
     """snnTorch ``RLeaky`` (LIF with recurrent feedback of its own spikes) plus :meth:`sequence`.
 
     ``spk, mem = layer.sequence(x, state=(spk0, mem0))``, all ``[T, B, ...]``; ``spk0`` are the spikes
     fed back at the first step (zeros by default). Step semantics: :func:`rleaky_step`. Note that
     RLeaky's zero reset zeroes the whole update ``beta mem + x + rec(spk)``, unlike Leaky's.
+    ``sequence`` runs on the fused recurrent network (:mod:`surroflos.kernels.recurrent`, LIF neuron
+    for the subtract reset, current-based with ``alpha = 0`` for the zero reset) where it can express
+    the layer (see the module docstring; ``reset_delay=False`` and reset ``"none"`` run the loop).
 
     Flat maps (``reset_delay=True``, recurrent ``nn.Linear`` or one-to-one ``V``):
     ``layer.step_function`` = :func:`rleaky_flat_step` on ``mem: [B, N]``, ``layer.tangent_function``
@@ -666,6 +840,9 @@ class RLeaky(_FlatMixin, _SequenceMixin, _snn.RLeaky):
     _FLAT_STEP = staticmethod(rleaky_flat_step)
     _FLAT_TANGENT = staticmethod(rleaky_flat_tangent)
     _STATE_FACTOR = 1
+
+    def _fused(self, x, state, p, backend):
+        return _recurrent_fused(self, x, state, p, backend, synaptic=False)
 
     def _loop(self, x, state, p):
         spks, mems = [], []
@@ -682,6 +859,8 @@ class RSynaptic(_FlatMixin, _SequenceMixin, _snn.RSynaptic):
     ``spk, syn, mem = layer.sequence(x, state=(spk0, syn0, mem0))``, all ``[T, B, ...]``. Step
     semantics: :func:`rsynaptic_step`. snnTorch 1.0's RSynaptic ignores ``reset_delay=False`` (its
     immediate reset is computed and discarded), and so does ``sequence`` (with a warning).
+    ``sequence`` runs on the fused recurrent network's current-based neuron
+    (:mod:`surroflos.kernels.recurrent`) where it can express the layer (see the module docstring).
 
     Flat maps (recurrent ``nn.Linear`` or one-to-one ``V``): ``layer.step_function`` =
     :func:`rsynaptic_flat_step` on ``[syn | mem]: [B, 2N]``, ``layer.tangent_function`` =
@@ -700,6 +879,9 @@ class RSynaptic(_FlatMixin, _SequenceMixin, _snn.RSynaptic):
             warnings.warn(
                 "RSynaptic(reset_delay=False): snnTorch 1.0's RSynaptic.forward discards its immediate reset, "
                 "so the reset stays delayed; sequence() reproduces snnTorch", UserWarning, stacklevel=3)
+
+    def _fused(self, x, state, p, backend):
+        return _recurrent_fused(self, x, state, p, backend, synaptic=True)
 
     def _loop(self, x, state, p):
         spks, syns, mems = [], [], []

@@ -431,9 +431,10 @@ def test_unfusable_layers_fall_back_or_raise(case, monkeypatch):
         ours.sequence(x, backend="triton")
 
 
-def test_recurrent_layers_have_no_triton_path_yet():
-    _, ours = make_pair("rleaky", constructor_kwargs("rleaky"))
-    with pytest.raises(RuntimeError, match=r'not available yet for RLeaky.*backend="torch"'):
+def test_recurrent_layer_without_a_fused_form_refuses_triton():
+    # RLeaky runs on the recurrent kernel (tests/test_snntorch_dropin.py); reset "none" has no fused form.
+    _, ours = make_pair("rleaky", dict(constructor_kwargs("rleaky"), reset_mechanism="none"))
+    with pytest.raises(NotImplementedError, match="none"):
         ours.sequence(torch.rand(4, 2, 5), backend="triton")
 
 
