@@ -167,7 +167,7 @@ def _float_or_none(s: str):
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``surroflos train`` (defaults from :class:`surroflos.train.TrainConfig`)."""
-    from .train import FLOSSING_MODES, MODELS, TrainConfig
+    from .train import FLOSSING_MODES, MODELS, RULES, TrainConfig
 
     d = TrainConfig()
     t = p.add_argument_group("task")
@@ -199,7 +199,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--floss-T", type=_positive_int, default=d.floss_T)
     f.add_argument("--floss-batch", type=_positive_int, default=d.floss_batch)
     f.add_argument("--floss-lr", type=float, default=d.floss_lr)
+    f.add_argument("--local-flossing", action="store_true",
+                   help="flossing updates use local information only: the recurrent state is detached "
+                        "(seed 003's preflossing for bio-plausible rules)")
     o = p.add_argument_group("optimisation")
+    o.add_argument("--rule", choices=RULES, default=d.rule,
+                   help=f"learning rule (default {d.rule}): bptt = exact gradients, eprop = e-prop (rate, lif), "
+                        "rflo = random-feedback local online learning (rate)")
     o.add_argument("--epochs", type=_positive_int, default=d.epochs)
     o.add_argument("--steps-per-epoch", type=_positive_int, default=d.steps_per_epoch)
     o.add_argument("--batch", type=_positive_int, default=d.batch)

@@ -32,17 +32,19 @@ import torch
 
 from . import plotting
 from .flossing import FlossingSchedule, floss
+from .learning import RULES, make_rule
 from .lyapunov import lyapunov_spectrum
 
-__all__ = ["TrainConfig", "TrainResult", "ConfigError", "train", "build_model", "MODELS", "FLOSSING_MODES"]
+__all__ = ["TrainConfig", "TrainResult", "ConfigError", "train", "build_model", "MODELS", "FLOSSING_MODES", "RULES"]
 
 MODELS = ("rate", "lif", "cuba", "balanced")
 FLOSSING_MODES = ("none", "pre", "during")
-RULES = ("bptt",)
+# Which models each learning rule supports (surroflos.learning): RFLO is the rate-network rule.
+RULE_MODELS = {"bptt": MODELS, "eprop": ("rate", "lif"), "rflo": ("rate",)}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # Offsets that give each random stream its own seed (fixed forever: changing them changes every run).
-_SEED_MODEL, _SEED_DATA, _SEED_EVAL, _SEED_FLOSS, _SEED_SPECTRUM = 0, 1, 2, 3, 4
+_SEED_MODEL, _SEED_DATA, _SEED_EVAL, _SEED_FLOSS, _SEED_SPECTRUM, _SEED_FEEDBACK = 0, 1, 2, 3, 4, 5
 
 
 class ConfigError(ValueError):
@@ -60,7 +62,11 @@ class TrainConfig:
     ``threshold``, ``reset``, ``surrogate``; balanced ``K`` (in-degree). ``backend``: kernel backend.
     Flossing: ``flossing`` in :data:`FLOSSING_MODES`, ``k`` exponents towards ``target``,
     ``pre_steps``, ``floss_every``/``floss_steps``/``floss_times`` (during training), ``floss_T``
-    (steps per estimate), ``floss_batch``, ``floss_lr``.
+    (steps per estimate), ``floss_batch``, ``floss_lr``; ``local_flossing``: flossing updates use local
+    information only (the recurrent state is detached, seed 003), e.g. to pair with a local rule.
+    Learning rule: ``rule`` in :data:`RULES`: ``"bptt"`` (exact gradients), ``"eprop"`` (symmetric
+    e-prop, rate and lif networks) or ``"rflo"`` (random-feedback e-prop on rate networks), see
+    :mod:`surroflos.learning`; the random feedback matrix is seeded by ``seed``.
     The defaults are the README's main job (``surroflos train`` without arguments): a recurrent LIF
     network (64 neurons, beta 0.7, zero reset) on delayed XOR with delay 6, preflossed, 40 epochs; it
     reaches about 90% accuracy in under a minute on a laptop CPU.
@@ -96,6 +102,7 @@ class TrainConfig:
     floss_T: int = 100
     floss_batch: int = 8
     floss_lr: float = 1e-3
+    local_flossing: bool = False
     epochs: int = 40
     steps_per_epoch: int = 20
     batch: int = 32
@@ -177,6 +184,14 @@ def validate(cfg: TrainConfig):
     _check(cfg.model in MODELS, f"model must be one of {MODELS}, got {cfg.model!r}")
     _check(cfg.flossing in FLOSSING_MODES, f"flossing must be one of {FLOSSING_MODES}, got {cfg.flossing!r}")
     _check(cfg.rule in RULES, f"rule must be one of {RULES}, got {cfg.rule!r}")
+    if cfg.model in MODELS and cfg.rule in RULES:
+        ok = RULE_MODELS[cfg.rule]
+        _check(cfg.model in ok, f"rule {cfg.rule!r} supports the models {ok}, not {cfg.model!r}"
+               + ("; RFLO is the rate-network rule, use --rule eprop for lif" if cfg.rule == "rflo" else
+                  "; use --rule bptt for it"))
+    _check(isinstance(cfg.local_flossing, bool), f"local_flossing must be a bool, got {cfg.local_flossing!r}")
+    _check(not (cfg.local_flossing and cfg.flossing == "none"),
+           "local_flossing applies to flossing bouts, but flossing is 'none'; use flossing 'pre' or 'during'")
     _check(cfg.dtype in DTYPES, f"dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
     for name in ("N", "epochs", "steps_per_epoch", "batch", "eval_batch", "k", "floss_T", "floss_batch",
                  "spectrum_T"):
@@ -305,6 +320,8 @@ _RESUMABLE_CHANGES = {"epochs", "out", "device", "backend"}
 
 def _check_resume(saved: dict, cfg: TrainConfig) -> None:
     now = cfg.to_dict()
+    # Keys added to TrainConfig after the checkpoint was written took their defaults in that run.
+    saved = {**{k: v for k, v in TrainConfig().to_dict().items() if k not in saved}, **saved}
     diff = sorted(k for k in set(saved) | set(now) if k not in _RESUMABLE_CHANGES and saved.get(k) != now.get(k))
     if diff:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
@@ -339,6 +356,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
     model = build_model(cfg, task, device, dtype)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    # The random feedback of e-prop/RFLO is drawn from its own seeded stream: rebuilt identically on resume.
+    rule = make_rule(cfg.rule, model, generator=torch.Generator().manual_seed(_seed(cfg.seed, _SEED_FEEDBACK)))
     g_data = torch.Generator().manual_seed(_seed(cfg.seed, _SEED_DATA))
     g_floss = torch.Generator().manual_seed(_seed(cfg.seed, _SEED_FLOSS))
     schedule = cfg.schedule()
@@ -374,7 +393,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         t0 = time.perf_counter()
         hist = floss(model, steps, k=cfg.k, T=cfg.floss_T, batch=cfg.floss_batch, lr=cfg.floss_lr,
                      target=cfg.target, inputs=floss_inputs, generator=g_floss, progress=progress,
-                     max_grad_norm=cfg.grad_clip)
+                     max_grad_norm=cfg.grad_clip, local=cfg.local_flossing)
         lam = hist.exponents
         return {"steps": len(hist), "lambda_first": lam[0].tolist() if len(hist) else None,
                 "lambda_last": lam[-1].tolist() if len(hist) else None,
@@ -415,13 +434,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             losses = []
             for _ in range(cfg.steps_per_epoch):
                 x, y, m = _sample(task, cfg.batch, g_data, device, dtype)
-                out, _ = model(x)
-                loss = task.loss(out, y, m)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training loss became {float(loss)} at epoch {epoch + 1}; lower "
-                                             "--lr, set --grad-clip, or lower --g")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if cfg.rule == "bptt":
+                    out, _ = model(x)
+                    loss = task.loss(out, y, m)
+                    _check_finite(loss, epoch)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                else:  # e-prop / RFLO: the rule sets .grad (no backward through time)
+                    opt.zero_grad(set_to_none=True)
+                    loss = rule.step(x, y, m, task)
+                    _check_finite(loss, epoch)
                 if cfg.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
@@ -462,18 +484,26 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     after = _spectrum(model, task, cfg, k_spec, 10**6, device, dtype)
     last = state["metrics"][-1] if state["metrics"] else {}
     final = {task.metric: last.get(task.metric), "val_loss": last.get("val_loss"), "metric": task.metric,
-             "higher_is_better": task.higher_is_better, "epochs": state["epoch"]}
+             "higher_is_better": task.higher_is_better, "epochs": state["epoch"], "rule": cfg.rule,
+             "local_flossing": cfg.local_flossing}
     _atomic_json({"config": cfg.to_dict(), "final": final, "spectrum_before": state["spectrum_before"],
                   "spectrum_after": after, "preflossing": state["preflossing"],
                   "lambda1_start": state.get("lambda1_start"), "versions": _versions()},
                  os.path.join(cfg.out, "result.json"))
     _plots(cfg, task, model, state, after, x_val, device)
-    log(f"{cfg.task} (delay {cfg.delay}), {cfg.model} N={cfg.N}, flossing={cfg.flossing}: "
+    log(f"{cfg.task} (delay {cfg.delay}), {cfg.model} N={cfg.N}, rule={cfg.rule}, flossing={cfg.flossing}"
+        f"{' (local)' if cfg.local_flossing else ''}: "
         f"{task.metric} {final[task.metric]:.3f} after {state['epoch']} epochs")
     log("spectrum before: " + _fmt(state["spectrum_before"]))
     log("spectrum after:  " + _fmt(after))
     log(f"wrote {cfg.out}/ (config.json, metrics.jsonl, checkpoint.pt, result.json, plots)")
     return TrainResult(cfg, state["metrics"], final, state["spectrum_before"], after, cfg.out)
+
+
+def _check_finite(loss: torch.Tensor, epoch: int) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"training loss became {float(loss)} at epoch {epoch + 1}; lower "
+                                 "--lr, set --grad-clip, or lower --g")
 
 
 def _fmt(values, n: int = 6) -> str:
