@@ -187,6 +187,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--reset", choices=["subtract", "zero"], default=d.reset)
     m.add_argument("--surrogate", default=d.surrogate)
     m.add_argument("--K", type=_positive_int, default=d.K, help="balanced in-degree")
+    m.add_argument("--init", choices=["gaussian", "orthogonal", "balanced", "limit_cycle"], default=None,
+                   help="recurrent weight initialisation (default: the model's own N(0, g^2/N)); --g is its gain")
+    m.add_argument("--nonlinearity", choices=["tanh", "relu"], default=d.nonlinearity, help="rate networks")
+    m.add_argument("--rate-dt", type=float, default=d.rate_dt, help="rate networks: Euler step in units of tau")
     m.add_argument("--backend", choices=["auto", "torch", "triton"], default=d.backend)
     f = p.add_argument_group("flossing")
     f.add_argument("--flossing", choices=FLOSSING_MODES, default=d.flossing, help=f"default {d.flossing}")

@@ -44,7 +44,7 @@ RULE_MODELS = {"bptt": MODELS, "eprop": ("rate", "lif"), "rflo": ("rate",)}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # Offsets that give each random stream its own seed (fixed forever: changing them changes every run).
-_SEED_MODEL, _SEED_DATA, _SEED_EVAL, _SEED_FLOSS, _SEED_SPECTRUM, _SEED_FEEDBACK = 0, 1, 2, 3, 4, 5
+_SEED_MODEL, _SEED_DATA, _SEED_EVAL, _SEED_FLOSS, _SEED_SPECTRUM, _SEED_FEEDBACK, _SEED_INIT = 0, 1, 2, 3, 4, 5, 6
 
 
 class ConfigError(ValueError):
@@ -70,6 +70,9 @@ class TrainConfig:
     The defaults are the README's main job (``surroflos train`` without arguments): a recurrent LIF
     network (64 neurons, beta 0.7, zero reset) on delayed XOR with delay 6, preflossed, 40 epochs; it
     reaches about 90% accuracy in under a minute on a laptop CPU.
+    Initialisation: ``init`` (``None``: the model's own ``N(0, g^2/N)``; else a scheme of
+    :mod:`surroflos.init`: ``gaussian``, ``orthogonal``, ``balanced``, ``limit_cycle``, seeded); rate
+    networks: ``nonlinearity`` (tanh/relu) and ``rate_dt`` (Euler step in units of tau; 1 = discrete map).
     Optimisation: ``epochs`` x ``steps_per_epoch`` Adam steps on fresh batches of ``batch`` trials,
     learning rate ``lr``, gradient-norm clip ``grad_clip`` (``None``: off).
     Monitoring: validation on ``eval_batch`` fixed trials every epoch; lambda_1 every
@@ -92,6 +95,9 @@ class TrainConfig:
     K: int = 16
     backend: str = "auto"
     rule: str = "bptt"
+    init: Optional[str] = None
+    nonlinearity: str = "tanh"
+    rate_dt: float = 1.0
     flossing: str = "pre"
     k: int = 4
     target: float = 0.0
@@ -193,6 +199,15 @@ def validate(cfg: TrainConfig):
     _check(not (cfg.local_flossing and cfg.flossing == "none"),
            "local_flossing applies to flossing bouts, but flossing is 'none'; use flossing 'pre' or 'during'")
     _check(cfg.dtype in DTYPES, f"dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
+    from . import init as inits
+
+    _check(cfg.init is None or cfg.init in inits.SCHEMES,
+           f"init must be one of {sorted(inits.SCHEMES)} (or none: the model's own Gaussian), got {cfg.init!r}")
+    _check(not (cfg.init is not None and cfg.model == "balanced"),
+           "init applies to dense recurrent weights; the balanced network keeps its sparse [N, K] pattern")
+    _check(cfg.nonlinearity in ("tanh", "relu"), f"nonlinearity must be 'tanh' or 'relu', got {cfg.nonlinearity!r}")
+    _check(isinstance(cfg.rate_dt, (int, float)) and 0 < cfg.rate_dt <= 1,
+           f"rate_dt must lie in (0, 1], got {cfg.rate_dt!r}")
     for name in ("N", "epochs", "steps_per_epoch", "batch", "eval_batch", "k", "floss_T", "floss_batch",
                  "spectrum_T"):
         v = getattr(cfg, name)
@@ -232,7 +247,8 @@ def build_model(cfg: TrainConfig, task, device: torch.device, dtype: torch.dtype
 
     gen = torch.Generator().manual_seed(_seed(cfg.seed, _SEED_MODEL))
     if cfg.model == "rate":
-        return RateRNN(task.n_in, cfg.N, task.n_out, g=cfg.g, generator=gen, device=device, dtype=dtype)
+        return RateRNN(task.n_in, cfg.N, task.n_out, g=cfg.g, dt=cfg.rate_dt, nonlinearity=cfg.nonlinearity,
+                       generator=gen, device=device, dtype=dtype)
     if cfg.model in ("lif", "cuba"):
         kwargs: dict[str, Any] = {}
         if cfg.backend != "auto":
@@ -242,6 +258,22 @@ def build_model(cfg: TrainConfig, task, device: torch.device, dtype: torch.dtype
                           generator=gen, device=device, dtype=dtype, **kwargs)
     return BalancedNetwork(cfg.N, cfg.K, n_in=task.n_in, n_out=task.n_out, learn_recurrent=True,
                            surrogate=cfg.surrogate, generator=gen, device=device, dtype=dtype)
+
+
+def build_initialized_model(cfg: TrainConfig, task, device: torch.device, dtype: torch.dtype):
+    """:func:`build_model`, then the recurrent weights replaced by ``cfg.init`` (seeded) if one is named.
+
+    ``g`` is the gain of the ``gaussian`` and ``orthogonal`` schemes and ``J0`` of ``balanced``;
+    ``limit_cycle`` takes no gain (its ranges are in :mod:`surroflos.init`).
+    """
+    model = build_model(cfg, task, device, dtype)
+    if cfg.init is not None:
+        from . import init as inits
+
+        gen = torch.Generator().manual_seed(_seed(cfg.seed, _SEED_INIT))
+        kw = {"g": cfg.g} if inits.SCHEMES[cfg.init].gain else {}
+        inits.initialize_(model, cfg.init, generator=gen, **kw)
+    return model
 
 
 def _seed(seed: int, stream: int) -> int:
@@ -354,7 +386,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     device, dtype = _device(cfg.device), DTYPES[cfg.dtype]
     os.makedirs(cfg.out, exist_ok=True)
     ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
-    model = build_model(cfg, task, device, dtype)
+    model = build_initialized_model(cfg, task, device, dtype)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     # The random feedback of e-prop/RFLO is drawn from its own seeded stream: rebuilt identically on resume.
     rule = make_rule(cfg.rule, model, generator=torch.Generator().manual_seed(_seed(cfg.seed, _SEED_FEEDBACK)))

@@ -160,3 +160,29 @@ def test_cli_sweep_smoke_two_workers(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| xor | rate | none | 2 |" in text and "| xor | rate | pre | 2 |" in text
     assert "surroflos sweep --preset smoke" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("init", ["orthogonal", "limit_cycle"])
+def test_init_scheme_replaces_the_recurrent_weights(tmp_path, init):
+    from surroflos import init as inits
+    from surroflos.train import build_initialized_model, build_model, validate
+
+    cfg = _cfg(tmp_path, init=init, g=1.3, nonlinearity="relu", rate_dt=0.5)
+    task = validate(cfg)
+    plain = build_model(cfg, task, torch.device("cpu"), torch.float32)
+    model = build_initialized_model(cfg, task, torch.device("cpu"), torch.float32)
+    assert model.dt == 0.5 and model.nonlinearity == "relu"
+    W = model.weight_rec.detach().double()
+    assert not torch.allclose(W, plain.weight_rec.detach().double())
+    if init == "orthogonal":  # all singular values equal the gain
+        torch.testing.assert_close(torch.linalg.svdvals(W), torch.full((cfg.N,), 1.3, dtype=torch.float64),
+                                   rtol=1e-5, atol=1e-5)
+    else:  # block diagonal 2x2 rotations
+        assert float(W[0, 2:].abs().max()) == 0.0 and float(W[0, :2].abs().max()) > 1.0
+    again = build_initialized_model(cfg, task, torch.device("cpu"), torch.float32)
+    assert torch.equal(again.weight_rec, model.weight_rec)  # seeded
+    with pytest.raises(ConfigError, match="init must be one of"):
+        validate(_cfg(tmp_path, init="xavier"))
+    with pytest.raises(ConfigError, match="sparse"):
+        validate(_cfg(tmp_path, init="gaussian", model="balanced", K=4))
+    assert sorted(inits.SCHEMES) == ["balanced", "gaussian", "limit_cycle", "orthogonal"]
