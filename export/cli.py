@@ -32,26 +32,11 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .._argtypes import positive_float as _positive_float
+from .._argtypes import positive_int as _positive_int
 from .targets import TARGETS, RunError, _flow_order, check_graph, format_issues, get_target
 
 __all__ = ["add_export_parser", "cmd_export", "graph_summary", "format_graph_table", "report_path"]
-
-
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {s!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {s}")
-    return v
 
 
 def add_export_parser(subparsers) -> argparse.ArgumentParser:

@@ -64,6 +64,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from ._argtypes import positive_float as _positive_float
+from ._argtypes import positive_int as _positive_int
+
 __all__ = ["SCHEMA", "CONFIGS", "GPU_CONFIGS", "Context", "Impl", "Built", "add_bench_parser", "run_bench",
            "main", "run_config", "format_table", "time_callable", "lif_floor_bytes", "evaluate_target"]
 
@@ -1399,21 +1402,6 @@ def _write_json(path: str, payload: Dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
-
-
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {s}")
-    return v
-
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--config", choices=CONFIGS + ("all",), default="cpu",

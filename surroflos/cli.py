@@ -18,6 +18,9 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from ._argtypes import nonneg_int as _nonneg_int
+from ._argtypes import positive_int as _positive_int
+
 __all__ = ["main", "build_parser"]
 
 
@@ -30,20 +33,6 @@ def _device(name: str):
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda requested but no CUDA device is available (use --device cpu)")
     return dev
-
-
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
-
-
-def _nonneg_int(s: str) -> int:
-    v = int(s)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {s}")
-    return v
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
