@@ -19,6 +19,7 @@ import time
 from typing import Optional, Sequence
 
 from ._argtypes import nonneg_int as _nonneg_int
+from ._io import atomic_json
 from ._argtypes import positive_int as _positive_int
 
 __all__ = ["main", "build_parser"]
@@ -79,13 +80,6 @@ def _versions() -> dict:
     return {"surroflos": surroflos.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def _write_json(path: str, payload: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
-
-
 def cmd_lyapunov(args) -> int:
     import torch
 
@@ -119,7 +113,7 @@ def cmd_lyapunov(args) -> int:
         "accumulated_steps": res.steps, "unit": "per unit time (steps * dt)",
         "seconds": elapsed, "device": str(device), "versions": _versions(),
     }
-    _write_json(os.path.join(args.out, "spectrum.json"), payload)
+    atomic_json(payload, os.path.join(args.out, "spectrum.json"))
     fig, (ax1, ax2) = plotting.figure(2)
     name = args.model if args.model == "rate" else f"spiking ({args.neuron})"
     plotting.plot_spectra(ax1, {f"{name}, N={args.N}, g={args.g}": res.exponents}, title="Lyapunov spectrum")

@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from . import plotting
+from ._io import atomic_json, atomic_torch_save, atomic_write
 from .flossing import FlossingSchedule, floss
 from .learning import RULES, make_rule
 from .lyapunov import lyapunov_spectrum
@@ -325,25 +326,8 @@ def _spectrum(model, task, cfg: TrainConfig, k: int, tag: int, device, dtype) ->
 # ----------------------------------------------------------------------------------------------
 
 
-def _atomic_save(obj: Any, path: str) -> None:
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_json(obj: Any, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
 def _write_metrics(path: str, metrics: list) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for row in metrics:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: fh.writelines(json.dumps(row) + "\n" for row in metrics))
 
 
 # Keys that may differ between a checkpoint and a resumed run without changing what was computed.
@@ -410,7 +394,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         log(f"resumed {cfg.out} at epoch {state['epoch']}")
     else:
         torch.manual_seed(_seed(cfg.seed, _SEED_MODEL))
-    _atomic_json({"config": cfg.to_dict(), "versions": _versions(), "schedule": dataclasses.asdict(schedule)},
+    atomic_json({"config": cfg.to_dict(), "versions": _versions(), "schedule": dataclasses.asdict(schedule)},
                  os.path.join(cfg.out, "config.json"))
     metrics_path = os.path.join(cfg.out, "metrics.jsonl")
     _write_metrics(metrics_path, state["metrics"])  # drops lines of epochs after the checkpoint
@@ -442,13 +426,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         if state["spectrum_before"] is None:
             state["spectrum_before"] = _spectrum(model, task, cfg, k_spec, 0, device, dtype)
             log("spectrum before: " + _fmt(state["spectrum_before"]))
-            _atomic_save(snapshot(), ckpt_path)  # from here on, --resume always has a checkpoint
+            atomic_torch_save(snapshot(), ckpt_path)  # from here on, --resume always has a checkpoint
         if schedule.pre_steps and not state["preflossed"]:
             state["preflossing"] = floss_bout(schedule.pre_steps)
             state["preflossed"] = True
             log(f"preflossing: lambda_1..{cfg.k} {_fmt(state['preflossing']['lambda_first'])} -> "
                 f"{_fmt(state['preflossing']['lambda_last'])}")
-            _atomic_save(snapshot(), ckpt_path)
+            atomic_torch_save(snapshot(), ckpt_path)
         if cfg.lyap_every and state.get("lambda1_start") is None:
             state["lambda1_start"] = _spectrum(model, task, cfg, 1, 0, device, dtype)[0]
         bar = _progress_bar(cfg.epochs, state["epoch"], progress)
@@ -496,7 +480,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             done_this_call += 1
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            _atomic_save(snapshot(), ckpt_path)
+            atomic_torch_save(snapshot(), ckpt_path)
             if bar is not None:
                 bar.update(1)
                 post = {"loss": f"{row['train_loss']:.3g}", task.metric[:3]: f"{row[task.metric]:.3f}"}
@@ -518,7 +502,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     final = {task.metric: last.get(task.metric), "val_loss": last.get("val_loss"), "metric": task.metric,
              "higher_is_better": task.higher_is_better, "epochs": state["epoch"], "rule": cfg.rule,
              "local_flossing": cfg.local_flossing}
-    _atomic_json({"config": cfg.to_dict(), "final": final, "spectrum_before": state["spectrum_before"],
+    atomic_json({"config": cfg.to_dict(), "final": final, "spectrum_before": state["spectrum_before"],
                   "spectrum_after": after, "preflossing": state["preflossing"],
                   "lambda1_start": state.get("lambda1_start"), "versions": _versions()},
                  os.path.join(cfg.out, "result.json"))

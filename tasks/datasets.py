@@ -47,7 +47,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -55,6 +54,8 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from .._io import atomic_torch_save, atomic_write
 
 __all__ = [
     "DATASETS",
@@ -266,35 +267,6 @@ class _PoolEvents:
         return events
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 class EventFrames(Dataset):
     """Binned event dataset: item ``i`` is ``(frames [T, n_in] float32, label int)``.
 
@@ -376,7 +348,7 @@ class EventFrames(Dataset):
             "format": _CACHE_FORMAT, "source": self._source_id(index), "shape": list(frames.shape),
             "t": t.to(torch.int32), "c": c.to(torch.int32), "counts": frames[t, c].clone(), "label": label,
         }
-        _atomic_save(blob, path)
+        atomic_torch_save(blob, path)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         if isinstance(index, torch.Tensor) and index.ndim == 0:
@@ -414,7 +386,7 @@ def _cache_folder(cache_dir: PathLike, info: DatasetInfo, location: Path, train:
     folder.mkdir(parents=True, exist_ok=True)
     meta = folder / "params.json"
     if not meta.is_file():  # human-readable record of what the hash stands for
-        _atomic_write_text(json.dumps(params, indent=2, sort_keys=True) + "\n", meta)
+        atomic_write(meta, lambda fh: fh.write(json.dumps(params, indent=2, sort_keys=True) + "\n"))
     return folder
 
 
