@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     from .sweep import PRESETS
-    from .train import FLOSSING_MODES, MODELS
+    from .train import FLOSSING_MODES, MODELS, RULES
 
     w = sub.add_parser("sweep", help="a grid of training runs -> results.md/csv + plots",
                        description="Run tasks x delays x models x flossing modes x seeds in parallel worker "
@@ -303,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--models", nargs="+", choices=MODELS)
     w.add_argument("--flossing", nargs="+", choices=FLOSSING_MODES)
     w.add_argument("--seeds", nargs="+", type=int)
+    w.add_argument("--gains", nargs="+", type=float, help="initial recurrent gains g (a grid axis)")
+    w.add_argument("--rules", nargs="+", choices=RULES, help="learning rules (a grid axis)")
+    w.add_argument("--local", nargs="+", choices=["no", "yes"], help="local flossing off/on (a grid axis; "
+                   "'yes' applies to flossing pre/during only, 'yes' with flossing none is skipped)")
     w.add_argument("--epochs", type=_positive_int)
     w.add_argument("--steps-per-epoch", type=_positive_int)
     w.add_argument("--N", type=_positive_int)
