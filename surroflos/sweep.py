@@ -177,7 +177,11 @@ def _run_one(cfg_dict: dict) -> dict:
                 lambda1_preflossed=(pre.get("lambda_last") or [math.nan])[0],
                 lambda1_after=(res["spectrum_after"] or [math.nan])[0],
                 loss_auc=_mean(_read_curve(cfg.out, "val_loss")),
-                seconds=round(time.perf_counter() - t0, 2), out=cfg.out)
+                # Training time as recorded by the run (epochs + preflossing), not this call's: a finished run
+                # that is only reloaded still reports what it cost.
+                seconds=round(sum(v for v in _read_curve(cfg.out, "seconds") if not math.isnan(v))
+                              + (pre.get("seconds") or 0.0), 2),
+                call_seconds=round(time.perf_counter() - t0, 2), out=cfg.out)
 
 
 def _read_curve(run_out: str, key: str) -> list:

@@ -150,6 +150,10 @@ def test_sweep_runs_grid_resumes_and_writes_tables(tmp_path):
     assert status[victim] == "resumed"
     assert sorted(status.values()).count("done") == 3
     assert [r["value"] for r in again] == [r["value"] for r in rows]
+    first = {r["out"]: r["seconds"] for r in rows}
+    for r in again:  # a reloaded run reports the training time it recorded, not the reload's
+        if r["status"] == "done":
+            assert r["seconds"] == first[r["out"]] > 0
 
 
 def test_cli_sweep_smoke_two_workers(tmp_path, capsys):
