@@ -18,11 +18,14 @@ docstring), step ``t = 0 .. T-1`` from the state ``U[-1] = state0``::
     lif:  U[t] = beta U[t-1] + I[t] - R theta        | beta (1 - R) U[t-1] + I[t]          (subtract | zero)
     cuba: syn[t] = alpha syn[t-1] + I[t]
           mem[t] = beta mem[t-1] + syn[t] - R theta  | (1 - R) (beta mem[t-1] + syn[t])
+                 | beta (1 - R) mem[t-1] + syn[t]   (subtract | zero | zero_mem)
     S[t]   = H(U[t] - theta)          (returned, with the surrogate gradient)
 
 and returns ``spikes [T, B, N]`` and ``states [T, B, D]`` (``D = N`` for lif, ``2N = [syn | mem]`` for
-cuba). ``beta``, ``alpha`` and ``threshold`` are numbers or tensors ``[]`` / ``[N]``, used as given
-(:class:`surroflos.SpikingRNN` passes ``beta`` and ``alpha`` clamped to [0, 1]); gradients reach
+cuba). ``reset="zero_mem"`` (cuba only) zeroes just the old membrane, as a LIF zero reset does, and is
+what Norse's recurrent LIF layer maps to (:class:`surroflos.norse.LIFRecurrent`). ``beta``, ``alpha``
+and ``threshold`` are numbers or tensors ``[]`` / ``[N]``, used as given (:class:`surroflos.SpikingRNN`
+passes ``beta`` and ``alpha`` clamped to [0, 1]); gradients reach
 ``x_in``, ``W``, ``state0`` and every parameter tensor that requires grad.
 
 Backends (see :mod:`surroflos.kernels.backend`):
@@ -48,8 +51,9 @@ of the outputs, ``gsp[t] = dL/dS[t-1]`` through step ``t`` and ``K[t] = dmem[t]/
     lif:  dI[t] = gmem[t]
     cuba: dI[t] = gU_syn[t] + alpha dI[t+1] + c[t] gmem[t]       (c = 1, or 1 - R[t] for the zero reset)
     gsp[t] = dI[t] W + rho[t] gmem[t]   with rho = 0 when detach_reset, else -theta (subtract),
-             -beta mem[t-1] (lif zero), -(beta mem[t-1] + syn[t]) (cuba zero)
+             -beta mem[t-1] (lif zero, cuba zero_mem), -(beta mem[t-1] + syn[t]) (cuba zero)
     dU[-1]: mem = K[0] gmem[0] + sd[-1] gsp[0];   syn = alpha dI[0]
+    (cuba zero_mem: K = beta (1 - R), c = 1, rho = -beta mem[t-1], as the lif zero reset)
     dbeta = sum gmem[t] (1 - R[t] | 1) mem[t-1];  dalpha = sum dI[t] syn[t-1]
     dtheta = -sum_{t >= -1} sd[t] (gS[t] + gsp[t+1]) - sum R[t] gmem[t] (subtract reset only)
     dx_in = dI;  dbias = sum_{t, b} dI[t];  dW = sum_t dI[t]^T S[t-1]
@@ -69,7 +73,7 @@ from .backend import acc_dtype, check_backend, resolve_backend
 __all__ = ["spiking_rnn_sequence", "spiking_rnn_reference", "NEURONS", "RESETS"]
 
 NEURONS = ("lif", "cuba")
-RESETS = ("subtract", "zero")
+RESETS = ("subtract", "zero", "zero_mem")
 
 ParamLike = Union[float, int, Tensor]
 
@@ -80,7 +84,7 @@ ParamLike = Union[float, int, Tensor]
 
 
 def _forward_torch(x_in: Tensor, W: Tensor, state0: Tensor, beta: Tensor, alpha: Optional[Tensor], theta: Tensor,
-                   bias: Optional[Tensor], cuba: bool, zero: bool) -> Tuple[Tensor, Tensor]:
+                   bias: Optional[Tensor], cuba: bool, zero: bool, zmem: bool = False) -> Tuple[Tensor, Tensor]:
     # The elementwise ops mirror lif_step / cuba_step operation by operation (same roundings), so with
     # x W_in^T and b passed separately the states follow the step loop's floating-point numbers.
     T, B, N = x_in.shape
@@ -108,7 +112,7 @@ def _forward_torch(x_in: Tensor, W: Tensor, state0: Tensor, beta: Tensor, alpha:
             drive = syn = syn_new
         else:
             drive = cur
-        if zero and cuba:
+        if zero and cuba and not zmem:
             torch.mul(beta, mem, out=mem_new).add_(drive).mul_(1.0 - s)
         elif zero:
             torch.mul(beta * (1.0 - s), mem, out=mem_new).add_(drive)
@@ -121,7 +125,7 @@ def _forward_torch(x_in: Tensor, W: Tensor, state0: Tensor, beta: Tensor, alpha:
 
 def _backward_torch(gspk: Tensor, gst: Tensor, W: Tensor, state0: Tensor, spikes: Tensor, states: Tensor, beta: Tensor,
                     alpha: Optional[Tensor], theta: Tensor, cuba: bool, zero: bool, detach: bool, sid: int,
-                    scale: float, need_beta: bool, need_alpha: bool, need_theta: bool):
+                    scale: float, need_beta: bool, need_alpha: bool, need_theta: bool, zmem: bool = False):
     """``(dI, dstate0, dbeta, dalpha, dtheta, S_prev)`` in the accumulator dtype (see the module docstring).
 
     Full-sequence work is done once up front (surrogate derivatives); the reverse scan then works on
@@ -163,7 +167,7 @@ def _backward_torch(gspk: Tensor, gst: Tensor, W: Tensor, state0: Tensor, spikes
         d = dI[t]
         if cuba:
             syn_prev = states[t - 1, :, :N] if t > 0 else syn0
-            if zero:
+            if zero and not zmem:
                 torch.addcmul(gst[t, :, :N], 1.0 - R, gm, out=d)
             else:
                 torch.add(gst[t, :, :N], gm, out=d)
@@ -177,7 +181,7 @@ def _backward_torch(gspk: Tensor, gst: Tensor, W: Tensor, state0: Tensor, spikes
         if not detach:  # the reset's own gradient: rho[t] gmem[t]
             if not zero:
                 gsp.addcmul_(theta, gm, value=-1.0)
-            elif cuba:
+            elif cuba and not zmem:
                 gsp.addcmul_(torch.addcmul(states[t, :, :N], beta, mem_prev), gm, value=-1.0)
             else:
                 gsp.addcmul_(beta * mem_prev, gm, value=-1.0)
@@ -208,19 +212,19 @@ def _backward_torch(gspk: Tensor, gst: Tensor, W: Tensor, state0: Tensor, spikes
 @torch.library.custom_op("surroflos::spiking_rnn_fwd", mutates_args=())
 def _rnn_fwd(x_in: Tensor, W: Tensor, state0: Tensor, beta: Tensor, alpha: Optional[Tensor], threshold: Tensor,
              bias: Optional[Tensor], cuba: bool, zero_reset: bool, detach_reset: bool, surrogate_id: int,
-             surrogate_scale: float, use_triton: bool) -> Tuple[Tensor, Tensor]:
+             surrogate_scale: float, use_triton: bool, zero_mem: bool) -> Tuple[Tensor, Tensor]:
     if use_triton:
         from .recurrent_triton import forward_triton  # lazy: Triton picks interpreter/compiled at import
 
-        spikes, states = forward_triton(x_in, W, state0, beta, alpha, threshold, bias, cuba, zero_reset)
+        spikes, states = forward_triton(x_in, W, state0, beta, alpha, threshold, bias, cuba, zero_reset, zero_mem)
     else:
-        spikes, states = _forward_torch(x_in, W, state0, beta, alpha, threshold, bias, cuba, zero_reset)
+        spikes, states = _forward_torch(x_in, W, state0, beta, alpha, threshold, bias, cuba, zero_reset, zero_mem)
     return spikes.contiguous(), states
 
 
 @_rnn_fwd.register_fake
 def _rnn_fwd_fake(x_in, W, state0, beta, alpha, threshold, bias, cuba, zero_reset, detach_reset, surrogate_id,
-                  surrogate_scale, use_triton):
+                  surrogate_scale, use_triton, zero_mem):
     T, B, N = x_in.shape
     return x_in.new_empty(T, B, N), x_in.new_empty(T, B, state0.shape[1])
 
@@ -229,11 +233,11 @@ def _rnn_fwd_fake(x_in, W, state0, beta, alpha, threshold, bias, cuba, zero_rese
 def _rnn_bwd(grad_spikes: Tensor, grad_states: Tensor, W: Tensor, state0: Tensor, spikes: Tensor, states: Tensor,
              beta: Tensor, alpha: Optional[Tensor], threshold: Tensor, cuba: bool, zero_reset: bool,
              detach_reset: bool, surrogate_id: int, surrogate_scale: float, need_w: bool, need_beta: bool,
-             need_alpha: bool, need_theta: bool, use_triton: bool
+             need_alpha: bool, need_theta: bool, use_triton: bool, zero_mem: bool
              ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     T, B, N = spikes.shape
     args = (grad_spikes, grad_states, W, state0, spikes, states, beta, alpha, threshold, cuba, zero_reset,
-            detach_reset, surrogate_id, surrogate_scale, need_beta, need_alpha, need_theta)
+            detach_reset, surrogate_id, surrogate_scale, need_beta, need_alpha, need_theta, zero_mem)
     if use_triton:
         from .recurrent_triton import backward_triton
 
@@ -251,7 +255,8 @@ def _rnn_bwd(grad_spikes: Tensor, grad_states: Tensor, W: Tensor, state0: Tensor
 
 @_rnn_bwd.register_fake
 def _rnn_bwd_fake(grad_spikes, grad_states, W, state0, spikes, states, beta, alpha, threshold, cuba, zero_reset,
-                  detach_reset, surrogate_id, surrogate_scale, need_w, need_beta, need_alpha, need_theta, use_triton):
+                  detach_reset, surrogate_id, surrogate_scale, need_w, need_beta, need_alpha, need_theta, use_triton,
+                  zero_mem):
     N = spikes.shape[-1]
     vec = lambda need: W.new_empty(N if need else 0)  # noqa: E731
     return (torch.empty_like(spikes), W.new_empty(N, N) if need_w else W.new_empty(0), torch.empty_like(state0),
@@ -259,15 +264,15 @@ def _rnn_bwd_fake(grad_spikes, grad_states, W, state0, spikes, states, beta, alp
 
 
 def _setup(ctx, inputs, output):
-    (_, W, state0, beta, alpha, threshold, _bias, cuba, zero, detach, sid, scale, use_triton) = inputs
+    (_, W, state0, beta, alpha, threshold, _bias, cuba, zero, detach, sid, scale, use_triton, zmem) = inputs
     spikes, states = output
     ctx.save_for_backward(W, state0, beta, alpha, threshold, spikes, states)
-    ctx.flags = (cuba, zero, detach, sid, scale, use_triton)
+    ctx.flags = (cuba, zero, detach, sid, scale, use_triton, zmem)
 
 
 def _backward(ctx, g_spikes, g_states):
     W, state0, beta, alpha, threshold, spikes, states = ctx.saved_tensors
-    cuba, zero, detach, sid, scale, use_triton = ctx.flags
+    cuba, zero, detach, sid, scale, use_triton, zmem = ctx.flags
     need = ctx.needs_input_grad
     if g_spikes is None:
         g_spikes = torch.zeros_like(spikes)
@@ -275,10 +280,10 @@ def _backward(ctx, g_spikes, g_states):
         g_states = torch.zeros_like(states)
     dx, dW, ds0, db, da, dt = _rnn_bwd(g_spikes, g_states, W, state0, spikes, states, beta, alpha, threshold,
                                        cuba, zero, detach, sid, scale, need[1], need[3], need[4] and cuba,
-                                       need[5], use_triton)
+                                       need[5], use_triton, zmem)
     db_in = dx.sum((0, 1)) if need[6] else None  # I = x_in + S W^T + bias
     return (dx, dW if need[1] else None, ds0, db if need[3] else None, da if need[4] and cuba else None,
-            dt if need[5] else None, db_in, None, None, None, None, None, None)
+            dt if need[5] else None, db_in, None, None, None, None, None, None, None)
 
 
 _rnn_fwd.register_autograd(_backward, setup_context=_setup)
@@ -333,7 +338,7 @@ def spiking_rnn_sequence(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: str
         neuron: ``"lif"`` or ``"cuba"``.
         beta, alpha, threshold: numbers or tensors ``[]`` / ``[N]`` (``alpha`` is read for cuba only).
         surrogate: name or :class:`~surroflos.surrogate.Surrogate` (its id and scale).
-        reset: ``"subtract"`` or ``"zero"``; detach_reset: no gradient through the reset's spike.
+        reset: ``"subtract"``, ``"zero"`` or (cuba) ``"zero_mem"``; detach_reset: no gradient through the reset's spike.
         bias: optional ``[N]`` added after the recurrent product, ``I[t] = (x_in[t] + S[t-1] W^T) + bias``:
             the step function's order of additions, so a caller that passes ``x W_in^T`` and ``b``
             separately gets the step loop's roundings on the PyTorch path (bit for bit where the BLAS
@@ -353,6 +358,8 @@ def spiking_rnn_sequence(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: str
         raise ValueError(f"neuron must be one of {NEURONS}, got {neuron!r}")
     if reset not in RESETS:
         raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    if reset == "zero_mem" and neuron != "cuba":
+        raise ValueError("reset='zero_mem' is for neuron='cuba' (for lif it is reset='zero')")
     for name, t in (("x_in", x_in), ("W", W), ("state0", state0)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -385,8 +392,8 @@ def spiking_rnn_sequence(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: str
             raise ValueError(f"bias is {bias.dtype} on {bias.device} but x_in is {x_in.dtype} on {x_in.device}; "
                              "convert one of them")
     use_triton = _use_triton(backend, x_in.device)
-    return _rnn_fwd(x_in, W, state0, beta_v, alpha_v, theta_v, bias, cuba, reset == "zero", bool(detach_reset),
-                    surrogate.id, float(surrogate.scale), use_triton)
+    return _rnn_fwd(x_in, W, state0, beta_v, alpha_v, theta_v, bias, cuba, reset in ("zero", "zero_mem"),
+                    bool(detach_reset), surrogate.id, float(surrogate.scale), use_triton, reset == "zero_mem")
 
 
 def spiking_rnn_reference(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: str = "lif", beta: ParamLike = 0.9,
@@ -401,6 +408,18 @@ def spiking_rnn_reference(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: st
     from ..models.spiking import SpikingParams, cuba_step, lif_step
 
     N = x_in.shape[-1]
+    if reset == "zero_mem":  # (no step function has it: the equations of the module docstring, op by op)
+        sgt = sg.get(surrogate)
+        syn, mem = state0[:, :N], state0[:, N:]
+        spikes, states = [], []
+        for t in range(x_in.shape[0]):
+            s = sgt(mem - threshold)
+            r = s.detach() if detach_reset else s
+            syn = alpha * syn + (x_in[t] + s @ W.t())
+            mem = beta * (1 - r) * mem + syn
+            spikes.append(sgt(mem - threshold))
+            states.append(torch.cat([syn, mem], dim=1))
+        return torch.stack(spikes), torch.stack(states)
 
     def as_t(v):
         return v if isinstance(v, Tensor) else torch.tensor(float(v), dtype=x_in.dtype, device=x_in.device)

@@ -13,7 +13,8 @@ Backward, launch ``j`` (reverse time; grid over ``[B, N]`` tiles of the *presyna
     gsp = dI[j+1] W (+ reset term)     = dL/dS[j] through step j+1 (a GEMM over the postsynaptic index)
     local adjoint of step j            -> dI[j], the carried membrane adjoint, parameter partial sums
 
-and a last launch (``FINAL``) that turns ``dI[0] W`` into the gradient of the initial state. The
+and a last launch (``FINAL``) that turns ``dI[0] W`` into the gradient of the initial state (``ZMEM``: the
+cuba zero_mem reset, which zeroes only the old membrane). The
 adjoint formulas are those of ``_backward_torch`` in :mod:`surroflos.kernels.recurrent`.
 
 Backward buffers (built by the launcher): ``spk_ext [T+1, B, N]`` with row 0 the initial spikes
@@ -41,7 +42,7 @@ _TL_DTYPE = {torch.float32: tl.float32, torch.float64: tl.float64}
 def _rnn_fwd_step(xin_ptr, w_ptr, sprev_ptr, spk_ptr, work_ptr, st_ptr, beta_ptr, alpha_ptr, theta_ptr, bias_ptr,
                   off_n, off_d, B, N,
                   CUBA: tl.constexpr, ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, SKIP_ZERO: tl.constexpr,
-                  ACC: tl.constexpr,
+                  ACC: tl.constexpr, ZMEM: tl.constexpr,
                   BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # sprev_ptr: S[t-1] ([B, N]); off_n = t * B * N (row t of x_in and of the spikes); off_d = t * B * D.
     pid_b = tl.program_id(0)
@@ -84,7 +85,10 @@ def _rnn_fwd_step(xin_ptr, w_ptr, sprev_ptr, spk_ptr, work_ptr, st_ptr, beta_ptr
         alpha = tl.load(alpha_ptr + rn, mask=mn, other=0.0)[None, :]
         syn = alpha * tl.load(work_ptr + i_syn, mask=m2, other=0.0) + cur
         if ZERO:
-            mem = (1.0 - r) * (beta * mem + syn)
+            if ZMEM:  # zero_mem: only the old membrane is reset
+                mem = beta * (1.0 - r) * mem + syn
+            else:
+                mem = (1.0 - r) * (beta * mem + syn)
         else:
             mem = beta * mem + syn - r * theta
         tl.store(work_ptr + i_syn, syn, mask=m2)
@@ -106,7 +110,7 @@ def _rnn_bwd_step(dI_ptr, w_ptr, gspk_ptr, gst_ptr, spk_ptr, st_ptr, gm_ptr, rt_
                   off_n, off_d, B, N,
                   CUBA: tl.constexpr, ZERO: tl.constexpr, DETACH: tl.constexpr, SURROGATE: tl.constexpr,
                   HAS_GEMM: tl.constexpr, FINAL: tl.constexpr, NEED_B: tl.constexpr, NEED_A: tl.constexpr,
-                  NEED_T: tl.constexpr, ACC: tl.constexpr,
+                  NEED_T: tl.constexpr, ACC: tl.constexpr, ZMEM: tl.constexpr,
                   BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
     # Launch for step j: off_n = j * B * N, off_d = j * B * D (j = -1 for FINAL). dI row j+1 = dL/dI[j+1]
     # (read only when HAS_GEMM, i.e. j+1 < T); st_ext / spk_ext row j = step j-1 (row 0 = initial), row
@@ -171,7 +175,7 @@ def _rnn_bwd_step(dI_ptr, w_ptr, gspk_ptr, gst_ptr, spk_ptr, st_ptr, gm_ptr, rt_
             gsyn_next = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
             if HAS_GEMM:  # (row j+1 exists)
                 gsyn_next = tl.load(dI_ptr + nxt_n + i_bn, mask=m2, other=0.0)  # dL/dsyn[j+1] (total)
-            if ZERO:
+            if ZERO and not ZMEM:
                 dI = tl.load(gst_ptr + off_d + i_syn, mask=m2, other=0.0).to(ACC) + alpha * gsyn_next \
                     + (1.0 - r) * gmem
             else:
@@ -186,7 +190,7 @@ def _rnn_bwd_step(dI_ptr, w_ptr, gspk_ptr, gst_ptr, spk_ptr, st_ptr, gm_ptr, rt_
         if not DETACH:
             # dmem[j]/dR[j]: the reset's own gradient, added to dL/dS[j-1] in the next launch.
             if ZERO:
-                if CUBA:
+                if CUBA and not ZMEM:
                     syn = tl.load(st_ptr + nxt_d + i_syn, mask=m2, other=0.0).to(ACC)
                     rterm = -(beta * mem_prev + syn)
                 else:
@@ -226,7 +230,7 @@ def _vec(p: torch.Tensor | None, N: int, dtype: torch.dtype, like: torch.Tensor)
 
 def forward_triton(x_in: torch.Tensor, W: torch.Tensor, state0: torch.Tensor, beta: torch.Tensor,
                    alpha: torch.Tensor | None, theta: torch.Tensor, bias: torch.Tensor | None, cuba: bool,
-                   zero: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                   zero: bool, zmem: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Spikes ``[T, B, N]`` and states ``[T, B, D]`` (input dtype); one kernel launch per step."""
     T, B, N = x_in.shape
     D = 2 * N if cuba else N
@@ -245,14 +249,14 @@ def forward_triton(x_in: torch.Tensor, W: torch.Tensor, state0: torch.Tensor, be
     for t in range(T):
         _rnn_fwd_step[grid](x_in, W, s0 if t == 0 else spikes[t - 1], spikes, work, states, beta_v, alpha_v, theta_v,
                             bias_v, t * B * N, t * B * D, B, N, CUBA=cuba, ZERO=zero, HAS_BIAS=bias is not None,
-                            SKIP_ZERO=True, ACC=_TL_DTYPE[ad], BLOCK_B=BB, BLOCK_N=BN, BLOCK_K=BK)
+                            SKIP_ZERO=True, ACC=_TL_DTYPE[ad], ZMEM=zmem, BLOCK_B=BB, BLOCK_N=BN, BLOCK_K=BK)
     return spikes, states
 
 
 def backward_triton(gspk: torch.Tensor, gst: torch.Tensor, W: torch.Tensor, state0: torch.Tensor,
                     spikes: torch.Tensor, states: torch.Tensor, beta: torch.Tensor, alpha: torch.Tensor | None,
                     theta: torch.Tensor, cuba: bool, zero: bool, detach: bool, surrogate_id: int, scale: float,
-                    need_beta: bool, need_alpha: bool, need_theta: bool):
+                    need_beta: bool, need_alpha: bool, need_theta: bool, zmem: bool = False):
     """``(dI [T, B, N], dstate0 [B, D], dbeta, dalpha, dtheta, S_prev [T, B, N])``: adjoints in the
     accumulator dtype, parameter gradients as ``[N]`` vectors (None where not needed) and the spikes
     ``S[t-1]`` for the caller's single dW GEMM."""
@@ -279,7 +283,7 @@ def backward_triton(gspk: torch.Tensor, gst: torch.Tensor, W: torch.Tensor, stat
     BB, BN, BR = pick_blocks(B, N)
     grid = (triton.cdiv(B, BB), triton.cdiv(N, BN))
     common = dict(CUBA=cuba, ZERO=zero, DETACH=detach, SURROGATE=surrogate_id, NEED_B=need_beta, NEED_A=need_alpha,
-                  NEED_T=need_theta, ACC=_TL_DTYPE[ad], BLOCK_B=BB, BLOCK_N=BN, BLOCK_R=BR)
+                  NEED_T=need_theta, ACC=_TL_DTYPE[ad], ZMEM=zmem, BLOCK_B=BB, BLOCK_N=BN, BLOCK_R=BR)
     for j in range(T - 1, -2, -1):  # j = T-1 .. 0, then j = -1 (FINAL)
         _rnn_bwd_step[grid](dI, W, gspk, gst, spk_ext, st_ext, gm, rt, pb, pa, pt, ds0, beta_v, alpha_v, theta_v,
                             scale_t, j * B * N, j * B * D, B, N, HAS_GEMM=j + 1 < T, FINAL=j < 0, **common)

@@ -346,11 +346,8 @@ def _check_method(p: Any) -> None:
     norse_surrogate(p.method, p.alpha)
 
 
-def _check_backend(backend: str, *, fused: bool = False) -> str:
-    """``backend`` after checking it; ``fused=True`` for the modules that have fused kernels (LIF, LIFBox)."""
-    if backend == "triton" and not fused:
-        raise RuntimeError("backend='triton': the fused Triton kernels for surroflos.norse arrive in a later "
-                           "release; use backend='torch' or 'auto' (plain PyTorch, works on CPU and GPU)")
+def _check_backend(backend: str) -> str:
+    """``backend`` after checking it is one of :data:`BACKENDS` (every sequence module has fused kernels)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend
@@ -611,7 +608,7 @@ class LIF(_norse.LIF):
 
     def __init__(self, p: LIFParameters = LIFParameters(), *, backend: str = "auto", **kwargs: Any) -> None:
         _check_method(p)
-        resolved = _check_backend(backend, fused=True)
+        resolved = _check_backend(backend)
         super().__init__(p, **kwargs)
         self.backend = resolved
         self.activation = lif_feed_forward_step
@@ -644,7 +641,7 @@ class LIFBox(_NorseSNN):
     def __init__(self, p: LIFBoxParameters = LIFBoxParameters(), dt: float = 0.001, record_states: bool = False,
                  *, backend: str = "auto") -> None:
         _check_method(p)
-        resolved = _check_backend(backend, fused=True)
+        resolved = _check_backend(backend)
         super().__init__(activation=lif_box_step, state_fallback=self.initial_state, p=_tensorize(p, _BOX_FIELDS),
                          dt=dt, record_states=record_states)
         self.backend = resolved
@@ -664,13 +661,103 @@ class LIFBox(_NorseSNN):
         return f"{super().extra_repr()}, backend={self.backend!r}"
 
 
+def _recurrent_blocker(module, x: torch.Tensor) -> Optional[str]:
+    """Why the fused recurrent kernel cannot run this :class:`LIFRecurrent` on ``x`` (None when it can)."""
+    if _forward_ad_active():
+        return "forward-mode AD / torch.func transforms (the fused ops have no forward-mode or vmap rule)"
+    p, n = module.p, int(module.hidden_size)
+    if norse_surrogate(p.method, p.alpha) is None:
+        return f"method={p.method!r} (no surrogate gradient; the kernel needs one)"
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        return f"input dtype {x.dtype}"
+    if x[0].numel() == 0:
+        return "an empty batch"
+    for f in _LIF_FIELDS:
+        t = getattr(p, f)
+        if isinstance(t, torch.Tensor) and t.ndim > 0 and not (t.ndim == 1 and t.shape[0] in (1, n)):
+            return (f"p.{f} has shape {tuple(t.shape)}; the fused kernel takes parameters of shape [] or "
+                    f"[hidden_size] = [{n}]")
+    for f in ("v_leak", "v_reset"):
+        t = torch.as_tensor(getattr(p, f))
+        if t.requires_grad or bool((t != 0).any()):
+            return f"p.{f} != 0 or requiring grad (the kernel has no leak potential or reset value)"
+    return None
+
+
+def _recurrent_fused(module, x: torch.Tensor, state: LIFState) -> Tuple[torch.Tensor, LIFState]:
+    """:class:`LIFRecurrent` on :func:`surroflos.kernels.recurrent.spiking_rnn_sequence` (cuba, zero_mem).
+
+    With ``v_leak = v_reset = 0``, ``a = dt tau_mem_inv``, ``b = dt tau_syn_inv``, ``syn[t] = a j[t]``
+    and ``mem[t] = u[t]`` (the membrane before the reset, whose spikes the kernel reads off)::
+
+        syn[t] = (1 - b) syn[t-1] + a W_in x[t] + (a W_rec) S[t-1]
+        mem[t] = (1 - a) (1 - [S[t-1]]) mem[t-1] + syn[t]
+
+    the kernel's current-based neuron with ``alpha = 1 - b``, ``beta = 1 - a``, ``W = a W_rec`` and the
+    zero reset of the old membrane only. Step 0 runs here in PyTorch on the given state (Norse's ``z0``
+    and ``v0`` are independent states, while the kernel would feed back ``H(v0 - v_th)``), and its
+    ``u[0]``, ``a j[0]`` start the kernel: the kernel's ``S[-1] = H(u[0] - v_th)`` with the surrogate
+    gradient is then exactly Norse's ``z[0]``. Outputs convert back: ``v = (1 - [z]) u``,
+    ``i = (1 - b) syn / a``.
+    """
+    p, dt, N = module.p, module.dt, int(module.hidden_size)
+    T, batch = x.shape[0], x.shape[1:-1]
+    M = x[0].numel() // x.shape[-1]
+    dev, dtype = x.device, x.dtype
+
+    def vec(v):  # a parameter as a [] or [N] tensor in x's dtype / device (gradients flow through .to)
+        t = torch.as_tensor(v, device=dev) if not isinstance(v, torch.Tensor) else v
+        t = t.to(device=dev, dtype=dtype)
+        return t.reshape(()) if t.numel() == 1 and N != 1 else t.reshape(-1) if t.ndim else t
+
+    # Norse's own products (dt * tau) first, then the dtype: the same numbers as the step loop.
+    a = vec(dt * torch.as_tensor(p.tau_mem_inv))
+    nb = vec(-dt * torch.as_tensor(p.tau_syn_inv))  # -b
+    v_th = vec(p.v_th)
+    surrogate = norse_surrogate(p.method, p.alpha)
+    z0, v0, i0 = (t.expand(*batch, N).reshape(M, N) for t in state)
+    drive = F.linear(x.reshape(T, M, x.shape[-1]), module.input_weights)  # W_in x of all steps: one GEMM
+    # Step 0 exactly as lif_recurrent_step (v_leak = 0, v_reset = 0).
+    j0 = i0 + drive[0] + F.linear(z0, module.recurrent_weights)
+    u0 = v0 + a * ((p.v_leak - v0) + j0)
+    z_first = _spike(u0 - v_th, surrogate)
+    if T > 1:
+        a_col = a.reshape(-1, 1) if a.ndim else a
+        spikes, states = _kernels_recurrent().spiking_rnn_sequence(
+            a * drive[1:], a_col * module.recurrent_weights, torch.cat([a * j0, u0], dim=1), neuron="cuba",
+            beta=1.0 - a, alpha=1.0 + nb, threshold=v_th, surrogate=surrogate, reset="zero_mem", detach_reset=True,
+            backend=module.backend)
+        z = torch.cat([z_first.unsqueeze(0), spikes])
+        u = torch.cat([u0.unsqueeze(0), states[..., N:]])
+        j = torch.cat([j0.unsqueeze(0), states[..., :N] / a])
+    else:
+        z, u, j = z_first.unsqueeze(0), u0.unsqueeze(0), j0.unsqueeze(0)
+    v = (1 - z.detach()) * u
+    i = j + nb * j
+    shape = (T, *batch, N)
+    z, v, i = z.reshape(shape), v.reshape(shape), i.reshape(shape)
+    if module.record_states:
+        return z, LIFState(z=z, v=v, i=i)
+    return z, LIFState(z=z[-1], v=v[-1], i=i[-1])
+
+
+def _kernels_recurrent():
+    from .kernels import recurrent  # (lazy: keeps `import surroflos.norse` light)
+    return recurrent
+
+
 class LIFRecurrent(_FlatRecurrent, _norse.LIFRecurrent):
     """Recurrent LIF layer over time: ``z_seq, state = layer(x_seq, state)``, ``x_seq: [T, ..., input_size]``.
 
     Same constructor as Norse's (``input_size, hidden_size, p, input_weights, recurrent_weights, autapses,
-    dt, record_states``) plus ``backend`` (``"auto"`` | ``"torch"``). Returns the spikes
-    ``[T, ..., hidden_size]`` and the final ``LIFState`` (or all, stacked). Exposes the flat-state step
-    like :class:`LIFRecurrentCell`.
+    dt, record_states``) plus ``backend``: ``"torch"`` runs steps ``1 .. T-1`` as one fused recurrent
+    PyTorch op, ``"triton"`` as the fused Triton kernels, ``"auto"`` picks Triton for CUDA inputs (see
+    :func:`_recurrent_fused` for the mapping onto :func:`surroflos.kernels.recurrent.spiking_rnn_sequence`).
+    It needs ``v_leak == 0`` and ``v_reset == 0`` (Norse's defaults, without gradient), parameters of shape
+    ``[]`` or ``[hidden_size]`` and a method with a surrogate gradient (``"super"``, ``"triangle"``);
+    otherwise, and under forward-mode AD, ``"auto"``/``"torch"`` run the step loop and ``"triton"`` raises
+    NotImplementedError. Returns the spikes ``[T, ..., hidden_size]`` and the final ``LIFState`` (or all,
+    stacked). Exposes the flat-state step like :class:`LIFRecurrentCell`.
     """
 
     def __init__(self, input_size: int, hidden_size: int, p: LIFParameters = LIFParameters(), *,
@@ -690,6 +777,12 @@ class LIFRecurrent(_FlatRecurrent, _norse.LIFRecurrent):
         if input_tensor.shape[0] < 1:
             raise ValueError(f"input needs at least one time step, got shape {tuple(input_tensor.shape)}")
         state = self._checked_state(input_tensor, state, input_tensor.shape[1:-1])
+        blocker = _recurrent_blocker(self, input_tensor)
+        if blocker is None:
+            return _recurrent_fused(self, input_tensor, state)
+        if self.backend == "triton":
+            raise NotImplementedError(f"LIFRecurrent(backend='triton'): the fused recurrent kernel does not support "
+                                      f"{blocker}; use backend='auto' or 'torch' (they fall back to the step loop)")
         w_in, w_rec, p, dt = self.input_weights, self.recurrent_weights, self.p, self.dt
         return _run(lambda x, s: lif_recurrent_step(x, s, w_in, w_rec, p, dt), input_tensor, state,
                     self.record_states)

@@ -270,12 +270,12 @@ def test_opcheck_registrations():
     checks = ("test_schema", "test_autograd_registration", "test_faketensor")
     x_in, W, s0, beta, alpha, theta, bias = op_inputs("cuba", T=3, B=2, N=5, device="cpu")
     vec = [beta, alpha.expand(5), theta, bias]
-    flags = (True, False, False, 1, 2.0, False)  # cuba, subtract, attached reset, atan(2), PyTorch path
+    flags = (True, False, False, 1, 2.0, False, False)  # cuba, subtract, attached, atan(2), PyTorch, not zero_mem
     torch.library.opcheck(_rnn_fwd, (x_in, W, s0, *vec, *flags), test_utils=checks)
     S, U = (t.detach() for t in _rnn_fwd(x_in, W, s0, *vec, *flags))
     d = [t.detach() for t in (W, s0, S, U, beta, alpha.expand(5), theta)]
     torch.library.opcheck(_rnn_bwd, (torch.rand_like(S), torch.rand_like(U), *d[:4], *d[4:], True, False, False, 1,
-                                     2.0, True, True, True, True, False), test_utils=checks)
+                                     2.0, True, True, True, True, False, False), test_utils=checks)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -381,3 +381,70 @@ def test_inductor_compile_on_cuda():
     g_comp = torch.autograd.grad(compiled(*args), args)
     for a, b in zip(g_comp, g_eager):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------
+# reset="zero_mem" (cuba with the LIF-style zero reset: Norse's recurrent LIF layer)
+# ----------------------------------------------------------------------------------------------
+
+
+def _zero_mem_loop(x_in, W, s0, beta, alpha, theta, bias, surrogate, detach_reset):
+    """An independent per-step loop of syn = alpha syn + x_in + S W^T + b; mem = beta (1 - R) mem + syn."""
+    N = x_in.shape[-1]
+    syn, mem = s0[:, :N], s0[:, N:]
+    spikes, states = [], []
+    for t in range(x_in.shape[0]):
+        s_prev = surrogate(mem - theta)
+        R = s_prev.detach() if detach_reset else s_prev
+        syn = alpha * syn + (x_in[t] + s_prev @ W.t() + bias)
+        mem = beta * (1.0 - R) * mem + syn
+        spikes.append(surrogate(mem - theta))
+        states.append(torch.cat([syn, mem], dim=1))
+    return torch.stack(spikes), torch.stack(states)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("detach_reset", [True, False], ids=["detached", "attached"])
+@pytest.mark.parametrize("T,B,N,per_neuron", [(5, 3, 19, True), (1, 1, 7, False), (4, 1, 17, False)])
+def test_zero_mem_matches_loop(T, B, N, per_neuron, detach_reset, backend):
+    x_in, W, s0, beta, alpha, theta, bias = op_inputs("cuba", T=T, B=B, N=N, seed=T * 100 + N)
+    if not per_neuron:
+        beta, theta = (torch.tensor(v, dtype=F64, device=DEVICE).requires_grad_(True) for v in (0.8, 1.0))
+    for name in SURROGATE_NAMES:
+        surrogate = sg.get(name)
+        params = (x_in, W, s0, beta, alpha, theta, bias)
+        S_ref, U_ref = _zero_mem_loop(*params, surrogate, detach_reset)
+        S, U = spiking_rnn_sequence(x_in, W, s0, neuron="cuba", beta=beta, alpha=alpha, threshold=theta,
+                                    surrogate=surrogate, reset="zero_mem", detach_reset=detach_reset, bias=bias,
+                                    backend=backend)
+        assert_spikes_match(S.detach(), S_ref.detach(), U_ref[..., N:].detach(), theta.detach())
+        assert_close_rel(U.detach(), U_ref.detach(), 1e-10, "states")
+        c = [torch.randn(t.shape, generator=gen(2), dtype=F64).to(DEVICE) for t in (S, U)]
+        g_ref = torch.autograd.grad((c[0] * S_ref).sum() + (c[1] * U_ref).sum(), params)
+        g = torch.autograd.grad((c[0] * S).sum() + (c[1] * U).sum(), params)
+        for a, b, n in zip(g, g_ref, ["x_in", "W", "state0", "beta", "alpha", "theta", "bias"]):
+            assert_close_rel(a, b, 1e-5, f"{name} {n}")
+
+
+def test_zero_mem_differs_from_zero_and_needs_cuba():
+    # The two zero resets differ whenever a neuron spikes (zero_mem keeps the new synaptic current).
+    x_in, W, s0, *_ = op_inputs("cuba", N=5, requires_grad=False)
+    kw = dict(neuron="cuba", beta=0.8, alpha=0.6, threshold=1.0, backend="torch")
+    S1, U1 = spiking_rnn_sequence(x_in, W, s0, reset="zero", **kw)
+    S2, U2 = spiking_rnn_sequence(x_in, W, s0, reset="zero_mem", **kw)
+    assert S1.sum() > 0 and not torch.equal(U1, U2)
+    with pytest.raises(ValueError, match="zero_mem.*cuba"):
+        spiking_rnn_sequence(x_in, W, s0[:, :5], neuron="lif", reset="zero_mem")
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=requires_triton)])
+def test_gradcheck_zero_mem(backend):
+    args = _far_from_threshold("cuba", "zero_mem", seed=30)
+    surrogate = sg.Surrogate("gaussian", 150.0)
+
+    def f(x_in, W, s0, beta, alpha, theta, bias):
+        return spiking_rnn_sequence(x_in, W, s0, neuron="cuba", beta=beta, alpha=alpha, threshold=theta,
+                                    surrogate=surrogate, reset="zero_mem", detach_reset=False, bias=bias,
+                                    backend=backend)
+
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7, rtol=1e-6, fast_mode=backend == "triton")

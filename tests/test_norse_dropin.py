@@ -19,6 +19,7 @@ from surroflos.models import jvp_tangent  # noqa: E402
 
 F32, F64 = torch.float32, torch.float64
 N_IN, N = 3, 6
+F32_RTOL = 1e-6  # relative state tolerance of the fused LIFRecurrent in float32 (see assert_states_close)
 T, B = 25, 4
 
 
@@ -86,14 +87,16 @@ def check_spiking(z: torch.Tensor) -> None:
     assert 0.0 < frac < 1.0, f"spike fraction {frac}: adjust the drive of the test"
 
 
-def assert_states_close(a, b) -> None:
+def assert_states_close(a, b, rtol: float = 0.0) -> None:
+    """Spikes identical, v and i within 1e-6 (plus ``rtol`` relative: the fused recurrent layer adds and
+    scales in another order than Norse's loop, a few float32 ulps on currents of size ~10)."""
     assert type(a) is type(b)
     for f in a._fields:
         x, y = getattr(a, f), getattr(b, f)
         if f == "z":
             assert torch.equal(x.detach(), y.detach())
         else:
-            torch.testing.assert_close(x.detach(), y.detach(), rtol=0, atol=1e-6)
+            torch.testing.assert_close(x.detach(), y.detach(), rtol=rtol, atol=1e-6)
 
 
 def assert_grads_close(ga, gb) -> None:
@@ -286,7 +289,7 @@ def test_lif_recurrent_sequence_matches_norse(name, autapses, dtype):
     check_spiking(za)
     assert zb.dtype == dtype and zb.shape == (T, B, N)
     assert torch.equal(za.detach(), zb.detach())
-    assert_states_close(sa, sb)
+    assert_states_close(sa, sb, F32_RTOL if dtype == F32 else 0.0)
     coef = coefficients(24, (T, B, N), dtype)
     ga = torch.autograd.grad((za * coef[0]).sum() + (sa.v * coef[1][0]).sum(),
                              (x, ref.input_weights, ref.recurrent_weights))
@@ -307,7 +310,7 @@ def test_lif_recurrent_record_states_and_given_state():
     check_spiking(za)
     assert torch.equal(za, zb)
     assert sb.v.shape == (T, B, N)
-    assert_states_close(sa, sb)
+    assert_states_close(sa, sb, F32_RTOL)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -321,7 +324,7 @@ def test_sequences_match_norse_on_cuda():
     zb, sb = ours(x)
     check_spiking(za)
     assert zb.is_cuda and torch.equal(za, zb)
-    assert_states_close(sa, sb)
+    assert_states_close(sa, sb, F32_RTOL)
     za, sa = nt.LIF(p, dt=dt)(x[..., :1].expand(T, B, N))
     zb, sb = sn.LIF(p, dt=dt)(x[..., :1].expand(T, B, N))
     assert torch.equal(za, zb)
@@ -472,11 +475,7 @@ def test_unsupported_methods_raise_not_implemented(method):
 @pytest.mark.parametrize("make", [lambda b: sn.LIF(backend=b), lambda b: sn.LIFBox(backend=b),
                                   lambda b: sn.LIFRecurrent(2, 3, backend=b)])
 def test_backend_argument(make):
-    if isinstance(make("auto"), sn.LIFRecurrent):  # no fused kernel for Norse's recurrent layer yet
-        with pytest.raises(RuntimeError, match=r"later release.*'torch' or 'auto'"):
-            make("triton")
-    else:
-        assert make("triton").backend == "triton"
+    assert make("triton").backend == "triton"  # every sequence module has a fused kernel
     with pytest.raises(ValueError, match="backend must be one of"):
         make("cuda")
     assert make("auto").backend == "auto" and make("torch").backend == "torch"
@@ -520,3 +519,151 @@ def test_other_input_errors():
         sn.LIFCell()(torch.rand(4, 3).to_sparse())
     with pytest.raises(ValueError, match=r"p.tau_mem_inv has shape \(4,\)"):
         sn.LIF(nt.LIFParameters(tau_mem_inv=torch.full((4,), 100.0)))(torch.rand(T, 2, 3))
+
+
+# ----------------------------------------------------------------------------------------------
+# LIFRecurrent on the fused recurrent kernel (surroflos.kernels.recurrent, cuba with reset="zero_mem")
+# ----------------------------------------------------------------------------------------------
+
+from _kernel_checks import requires_triton  # noqa: E402
+
+FUSED_BACKENDS = ["torch", pytest.param("triton", marks=requires_triton)]
+
+
+def fused_lif_params(name: str, dtype=F32):
+    """Parameter sets the fused recurrent kernel takes (v_leak = v_reset = 0): (p, dt, input scale)."""
+    if name == "default":
+        return nt.LIFParameters(), 1e-3, 2.0
+    if name == "triangle":
+        return nt.LIFParameters(tau_syn_inv=torch.as_tensor(150.0), tau_mem_inv=torch.as_tensor(80.0),
+                                v_th=torch.as_tensor(0.8), method="triangle", alpha=torch.as_tensor(0.7)), 1e-3, 2.0
+    if name == "per_neuron":
+        return nt.LIFParameters(tau_syn_inv=torch.linspace(150.0, 300.0, N, dtype=dtype),
+                                tau_mem_inv=torch.linspace(60.0, 160.0, N, dtype=dtype),
+                                v_th=torch.linspace(0.7, 1.2, N, dtype=dtype)), 5e-4, 6.0
+    raise AssertionError(name)
+
+
+def _no_loop(monkeypatch):
+    """Make the step loop fail, so a test proves that the fused path ran."""
+    def boom(*args, **kwargs):
+        raise AssertionError("LIFRecurrent ran its step loop instead of the fused kernel")
+    monkeypatch.setattr(sn, "_run", boom)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("name,dtype", [("default", F64), ("triangle", F64), ("per_neuron", F64),
+                                        ("per_neuron", F32), ("triangle", F32)])
+def test_lif_recurrent_fused_matches_norse(name, dtype, backend, monkeypatch):
+    # Norse's own LIFRecurrent (step loop) as the oracle; a given state with z0 unrelated to v0 (some
+    # v0 above threshold), all states recorded; gradients w.r.t. x, both weights, v0, i0 and z0.
+    p, dt, scale = fused_lif_params(name, dtype)
+    torch.manual_seed(40)
+    ref = nt.LIFRecurrent(N_IN, N, p, dt=dt, record_states=True)
+    ours = sn.LIFRecurrent(N_IN, N, p, dt=dt, record_states=True, backend=backend)
+    ours.load_state_dict(ref.state_dict())
+    ref, ours = ref.to(dtype), ours.to(dtype)
+    x = drive(scale, 41, dtype, t=9)
+    g = gen(42)
+    s0 = [(torch.rand(B, N, generator=g) > 0.6).to(dtype), 1.3 * torch.rand(B, N, generator=g, dtype=dtype),
+          torch.randn(B, N, generator=g, dtype=dtype)]
+    s0 = [t.requires_grad_(True) for t in s0]
+    za, sa = ref(x, nt.LIFState(*s0))
+    _no_loop(monkeypatch)
+    zb, sb = ours(x, nt.LIFState(*s0))
+    check_spiking(za)
+    assert zb.dtype == dtype and zb.shape == (9, B, N) and sb.i.shape == (9, B, N)
+    assert torch.equal(za.detach(), zb.detach())
+    assert_states_close(sa, sb, F32_RTOL if dtype == F32 else 0.0)
+    coef = coefficients(43, (9, B, N), dtype)
+    wrt_a = (x, ref.input_weights, ref.recurrent_weights, *s0)
+    wrt_b = (x, ours.input_weights, ours.recurrent_weights, *s0)
+
+    def loss(z, s):
+        return (z * coef[0]).sum() + (s.v * coef[1]).sum() + (s.i * coef[2]).sum()
+
+    ga = torch.autograd.grad(loss(za, sa), wrt_a)
+    gb = torch.autograd.grad(loss(zb, sb), wrt_b)
+    tol = 1e-5  # (float64 errors ~1e-15; float32 ~1e-6: the reordered sums differ by a few ulps)
+    for a, b_, what in zip(ga, gb, ["x", "W_in", "W_rec", "z0", "v0", "i0"]):
+        scale_ = a.abs().max().clamp(min=1e-30)
+        assert float((a - b_).abs().max()) <= tol * float(scale_), what
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_lif_recurrent_fused_default_state_and_final_state(backend, monkeypatch):
+    # No state given (Norse's v0 requires grad), T = 1 and T > 1, only the final state returned.
+    p, dt, scale = fused_lif_params("default")
+    torch.manual_seed(44)
+    ref = nt.LIFRecurrent(N_IN, N, p, dt=dt).double()
+    ours = sn.LIFRecurrent(N_IN, N, p, dt=dt, backend=backend).double()
+    ours.load_state_dict(ref.state_dict())
+    for t in (1, 7):
+        x = drive(scale, 45 + t, F64, t=t)
+        za, sa = ref(x)
+        with monkeypatch.context() as m:
+            _no_loop(m)
+            zb, sb = ours(x)
+        assert torch.equal(za.detach(), zb.detach())
+        assert_states_close(sa, sb)
+        ga = torch.autograd.grad(za.sum() + sa.v.sum(), (x, ref.recurrent_weights))
+        gb = torch.autograd.grad(zb.sum() + sb.v.sum(), (x, ours.recurrent_weights))
+        for a, b_ in zip(ga, gb):
+            torch.testing.assert_close(a, b_, rtol=1e-9, atol=1e-12)
+
+
+def test_lif_recurrent_fused_parameter_gradients():
+    # Trainable tau_mem_inv, tau_syn_inv (per neuron) and v_th reach the kernel's beta/alpha/threshold.
+    dtype = F64
+    p = nt.LIFParameters(tau_syn_inv=torch.linspace(150.0, 300.0, N, dtype=dtype).requires_grad_(True),
+                         tau_mem_inv=torch.linspace(60.0, 160.0, N, dtype=dtype).requires_grad_(True),
+                         v_th=torch.tensor(0.8, dtype=dtype, requires_grad=True),
+                         v_leak=torch.tensor(0.0, dtype=dtype), v_reset=torch.tensor(0.0, dtype=dtype))
+    torch.manual_seed(50)
+    ref = nt.LIFRecurrent(N_IN, N, p, dt=5e-4).double()
+    ours = sn.LIFRecurrent(N_IN, N, p, dt=5e-4, backend="torch").double()
+    ours.load_state_dict(ref.state_dict())
+    x = drive(6.0, 51, dtype, t=10)
+    za, sa = ref(x)
+    zb, sb = ours(x)
+    check_spiking(za)
+    assert torch.equal(za.detach(), zb.detach())
+    wrt = (p.tau_mem_inv, p.tau_syn_inv, p.v_th)
+    ga = torch.autograd.grad(za.sum() + sa.i.sum(), wrt)
+    gb = torch.autograd.grad(zb.sum() + sb.i.sum(), wrt)
+    for a, b_ in zip(ga, gb):
+        torch.testing.assert_close(a, b_, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", ["v_leak", "v_reset", "heaviside", "forward_ad"])
+def test_lif_recurrent_fallbacks(case, monkeypatch):
+    # What the kernel cannot express: auto/torch run the loop (and still match Norse), triton raises.
+    p, dt, _ = fused_lif_params("default")
+    if case in ("v_leak", "v_reset"):
+        p = p._replace(**{case: torch.as_tensor(0.1)})
+    elif case == "heaviside":
+        p = p._replace(method="heaviside")
+    torch.manual_seed(60)
+    ref = nt.LIFRecurrent(N_IN, N, p, dt=dt).double()
+    ours = {b: sn.LIFRecurrent(N_IN, N, p, dt=dt, backend=b).double() for b in ("auto", "torch", "triton")}
+    for m in ours.values():
+        m.load_state_dict(ref.state_dict())
+    x = drive(2.0, 61, F64, t=6).detach()
+    called = []
+    monkeypatch.setattr(sn, "_recurrent_fused", lambda *a: called.append(1))
+    if case == "forward_ad":
+        import torch.autograd.forward_ad as fwAD
+        with fwAD.dual_level():
+            xd = fwAD.make_dual(x, torch.ones_like(x))
+            z, _ = ours["torch"](xd)
+            assert fwAD.unpack_dual(z).tangent is not None  # (the loop has forward-mode rules)
+        assert not called
+        return
+    za, sa = ref(x)
+    for b in ("auto", "torch"):
+        zb, sb = ours[b](x)
+        assert torch.equal(za.detach(), zb.detach())
+        assert_states_close(sa, sb)
+    assert not called
+    with pytest.raises(NotImplementedError, match=r"backend='triton'.*(v_leak|v_reset|heaviside)"):
+        ours["triton"](x)
