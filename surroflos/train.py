@@ -70,7 +70,7 @@ class TrainConfig:
     :mod:`surroflos.learning`; the random feedback matrix is seeded by ``seed``.
     The defaults are the README's main job (``surroflos train`` without arguments): a recurrent LIF
     network (64 neurons, beta 0.7, zero reset) on delayed XOR with delay 6, preflossed, 40 epochs; it
-    reached 98% validation accuracy in 79 s on a shared 2-core CPU (seed 0).
+    reached 98% validation accuracy in 24 s on an idle 2-core CPU (seed 0).
     Initialisation: ``init`` (``None``: the model's own ``N(0, g^2/N)``; else a scheme of
     :mod:`surroflos.init`: ``gaussian``, ``orthogonal``, ``balanced``, ``limit_cycle``, seeded); rate
     networks: ``nonlinearity`` (tanh/relu) and ``rate_dt`` (Euler step in units of tau; 1 = discrete map).
