@@ -30,3 +30,16 @@ def LinearMapWrongTangent(A: torch.Tensor, dt: float = 1.0) -> LinearMap:
     model = LinearMap(A, dt)
     model.tangent_function = lambda x, h, A_, Q: 2.0 * (A_ @ Q)
     return model
+
+
+def spiking_param_defaults(kw: dict, N: int, per_neuron: bool) -> dict:
+    """Fill beta / alpha / threshold for a test SpikingRNN: per-neuron ramps or scalars (kw wins)."""
+    if per_neuron:
+        kw.setdefault("beta", torch.linspace(0.55, 0.95, N))
+        kw.setdefault("alpha", torch.linspace(0.9, 0.6, N))
+        kw.setdefault("threshold", torch.linspace(0.8, 1.3, N))
+    else:
+        kw.setdefault("beta", 0.85)
+        kw.setdefault("alpha", 0.7)
+        kw.setdefault("threshold", 1.1)
+    return kw

@@ -15,6 +15,7 @@ from surroflos.models import SpikingRNN
 from surroflos.models.base import RecurrentModel
 
 from _kernel_checks import DEVICE, assert_close_rel, assert_spikes_match, requires_triton
+from _oracles import spiking_param_defaults
 
 F64 = torch.float64
 # The interpreter evaluates the sigmoid surrogate's exp(-scale x) in numpy, which warns where it
@@ -30,14 +31,7 @@ def gen(seed: int) -> torch.Generator:
 
 def make_model(neuron="lif", reset="subtract", detach_reset=True, surrogate="atan", per_neuron=False, learn=True,
                N=20, n_in=3, n_out=2, dtype=F64, seed=0, device=DEVICE, **kw) -> SpikingRNN:
-    if per_neuron:
-        kw.setdefault("beta", torch.linspace(0.55, 0.95, N))
-        kw.setdefault("alpha", torch.linspace(0.9, 0.6, N))
-        kw.setdefault("threshold", torch.linspace(0.8, 1.3, N))
-    else:
-        kw.setdefault("beta", 0.85)
-        kw.setdefault("alpha", 0.7)
-        kw.setdefault("threshold", 1.1)
+    spiking_param_defaults(kw, N, per_neuron)
     model = SpikingRNN(n_in, N, n_out, neuron=neuron, reset=reset, detach_reset=detach_reset, surrogate=surrogate,
                        learn_beta=learn, learn_alpha=learn and neuron == "cuba", learn_threshold=learn, g=2.0,
                        input_scale=1.5, generator=gen(seed), dtype=dtype, **kw)

@@ -14,6 +14,8 @@ from surroflos import surrogate as sg
 from surroflos.models import RateRNN, SpikingRNN, jvp_tangent
 from surroflos.models.spiking import cuba_step, lif_step
 
+from _oracles import spiking_param_defaults
+
 F64 = torch.float64
 SURROGATE_NAMES = list(sg.SURROGATES)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -30,14 +32,7 @@ def gen(seed: int) -> torch.Generator:
 
 def make_spiking(neuron="lif", reset="subtract", detach_reset=True, surrogate="atan", per_neuron=False,
                  smooth=False, N=5, n_in=3, n_out=2, dtype=F64, seed=0, **kw) -> SpikingRNN:
-    if per_neuron:
-        kw.setdefault("beta", torch.linspace(0.55, 0.95, N))
-        kw.setdefault("alpha", torch.linspace(0.9, 0.6, N))
-        kw.setdefault("threshold", torch.linspace(0.8, 1.3, N))
-    else:
-        kw.setdefault("beta", 0.85)
-        kw.setdefault("alpha", 0.7)
-        kw.setdefault("threshold", 1.1)
+    spiking_param_defaults(kw, N, per_neuron)
     model = SpikingRNN(n_in, N, n_out, neuron=neuron, reset=reset, detach_reset=detach_reset, surrogate=surrogate,
                        smooth=smooth, g=2.0, input_scale=1.5, generator=gen(seed), dtype=dtype, **kw)
     with torch.no_grad():
