@@ -107,21 +107,23 @@ def assert_within_rounding(actual: torch.Tensor, expected: torch.Tensor, ops: in
 
 
 def assert_close_to_truth(ours: torch.Tensor, theirs: torch.Tensor, truth: torch.Tensor, ops: int,
-                          factor: float = 4.0, what: str = "") -> None:
+                          factor: float = 4.0, what: str = "", magnitude: float | None = None) -> None:
     """Ours is no worse than the library we mirror, both measured against a float64 ``truth``.
 
-    ``max|ours - truth| <= factor x max(max|theirs - truth|, sqrt(ops) x eps x max|truth|)``.
-    The floor ``sqrt(ops) x eps x scale`` is the typical (random-walk) rounding error of an
-    ``ops``-operation evaluation: where theirs happens to be far better than that, ours need not match
-    its luck. ``factor`` covers two different evaluation orders of the same formula; the max over many
-    elements of either error is stable, so their ratio stays well inside it (measured in docs/TESTING.md).
+    ``max|ours - truth| <= factor x max(max|theirs - truth|, sqrt(ops) x eps x magnitude)``.
+    The floor ``sqrt(ops) x eps x magnitude`` is the typical (random-walk) rounding error of an
+    ``ops``-operation evaluation whose terms are of size ``magnitude`` (default ``max|truth|``; pass the
+    summands' size where the result cancels, e.g. a gradient summed over time): where theirs happens to be
+    far better than that, ours need not match its luck. ``factor`` covers two different evaluation orders
+    of the same formula; the max over many elements of either error is stable, so their ratio stays well
+    inside it (measured in docs/TESTING.md).
     """
     assert ours.shape == theirs.shape == truth.shape, (what, ours.shape, theirs.shape, truth.shape)
     assert truth.dtype == torch.float64, f"{what}: the truth must be float64, got {truth.dtype}"
     t = truth.detach()
     err_ours = float((ours.detach().double() - t).abs().max())
     err_theirs = float((theirs.detach().double() - t).abs().max())
-    floor = math.sqrt(ops) * eps(ours.dtype) * scale_of(t)
+    floor = math.sqrt(ops) * eps(ours.dtype) * (scale_of(t) if magnitude is None else magnitude)
     bound = factor * max(err_theirs, floor)
     _log(what, err_ours, bound)
     assert err_ours <= bound, (f"{what}: our error vs float64 {err_ours:.3e} > {factor:g} x max(theirs "
