@@ -20,6 +20,7 @@ from surroflos.kernels.lif_reference import leaky_reference, synaptic_reference
 from surroflos.snntorch import NeuronParams, leaky_step, synaptic_step
 
 from _kernel_checks import DEVICE, assert_close_rel, assert_spikes_match, requires_triton
+from _tolerance import assert_within_rounding, recurrence_ops, scale_of
 from test_snntorch_dropin import constructor_kwargs, make_inputs, make_pair, reference_loop, run_with_grads
 
 SURROGATE_NAMES = ["fast_sigmoid", "atan", "sigmoid", "triangle", "exponential", "gaussian"]  # ids 0..5
@@ -28,7 +29,20 @@ KINDS = ["leaky", "synaptic"]
 
 # Triton's interpreter evaluates the sigmoid surrogate's exp(-x) for membranes far from threshold with
 # numpy, which warns on the (harmless, correctly handled) overflow to inf.
-pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning"), pytest.mark.numerics]
+
+# Rounded operations per step of a Leaky/Synaptic neuron: synaptic decay and input, membrane decay and input,
+# reset, graded spike factor and the surrogate (<= 8; tolerance policy: tests/_tolerance.py).
+STEP_OPS = 8
+
+
+def sequence_ops(shape) -> tuple[int, int]:
+    """(forward, gradient) rounded operations of a [T, ...] sequence: T steps; the backward pass runs them again
+    and a scalar parameter's gradient sums over every other element (time, batch and neurons)."""
+    steps, numel = shape[0], 1
+    for n in shape:
+        numel *= n
+    return recurrence_ops(steps, STEP_OPS), recurrence_ops(steps, STEP_OPS, backward=True, reduce=numel)
 
 
 @pytest.fixture
@@ -84,25 +98,30 @@ def run(fn, inputs, seed=5):
     return [o.detach() for o in outs], grads
 
 
-def compare(kind, outs, grads, ref_outs, ref_grads, thr, rtol):
+def compare(kind, outs, grads, ref_outs, ref_grads, thr, ops):
+    """Spikes equal away from the threshold, states and gradients within the rounding bound of ``ops``
+    (forward, gradient) operations, on each gradient's scale or the input gradient's (a parameter's gradient
+    sums terms of the input's, and can cancel below them)."""
+    ops_fwd, ops_grad = ops
     assert_spikes_match(outs[0], ref_outs[0], ref_outs[-1], thr.detach())
     for i, (a, b) in enumerate(zip(outs[1:], ref_outs[1:])):
-        assert_close_rel(a, b, rtol, what=f"{kind} state {i}")
+        assert_within_rounding(a, b, ops_fwd, what=f"{kind} state {i}")
     names = ["x", "mem0", "beta", "threshold"] if kind == "leaky" else \
         ["x", "syn0", "mem0", "alpha", "beta", "threshold"]
+    terms = scale_of(ref_grads[0]) * max(1.0, scale_of(*ref_outs[1:]))
     for name, a, b in zip(names, grads, ref_grads):
         assert a.shape == b.shape and a.dtype == b.dtype, (name, a.shape, b.shape, a.dtype, b.dtype)
-        assert_close_rel(a, b, rtol, what=f"{kind} grad {name}")
+        assert_within_rounding(a, b, ops_grad, what=f"{kind} grad {name}", magnitude=max(scale_of(b), terms))
 
 
-def check_against_reference(kind, backends, cfg, inputs, rtol):
+def check_against_reference(kind, backends, cfg, inputs):
     ref_outs, ref_grads = run(reference(kind, **cfg), inputs)
     rate = float((ref_outs[0] != 0).double().mean())
     assert 0.02 < rate < 0.9, f"degenerate test input: spike rate {rate}"
     thr = inputs[-1]
     for backend in backends:
         outs, grads = run(fused(kind, backend, **cfg), inputs)
-        compare(kind, outs, grads, ref_outs, ref_grads, thr.to(DEVICE), rtol)
+        compare(kind, outs, grads, ref_outs, ref_grads, thr.to(DEVICE), sequence_ops(inputs[0].shape))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,7 +184,7 @@ def test_matrix_triton_torch_reference(kind, reset, reset_delay, detach_reset, s
     # shape (9, 3, 7): M = 21 neurons, not a multiple of the 16-neuron block; fp32 inputs
     cfg = dict(surrogate=sur, reset=reset, reset_delay=reset_delay, detach_reset=detach_reset, graded=0.8)
     inputs = make_case(kind, per_neuron=per_neuron)
-    check_against_reference(kind, ["torch", "triton"], cfg, inputs, rtol=1e-5)
+    check_against_reference(kind, ["torch", "triton"], cfg, inputs)
 
 
 @requires_triton
@@ -174,7 +193,7 @@ def test_matrix_triton_torch_reference(kind, reset, reset_delay, detach_reset, s
 def test_every_surrogate_float64(kind, sur, small_block):
     cfg = dict(surrogate=sur, reset="subtract", reset_delay=False, detach_reset=False)
     inputs = make_case(kind, shape=(7, 2, 9), dtype=torch.float64, seed=3)
-    check_against_reference(kind, ["torch", "triton"], cfg, inputs, rtol=1e-10)
+    check_against_reference(kind, ["torch", "triton"], cfg, inputs)
 
 
 @requires_triton
@@ -183,7 +202,7 @@ def test_shapes(shape, small_block):
     kind = "synaptic" if len(shape) == 4 else "leaky"
     inputs = make_case(kind, shape=shape, per_neuron=shape != (6, 37), seed=7)
     cfg = dict(surrogate="atan", reset="zero")
-    check_against_reference(kind, ["torch", "triton"], cfg, inputs, rtol=1e-5)
+    check_against_reference(kind, ["torch", "triton"], cfg, inputs)
 
 
 @requires_triton
@@ -280,8 +299,9 @@ def test_torch_compile_captures_the_op(kind):
     grads = torch.autograd.grad(compiled(*leaves), leaves)
     ref_leaves = [t.clone().requires_grad_(True) for t in inputs]
     ref_grads = torch.autograd.grad(loss_fn(*ref_leaves), ref_leaves)
+    ops_grad = sequence_ops(inputs[0].shape)[1]  # float32: the same op, traced
     for a, b in zip(grads, ref_grads):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        assert_within_rounding(a, b, ops_grad, "grad", magnitude=scale_of(*ref_grads))
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -322,8 +342,9 @@ def test_torch_compile_inductor_cuda():
 
     grads = torch.autograd.grad(torch.compile(loss_fn, fullgraph=True)(*inputs), inputs)
     ref = torch.autograd.grad(loss_fn(*inputs), inputs)
+    ops_grad = sequence_ops(inputs[0].shape)[1]  # float32, compiled: another order of the same operations
     for a, b in zip(grads, ref):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert_within_rounding(a, b, ops_grad, "grad", magnitude=scale_of(*ref))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -398,13 +419,15 @@ def test_sequence_backends_match_snntorch(kind, options, backend, monkeypatch):
                                 x, state0, weights)
     assert_spikes_match(out[0], ref_out[0], ref_out[-1], ours.threshold.detach())
     assert 0.02 < float((ref_out[0] != 0).float().mean()) < 0.9
+    ops_fwd, ops_grad = sequence_ops(x.shape)  # float32, summed in another order than snnTorch's loop
     for a, b in zip(out[1:], ref_out[1:]):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        assert_within_rounding(a, b, ops_fwd, "state")
     assert set(grads) == set(ref_grads)
+    terms = scale_of(ref_grads["x"]) * max(1.0, scale_of(*ref_out[1:]))
     for name, gr in ref_grads.items():
         assert (grads[name] is None) == (gr is None), name
         if gr is not None:
-            assert_close_rel(grads[name], gr, 1e-5, what=name)
+            assert_within_rounding(grads[name], gr, ops_grad, name, magnitude=max(scale_of(gr), terms))
 
 
 FALLBACKS = {
