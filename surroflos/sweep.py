@@ -3,8 +3,20 @@
 
 Each run is an ordinary :func:`surroflos.train.train` run in ``OUT/runs/<name>/``. A run whose
 ``result.json`` exists is done and skipped; one with only a checkpoint is resumed; so an interrupted
-sweep restarted with the same command picks up where it stopped. Runs execute in ``workers``
-worker processes (spawned, one torch thread each). At the end ``OUT/runs.csv`` (one row per run),
+sweep restarted with the same command picks up where it stopped. Each run folder records what defines
+the run in ``run.json`` (its configuration without ``out``, ``device`` and ``backend``, which do not change
+results, and a hash of it; :func:`config_hash`), and ``sweep.json`` lists the hashes of the sweep's runs.
+Before any run starts, every run folder that holds results or a checkpoint is checked against the
+configuration the sweep would give it (through ``run.json``, ``config.json``, ``result.json`` or the
+checkpoint, so folders written before ``run.json`` existed are checked too): a sweep rerun into the same
+``OUT`` with other settings stops with :class:`~surroflos.train.ConfigError` naming the folders and the
+differing keys instead of reporting the old results under the new settings. One sweep at a time may
+write into an ``OUT`` (a lock on ``OUT/.sweep.lock``).
+
+Runs execute in ``workers`` worker processes (spawned, one torch thread each; finished runs are only
+reloaded, in the calling process). Workers exit by themselves when the sweep's process dies (even by
+``kill -9``) and ignore Ctrl-C, which the sweep's process handles by stopping them; a run stopped mid-way
+keeps the checkpoint of its last completed epoch. At the end ``OUT/runs.csv`` (one row per run),
 ``OUT/results.csv`` and ``OUT/results.md`` (per grid cell, over seeds: the metric's mean, std and success
 rate, the test loss, and the mean lambda_1 at initialisation, at the end of preflossing (the flossing
 estimate of its last step) and after training) and one plot per task and model (metric, success rate
@@ -20,8 +32,10 @@ initialisation / after preflossing / after training against g, one line per rule
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -33,7 +47,15 @@ from typing import Optional, Sequence
 
 from .train import ConfigError, TrainConfig, validate
 
-__all__ = ["SweepSpec", "PRESETS", "expand", "run_sweep", "summarize"]
+__all__ = ["SweepSpec", "PRESETS", "expand", "plan", "run_sweep", "summarize", "config_hash", "run_definition",
+           "RUN_RECORD", "LOCK_FILE"]
+
+RUN_RECORD = "run.json"  # in each run folder: what defines the run (run_definition) and its config_hash
+LOCK_FILE = ".sweep.lock"  # in OUT: held (flock) while a sweep writes there
+# TrainConfig fields that do not change what a run computes: where it is written, on which device and
+# with which kernel backend.
+NOT_DEFINING = ("out", "device", "backend")
+_MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; surroflos derives stream seeds below 2**63
 
 
 @dataclass
@@ -113,23 +135,56 @@ def run_name(cfg: TrainConfig, *, gain_suffix: bool = False) -> str:
     return f"{cfg.task}-d{cfg.delay}-{cfg.model}-{cfg.flossing}{extra}-s{cfg.seed}"
 
 
-def expand(spec: SweepSpec, out: str) -> list[TrainConfig]:
-    """The run configurations of ``spec`` (validated), each with its own folder under ``out/runs``."""
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_spec(spec: SweepSpec) -> None:
+    """Check the grid's own values (each run's configuration is checked by :func:`expand`); raises
+    :class:`~surroflos.train.ConfigError` naming the field."""
+    if not isinstance(spec.base, dict):
+        raise ConfigError(f"base must be a dict of TrainConfig fields, got {spec.base!r}")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    bad = sorted(set(spec.base) - known)
+    bad = sorted(map(str, set(spec.base) - known))
     if bad:
         raise ConfigError(f"unknown TrainConfig fields in the sweep's base: {bad}")
     for name in ("tasks", "delays", "models", "flossing", "seeds", "gains", "rules", "local"):
-        if not getattr(spec, name):
+        values = getattr(spec, name)
+        if not isinstance(values, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {values!r}")
+        if not values:
             raise ConfigError(f"the sweep has no {name}")
+    for name in ("tasks", "models", "flossing", "rules"):
+        for v in getattr(spec, name):
+            if not isinstance(v, str) or not v:
+                raise ConfigError(f"{name} must be names (non-empty strings), got {v!r}")
+    for v in spec.seeds:
+        if not (_is_int(v) and 0 <= v <= _MAX_SEED):
+            raise ConfigError(f"seeds must be integers in [0, 2**63 - 1], got {v!r}")
+    for v in spec.delays:
+        if v is not None and not (_is_int(v) and v >= 0):
+            raise ConfigError(f"delays must be integers >= 0 (or None: the task's default), got {v!r}")
+    for v in spec.local:
+        if not isinstance(v, bool):
+            raise ConfigError(f"local must be True/False (local flossing on/off), got {v!r}")
+    for gain in spec.gains:
+        if gain is not None and not (_is_real(gain) and gain >= 0):
+            raise ConfigError(f"gains must be finite numbers >= 0 (or None: the base g), got {gain!r}")
+    if spec.success is not None and not _is_real(spec.success):
+        raise ConfigError(f"success must be a finite number (the metric's threshold) or None, got {spec.success!r}")
+
+
+def expand(spec: SweepSpec, out: str) -> list[TrainConfig]:
+    """The run configurations of ``spec`` (validated), each with its own folder under ``out/runs``."""
+    check_spec(spec)
     # The axes set these fields; a value in the base as well would be silently overridden.
     axis_fields = sorted({"rule", "local_flossing"} & set(spec.base))
     if axis_fields:
         raise ConfigError(f"set {axis_fields} through the sweep's rules / local axes, not its base")
-    for gain in spec.gains:
-        if gain is not None and (isinstance(gain, bool) or not isinstance(gain, (int, float))
-                                 or not math.isfinite(gain) or gain < 0):
-            raise ConfigError(f"gains must be finite numbers >= 0 (or None: the base g), got {gain!r}")
     cfgs, names = [], set()
     for task, delay, model, fl, gain, rule, local, seed in itertools.product(
             spec.tasks, spec.delays, spec.models, spec.flossing, spec.gains, spec.rules, spec.local, spec.seeds):
@@ -149,13 +204,188 @@ def expand(spec: SweepSpec, out: str) -> list[TrainConfig]:
     return cfgs
 
 
-def _run_one(cfg_dict: dict) -> dict:
-    """Worker: run, resume or load one configuration; returns its summary row (errors captured)."""
+# ----------------------------------------------------------------------------------------------
+# What defines a run, and what its folder holds
+# ----------------------------------------------------------------------------------------------
+
+
+def _canonical(v):
+    """``v`` in one JSON form per value: ``1`` and ``1.0`` alike, tuples as lists, NaN/inf as strings."""
+    if v is None or isinstance(v, (bool, str)):
+        return v
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return repr(v)
+        return int(v) if v.is_integer() else v
+    if isinstance(v, dict):
+        return {str(k): _canonical(x) for k, x in sorted(v.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(v, (list, tuple)):
+        return [_canonical(x) for x in v]
+    return repr(v)
+
+
+def _defining(config: dict) -> dict:
+    """The fields of a run configuration (a :class:`TrainConfig` dict, possibly written by an older version)
+    that define its results: all but :data:`NOT_DEFINING`; fields the record lacks took their defaults."""
+    full = {**TrainConfig().to_dict(), **config}
+    return {k: full[k] for k in sorted(full) if k not in NOT_DEFINING}
+
+
+def run_definition(cfg) -> dict:
+    """What defines the results of the run ``cfg`` (a :class:`TrainConfig` or its dict), in canonical form:
+    every field but ``out``, ``device`` and ``backend``."""
+    d = cfg.to_dict() if isinstance(cfg, TrainConfig) else dict(cfg)
+    return {k: _canonical(v) for k, v in _defining(d).items()}
+
+
+def config_hash(cfg) -> str:
+    """A short hash of :func:`run_definition`: equal for runs that compute the same results."""
+    text = json.dumps(run_definition(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _same(a, b) -> bool:
+    return json.dumps(_canonical(a), sort_keys=True) == json.dumps(_canonical(b), sort_keys=True)
+
+
+def _differences(recorded: dict, cfg: TrainConfig) -> list[str]:
+    """``key: old -> new`` for every defining field on which ``recorded`` (a config dict) and ``cfg`` differ."""
+    old, new = _defining(recorded), _defining(cfg.to_dict())
+
+    def show(d: dict, k: str) -> str:
+        return repr(d[k]) if k in d else "(absent)"
+
+    return [f"{k}: {show(old, k)} -> {show(new, k)}" for k in sorted(set(old) | set(new))
+            if k not in old or k not in new or not _same(old[k], new[k])]
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def _checkpoint_config(path: str) -> dict:
+    """The configuration saved in a train checkpoint (loaded without running code from the file)."""
     import torch
 
+    try:
+        from torch.torch_version import TorchVersion
+
+        globals_ok = torch.serialization.safe_globals([TorchVersion])
+    except (ImportError, AttributeError):  # pragma: no cover - older torch
+        globals_ok = contextlib.nullcontext()
+    with globals_ok:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    return ck["config"]
+
+
+def _records(run_out: str, has_result: bool) -> list[tuple[str, dict]]:
+    """``(file name, configuration)`` of every record in a run folder of what it holds: ``run.json``,
+    ``config.json``, and ``result.json`` or (for an interrupted run) the checkpoint it would resume."""
+    sources = [(RUN_RECORD, lambda p: _read_json(p)["config"]), ("config.json", lambda p: _read_json(p)["config"])]
+    sources.append(("result.json", lambda p: _read_json(p)["config"]) if has_result
+                   else ("checkpoint.pt", _checkpoint_config))
+    found = []
+    for name, read in sources:
+        path = os.path.join(run_out, name)
+        if not os.path.exists(path):
+            continue
+        try:
+            config = read(path)
+            if not isinstance(config, dict):
+                raise ValueError("its configuration is not a dict")
+        except Exception as e:  # damaged or foreign: the run cannot be trusted or resumed
+            raise ConfigError(f"cannot read {path} ({type(e).__name__}: {e}); delete the run folder {run_out} "
+                              "to run that run anew, or use a new --out") from e
+        found.append((name, config))
+    return found
+
+
+def _status(cfg: TrainConfig) -> str:
+    if os.path.exists(os.path.join(cfg.out, "result.json")):
+        return "done"
+    if os.path.exists(os.path.join(cfg.out, "checkpoint.pt")):
+        return "resume"
+    return "new"
+
+
+def _plan(cfgs: Sequence[TrainConfig], out: str) -> list[tuple[TrainConfig, str]]:
+    planned, conflicts = [], []
+    for cfg in cfgs:
+        status = _status(cfg)
+        if status != "new":  # a folder without results or checkpoint has nothing to keep: the run starts anew
+            for name, recorded in _records(cfg.out, status == "done"):
+                diff = _differences(recorded, cfg)
+                if diff:
+                    conflicts.append(f"  {cfg.out} ({name}): " + ", ".join(diff))
+                    break
+        planned.append((cfg, status))
+    if conflicts:
+        shown = conflicts[:10] + ([f"  ... and {len(conflicts) - 10} more"] if len(conflicts) > 10 else [])
+        raise ConfigError(
+            f"{len(conflicts)} run folder(s) in {out} hold runs of another configuration than this sweep gives them "
+            "(their results would be reported as this sweep's); differing keys, recorded -> now:\n" + "\n".join(shown)
+            + f"\nUse a new --out for this sweep (or delete those run folders to run them anew).")
+    return planned
+
+
+def plan(spec: SweepSpec, out: str) -> list[tuple[TrainConfig, str]]:
+    """Each run of ``spec`` in ``out`` with what a sweep would do with it: ``"done"`` (reload its results),
+    ``"resume"`` (continue its checkpoint) or ``"new"`` (run it). Raises
+    :class:`~surroflos.train.ConfigError` when a run folder holds results or a checkpoint of another
+    configuration than ``spec`` gives it, naming the folders and the differing keys. Writes nothing."""
+    return _plan(expand(spec, out), out)
+
+
+@contextlib.contextmanager
+def _exclusive(out: str):
+    """Hold ``out/.sweep.lock`` (released by the system when this process ends, however it ends)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    path = os.path.join(out, LOCK_FILE)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another sweep is running into {out} (it holds {path}); wait for it to end or use "
+                              "another --out") from None
+        except OSError:  # a file system without locks
+            pass
+        yield
+
+
+def _record_run(cfg: TrainConfig) -> None:
+    """Write ``run.json`` (what defines the run) into the run's folder unless it already says so."""
+    from ._io import atomic_json
+
+    path = os.path.join(cfg.out, RUN_RECORD)
+    record = {"config_hash": config_hash(cfg), "config": _defining(cfg.to_dict())}
+    try:
+        if _read_json(path).get("config_hash") == record["config_hash"]:
+            return
+    except (OSError, ValueError):
+        pass
+    os.makedirs(cfg.out, exist_ok=True)
+    atomic_json(record, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------
+
+
+def _run_one(cfg_dict: dict) -> dict:
+    """Run, resume or load one configuration; returns its summary row (errors captured)."""
     from .train import train
 
-    torch.set_num_threads(1)
     cfg = TrainConfig.from_dict(cfg_dict)
     result_path = os.path.join(cfg.out, "result.json")
     t0 = time.perf_counter()
@@ -167,16 +397,23 @@ def _run_one(cfg_dict: dict) -> dict:
             train(cfg, resume=resume, progress=False, log=lambda s: None)
         with open(result_path) as f:
             res = json.load(f)
+        diff = _differences(res["config"], cfg)
+        if diff:  # checked before the sweep started; this catches a folder changed while it ran
+            raise ConfigError(f"{result_path} is of another configuration ({', '.join(diff)})")
+        final = res["final"]
+        curve = _read_curve(cfg.out, "val_loss")
+        if len(curve) != final["epochs"]:
+            raise ConfigError(f"{cfg.out}/metrics.jsonl has {len(curve)} epochs but result.json {final['epochs']}; "
+                              "delete the run folder to run it anew")
     except Exception as e:  # one failing run must not stop the sweep; it is reported in the table
         return dict(_key(cfg), status="error", error=f"{type(e).__name__}: {e}", out=cfg.out)
-    final = res["final"]
     pre = res.get("preflossing") or {}
     return dict(_key(cfg), status=status, metric=final["metric"], value=final[final["metric"]],
                 higher_is_better=final["higher_is_better"], val_loss=final.get("val_loss", math.nan),
                 lambda1_before=(res["spectrum_before"] or [math.nan])[0],
                 lambda1_preflossed=(pre.get("lambda_last") or [math.nan])[0],
                 lambda1_after=(res["spectrum_after"] or [math.nan])[0],
-                loss_auc=_mean(_read_curve(cfg.out, "val_loss")),
+                loss_auc=_mean(curve),
                 # Training time as recorded by the run (epochs + preflossing), not this call's: a finished run
                 # that is only reloaded still reports what it cost.
                 seconds=round(sum(v for v in _read_curve(cfg.out, "seconds") if not math.isnan(v))
@@ -198,43 +435,166 @@ def _key(cfg: TrainConfig) -> dict:
             "g": cfg.g, "rule": cfg.rule, "local": cfg.local_flossing}
 
 
+def _error_row(cfg_dict: dict, e: BaseException) -> dict:
+    cfg = TrainConfig.from_dict(cfg_dict)
+    return dict(_key(cfg), status="error", error=f"{type(e).__name__}: {e}", out=cfg.out)
+
+
+_PARENT_POLL_S = 0.2
+
+
+def _worker_init(parent: int) -> None:
+    """In each worker: one torch thread; Ctrl-C ignored (the sweep's process stops the workers); exit as soon
+    as the sweep's process ``parent`` is gone, however it ended (``kill -9`` included)."""
+    import signal
+    import threading
+
+    import torch
+
+    torch.set_num_threads(1)
+    if hasattr(signal, "pthread_sigmask"):  # spawned with SIGINT blocked (see _sigint_blocked): drop it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="surroflos-sweep-parent", daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    # An orphan is adopted by init (or a subreaper): its parent pid changes. A checkpoint is replaced
+    # atomically, so exiting mid-epoch keeps the last completed epoch.
+    while os.getppid() == parent:
+        time.sleep(_PARENT_POLL_S)
+    os._exit(1)
+
+
+@contextlib.contextmanager
+def _sigint_blocked():
+    """Block SIGINT in this thread while it spawns workers: they inherit the mask, so a Ctrl-C while they
+    start (import torch) does not kill them with a traceback; here it is delivered when unblocked."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _stop_workers(pool) -> None:
+    """Cancel what is queued and end the workers (a run keeps the checkpoint of its last completed epoch)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.terminate()
+    deadline = time.monotonic() + 5.0
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.join(max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join(1.0)
+
+
+def _run_pool(jobs: list[dict], workers: int, done) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                               initializer=_worker_init, initargs=(os.getpid(),))
+    try:
+        with _sigint_blocked():
+            futures = {pool.submit(_run_one, job): job for job in jobs}
+        for fut in as_completed(futures):
+            try:
+                row = fut.result()
+            except Exception as e:  # the worker died (killed, out of memory): the run failed, rerunning resumes it
+                row = _error_row(futures[fut], e)
+            done(row)
+    except BaseException:  # Ctrl-C (or an error here): no worker outlives this call
+        _stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
 def run_sweep(spec: SweepSpec, out: str, *, workers: int = 1, progress: bool = True,
               command: Optional[str] = None) -> list[dict]:
-    """Run every configuration of ``spec`` not yet done, then write the tables and plots; returns the rows."""
+    """Run every configuration of ``spec`` not yet done, then write the tables and plots; returns the rows.
+
+    Raises :class:`~surroflos.train.ConfigError` before anything runs or is written when ``spec`` is not
+    valid, when a run folder in ``out`` holds results or a checkpoint of another configuration (see
+    :func:`plan`), or when another sweep is writing into ``out``.
+    """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     cfgs = expand(spec, out)
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "sweep.json"), "w") as f:
-        json.dump({"spec": dataclasses.asdict(spec), "command": command}, f, indent=2)
-    jobs = [c.to_dict() for c in cfgs]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    with _exclusive(out):
+        planned = _plan(cfgs, out)
+        _start(spec, out, command, planned)
+        rows: list[dict] = []
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(jobs), desc="sweep", unit="run", dynamic_ncols=True, disable=None)
-    rows: list[dict] = []
-    if workers == 1:
-        for job in jobs:
-            rows.append(_run_one(job))
+            bar = tqdm(total=len(planned), desc="sweep", unit="run", dynamic_ncols=True, disable=None)
+
+        def done(row: dict) -> None:
+            rows.append(row)
             if bar is not None:
                 bar.update(1)
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_run_one, job) for job in jobs]
-            for fut in as_completed(futures):
-                rows.append(fut.result())
-                if bar is not None:
-                    bar.update(1)
-    if bar is not None:
-        bar.close()
-    rows.sort(key=lambda r: (r["task"], r["model"], r.get("rule", "bptt"), r["flossing"], r.get("local", False),
-                             r["delay"], r.get("g", 0.0), r["seed"]))
-    summarize(rows, out, success=spec.success, command=command)
+        try:
+            for cfg, status in planned:  # finished runs are only reloaded: here, without a worker
+                if status == "done":
+                    done(_run_one(cfg.to_dict()))
+            jobs = [cfg.to_dict() for cfg, status in planned if status != "done"]
+            if jobs and workers == 1:
+                import torch
+
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)
+                try:
+                    for job in jobs:
+                        done(_run_one(job))
+                finally:
+                    torch.set_num_threads(threads)
+            elif jobs:
+                _run_pool(jobs, workers, done)
+        finally:
+            if bar is not None:
+                bar.close()
+        rows.sort(key=lambda r: (r["task"], r["model"], r.get("rule", "bptt"), r["flossing"], r.get("local", False),
+                                 _delay_order(r["delay"]), r.get("g", 0.0), r["seed"]))
+        summarize(rows, out, success=spec.success, command=command)
+        _write_sweep_record(spec, out, command, planned, complete=True)
     return rows
+
+
+def _delay_order(delay) -> float:
+    return -1 if delay is None else delay
+
+
+def _write_sweep_record(spec: SweepSpec, out: str, command: Optional[str], planned, *, complete: bool) -> None:
+    from ._io import atomic_json
+
+    runs = {os.path.basename(cfg.out): config_hash(cfg) for cfg, _ in planned}
+    digest = hashlib.sha256(json.dumps(runs, sort_keys=True).encode()).hexdigest()[:16]
+    atomic_json({"spec": dataclasses.asdict(spec), "command": command, "config_hash": digest, "runs": runs,
+                 "complete": complete}, os.path.join(out, "sweep.json"))
+
+
+def _start(spec: SweepSpec, out: str, command: Optional[str], planned) -> None:
+    """Record the sweep and its runs, and remove the tables of an earlier call: tables in ``out`` always
+    describe the runs of the ``sweep.json`` beside them (``complete`` once they are written)."""
+    for cfg, _ in planned:
+        _record_run(cfg)
+    for name in ("results.md", "results.csv", "runs.csv"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out, name))
+    _write_sweep_record(spec, out, command, planned, complete=False)
 
 
 # Seed 000 Fig. 2's colours: no flossing blue, preflossing orange, flossing during training green.
@@ -248,7 +608,7 @@ def _cell_order(task: str, model: str, flossing: str, delay: int, g: float = 1.0
     """Table order: task, model, rule, then the flossing modes as none, pre, during (global before local),
     then delay, then gain."""
     return (task, model, _RULE_ORDER.get(rule, len(_RULE_ORDER)), rule, _MODE_ORDER.get(flossing, len(_MODE_ORDER)),
-            flossing, local, delay, g)
+            flossing, local, _delay_order(delay), g)
 
 
 def _uses_axes(rows: Sequence[dict]) -> bool:
@@ -302,15 +662,18 @@ def _mean(vals: list) -> float:
 
 
 def _write_csv(path: str, rows: Sequence[dict]) -> None:
+    from ._io import atomic_write
+
     cols: list[str] = []
     for r in rows:
         cols += [c for c in r if c not in cols]
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
+
+    def write(f) -> None:
+        w = csv.DictWriter(f, fieldnames=cols, lineterminator="\r\n")
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
+
+    atomic_write(path, write)
 
 
 def summarize(rows: Sequence[dict], out: str, *, success: Optional[float] = None,
@@ -347,8 +710,9 @@ def summarize(rows: Sequence[dict], out: str, *, success: Optional[float] = None
     errors = [r for r in rows if r["status"] == "error"]
     if errors:
         lines += ["", "Failed runs:"] + [f"- {r['out']}: {r['error']}" for r in errors]
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    from ._io import atomic_write
+
+    atomic_write(os.path.join(out, "results.md"), lambda f: f.write("\n".join(lines) + "\n"))
     _plot(table, out)
     if axes:
         _plot_gain(rows, out)
