@@ -322,15 +322,15 @@ def _plan(cfgs: Sequence[TrainConfig], out: str) -> list[tuple[TrainConfig, str]
             for name, recorded in _records(cfg.out, status == "done"):
                 diff = _differences(recorded, cfg)
                 if diff:
-                    conflicts.append(f"  {cfg.out} ({name}): " + ", ".join(diff))
+                    conflicts.append(f"{cfg.out} (as recorded in its {name}: " + ", ".join(diff) + ")")
                     break
         planned.append((cfg, status))
     if conflicts:
-        shown = conflicts[:10] + ([f"  ... and {len(conflicts) - 10} more"] if len(conflicts) > 10 else [])
+        shown = conflicts[:10] + ([f"and {len(conflicts) - 10} more"] if len(conflicts) > 10 else [])
         raise ConfigError(
-            f"{len(conflicts)} run folder(s) in {out} hold runs of another configuration than this sweep gives them "
-            "(their results would be reported as this sweep's); differing keys, recorded -> now:\n" + "\n".join(shown)
-            + f"\nUse a new --out for this sweep (or delete those run folders to run them anew).")
+            f"{len(conflicts)} run folder(s) in {out} hold a run of other settings than this sweep gives them, and "
+            "their results would be reported as this sweep's; the differing keys, recorded -> now: " + "; ".join(shown)
+            + ". Use a new --out for this sweep (or delete those run folders to run them anew).")
     return planned
 
 

@@ -1,7 +1,6 @@
 """surroflos.sweep reliability: a rerun never reports runs of another configuration, the grid's values are
 checked, workers never outlive the sweep's process, and an interrupted sweep continues."""
 
-import fcntl
 import json
 import math
 import os
@@ -155,6 +154,7 @@ def test_metrics_that_disagree_with_the_result_are_reported_not_averaged(tmp_pat
 
 
 def test_a_second_sweep_into_the_same_folder_is_refused_while_one_runs(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
     from surroflos.sweep import LOCK_FILE
 
     out = tmp_path / "sw"
