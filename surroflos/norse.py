@@ -38,14 +38,44 @@ The recurrent neuron also comes as a step on a flat state ``[z | v | i]: [..., 3
 (:func:`lif_recurrent_flat_tangent`), following the ``step_function`` / ``tangent_function`` protocol of
 :mod:`surroflos.models.base`.
 
-Differences from Norse: sparse inputs are not supported; states are checked against the input (shape,
-dtype, device) and a mismatch raises a ValueError instead of broadcasting or promoting silently; the
-initial states are created in the input's dtype (Norse creates ``v`` and ``i`` in float32).
+Norse compatibility. The modules follow Norse 1.1's dtype rules, which are PyTorch's ordinary type
+promotion applied to Norse's step:
+
+- inputs may be floating point, integer or boolean (spike trains); the default states are Norse's --
+  ``LIFCell``/``LIFBoxCell``: ``v`` a copy of ``p.v_leak`` (often 0-dim) and, for ``LIFCell``, ``i``
+  float32 zeros; ``LIF``: ``v = v_leak`` and ``i = 0`` in float32; recurrent layers: ``z`` in the input's
+  dtype, ``v``, ``i`` in float32 -- so a boolean, integer, float16 or bfloat16 input gives float32
+  states and spikes, a float64 input float64 ones;
+- a given state may have any real dtype (an integer ``LIFFeedForwardState(torch.tensor(0),
+  torch.tensor(0))`` works) and promotes the same way;
+- parameters with dimensions (``[1]``, ``[N]``) promote like any tensor (a float64 ``[N]`` ``v_th`` makes a
+  float32 input's ``v`` and spikes float64 while ``i`` stays float32, as in Norse); 0-dim parameters only
+  decide the category (a float64 0-dim parameter leaves a float32 input float32); Python numbers in
+  ``p`` stay numbers (``LIFBoxCell``/``LIFBox`` keep ``p`` as given, like Norse's ``LIFBoxCell``).
+
+The result dtypes and numbers are Norse's. The fused sequence kernels run where every operation of
+Norse's step would run in one dtype (then input and state are converted to it first, which gives the
+same numbers); operands whose dtypes stay mixed run the step loop. Where Norse itself fails, so do
+these modules, with a ValueError that says why: the recurrent layers need input, ``z`` and weights of one
+dtype (``F.linear`` does not promote), and a state or parameters that promote the spikes past the
+weights' dtype make Norse fail at the second step (``LIFRecurrent`` raises before the first). Two
+deliberate differences: a float16/bfloat16 recurrent layer starts from ``v``, ``i`` in its own dtype
+(Norse's float32 default makes its second step fail); the fused kernels carry float16/bfloat16 states
+in float32 between steps where Norse rounds every operation. Sparse inputs are not supported (Norse's
+``*_sparse`` activations are not implemented): they raise NotImplementedError; pass ``input.to_dense()``.
+``repr`` is Norse's; a non-default ``backend`` is appended (``backend='torch'``).
+
+Parameters are checked once, at construction: a NaN or infinite ``tau_syn_inv``, ``tau_mem_inv``,
+``v_leak``, ``v_th``, ``v_reset``, ``dt`` or (for ``method="triangle"``, the only method that reads it)
+``alpha`` raises a ValueError naming it (Norse runs with it and returns NaN membranes). Learnable tensors
+are checked then and never again while running; a parameter changed later is not re-checked.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import warnings
@@ -273,9 +303,10 @@ def _check_input(x: Any, *, min_ndim: int, layout: str) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor of shape {layout}, got {type(x).__name__}")
     if x.layout != torch.strided:
-        raise NotImplementedError(f"surroflos.norse does not support {x.layout} inputs; pass input.to_dense()")
-    if not x.is_floating_point():
-        raise ValueError(f"input must be floating point, got dtype {x.dtype}")
+        raise NotImplementedError(f"surroflos.norse does not support sparse inputs ({x.layout}; Norse's sparse "
+                                  f"activations are not implemented): pass input.to_dense()")
+    if x.is_complex():
+        raise ValueError(f"input must be real (floating point, integer or boolean), got dtype {x.dtype}")
     if x.ndim < min_ndim:
         raise ValueError(f"input must have shape {layout}, got shape {tuple(x.shape)}")
 
@@ -287,8 +318,16 @@ def _broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
         return False
 
 
+def _same_device(t: torch.Tensor, x: torch.Tensor) -> bool:
+    """PyTorch mixes a 0-dim CPU tensor (a scalar) with tensors on any device; anything else must match."""
+    return t.device == x.device or (t.ndim == 0 and t.device.type == "cpu")
+
+
 def _check_state(state: Any, fields: Sequence[str], kind: str, x: torch.Tensor, target: Sequence[int]) -> None:
-    """Each state field must be a tensor of the input's dtype and device that broadcasts to ``target``."""
+    """Each state field must be a tensor on the input's device that broadcasts to ``target``.
+
+    Its dtype may differ from the input's: as in Norse, the step promotes (an integer 0-dim state works).
+    """
     missing = [f for f in fields if not hasattr(state, f)]
     if missing:
         raise TypeError(f"state must be a {kind} with fields {list(fields)}, got {type(state).__name__}")
@@ -296,10 +335,9 @@ def _check_state(state: Any, fields: Sequence[str], kind: str, x: torch.Tensor, 
         t = getattr(state, f)
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"state.{f} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype != x.dtype:
-            raise ValueError(f"state.{f} has dtype {t.dtype} but the input has dtype {x.dtype}; convert the state "
-                             f"(or the input) so that both have the same dtype")
-        if t.device != x.device:
+        if t.is_complex():
+            raise ValueError(f"state.{f} must be real, got dtype {t.dtype}")
+        if not _same_device(t, x):
             raise ValueError(f"state.{f} is on {t.device} but the input is on {x.device}")
         if not _broadcasts_to(t.shape, target):
             raise ValueError(f"state.{f} has shape {tuple(t.shape)}, which does not match the shape {tuple(target)} "
@@ -308,9 +346,10 @@ def _check_state(state: Any, fields: Sequence[str], kind: str, x: torch.Tensor, 
 
 
 def _check_params(p: Any, fields: Sequence[str], x: torch.Tensor, target: Sequence[int]) -> None:
-    """Parameter tensors with dimensions must match the input's dtype and device and broadcast to ``target``.
+    """Parameter tensors with dimensions must be on the input's device and broadcast to ``target``.
 
-    0-dim parameters (Norse's defaults: float32 on the CPU) follow PyTorch's scalar promotion rules.
+    Their dtype may differ from the input's: the step promotes as Norse's does (a float64 per-neuron
+    parameter makes a float32 input's membrane float64; a 0-dim one does not).
     """
     missing = [f for f in (*fields, "method", "alpha") if not hasattr(p, f)]
     if missing:
@@ -318,8 +357,6 @@ def _check_params(p: Any, fields: Sequence[str], x: torch.Tensor, target: Sequen
     for f in fields:
         t = getattr(p, f)
         if isinstance(t, torch.Tensor) and t.ndim > 0:
-            if t.dtype != x.dtype:
-                raise ValueError(f"p.{f} has dtype {t.dtype} but the input has dtype {x.dtype}")
             if t.device != x.device:
                 raise ValueError(f"p.{f} is on {t.device} but the input is on {x.device}")
             if not _broadcasts_to(t.shape, target):
@@ -337,12 +374,49 @@ def _check_weights(x: torch.Tensor, w_in: torch.Tensor, w_rec: torch.Tensor, inp
         if tuple(w.shape) != shape:
             raise ValueError(f"{name} has shape {tuple(w.shape)}, expected {shape}")
         if w.dtype != x.dtype:
-            raise ValueError(f"{name} has dtype {w.dtype} but the input has dtype {x.dtype}")
+            raise ValueError(f"{name} has dtype {w.dtype} but the input has dtype {x.dtype}: F.linear does not "
+                             f"promote (Norse's recurrent layers fail the same way); convert the input or the layer")
 
 
-def _check_method(p: Any) -> None:
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor) and value.numel() != 1:
+        bad = int((~torch.isfinite(value.detach())).sum())
+        return f"a tensor of shape {tuple(value.shape)} with {bad} non-finite entr{'y' if bad == 1 else 'ies'}"
+    return repr(float(value))
+
+
+def _require_finite(owner: str, name: str, value: Any) -> None:
+    """ValueError naming ``name`` when ``value`` (a number or a tensor, learnable or not) is NaN or infinite.
+
+    Called once, when the module is built: running it never checks again (no host synchronisation there).
+    """
+    if isinstance(value, torch.Tensor):
+        if not (value.is_floating_point() or value.is_complex()):
+            return  # integers and booleans are finite
+        with torch.no_grad():
+            ok = bool(torch.isfinite(value).all())
+    elif isinstance(value, numbers.Real):
+        ok = math.isfinite(value)
+    else:
+        return  # not a number: the forward pass reports what is wrong with it
+    if not ok:
+        raise ValueError(f"{owner}: {name} must be finite, got {_describe(value)}")
+
+
+def _check_p(owner: str, p: Any, fields: Sequence[str], dt: Any) -> None:
+    """Construction-time checks of a Norse parameter tuple: the fields exist, every numeric parameter
+    and ``dt`` are finite (``alpha`` only where the spike method uses it: Norse's SuperSpike ignores it),
+    and the spike method is one surroflos provides."""
     if not hasattr(p, "method") or not hasattr(p, "alpha"):
         raise TypeError(f"p must be a Norse parameter tuple with 'method' and 'alpha', got {type(p).__name__}")
+    missing = [f for f in fields if not hasattr(p, f)]
+    if missing:
+        raise TypeError(f"p is missing the neuron parameters {missing} (got {type(p).__name__})")
+    for f in fields:
+        _require_finite(owner, f"p.{f}", getattr(p, f))
+    if p.method == "triangle":
+        _require_finite(owner, "p.alpha", p.alpha)
+    _require_finite(owner, "dt", dt)
     norse_surrogate(p.method, p.alpha)
 
 
@@ -353,15 +427,192 @@ def _check_backend(backend: str) -> str:
     return backend
 
 
-def _filled(shape: Sequence[int], value: Any, like: torch.Tensor) -> torch.Tensor:
-    """A new tensor of ``shape`` filled with ``value`` (scalar or broadcastable), in ``like``'s dtype/device."""
-    v = torch.as_tensor(value).detach().to(dtype=like.dtype, device=like.device)
-    return v.expand(tuple(shape)).clone()
+def _backend_repr(module: Any, base: str) -> str:
+    """Norse's ``extra_repr``, plus the backend where it is not the default (so default modules print as Norse's)."""
+    return base if module.backend == "auto" else f"{base}, backend={module.backend!r}"
 
 
-def _tensorize(p: Any, fields: Sequence[str]) -> Any:
-    """``p`` with its numeric fields as tensors (tensors, e.g. trainable ones, are kept as they are)."""
-    return p._replace(**{f: torch.as_tensor(getattr(p, f)) for f in (*fields, "alpha")})
+# ----------------------------------------------------------------------------------------------
+# Initial states (Norse's) and dtype promotion (Norse's rules)
+# ----------------------------------------------------------------------------------------------
+
+
+def _v_leak_clone(v_leak: Any) -> torch.Tensor:
+    """Norse's cell default ``v``: a detached copy of ``v_leak`` (its dtype and shape, often 0-dim).
+
+    (Norse's own ``clone_tensor`` rejects a Python number; here it becomes a tensor.)
+    """
+    v = torch.as_tensor(v_leak).detach().clone()
+    v.requires_grad = True  # as Norse does
+    return v
+
+
+def _v_leak_filled(shape: Sequence[int], v_leak: Any, device: torch.device,
+                   dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Norse's sequence default ``v``: ``shape`` filled with ``v_leak`` in float32 (``dtype`` if given).
+
+    Norse calls ``torch.full``, which only takes a scalar; a per-neuron ``v_leak`` is expanded here, in a
+    dtype that holds it exactly.
+    """
+    v_leak = torch.as_tensor(v_leak).detach()
+    if dtype is None:
+        dtype = torch.float32 if v_leak.ndim == 0 else torch.promote_types(v_leak.dtype, torch.float32)
+    return v_leak.to(device=device, dtype=dtype).expand(tuple(shape)).clone()
+
+
+def _tag(t: Any) -> Any:
+    """What type promotion sees of an operand: a tensor's dtype and whether it has dimensions (a 0-dim
+    tensor only decides the category), a Python number's type."""
+    return (t.dtype, t.ndim > 0) if isinstance(t, torch.Tensor) else type(t)
+
+
+def _stand_in(tag: Any) -> Any:
+    """A one-element CPU operand that promotes like the operand ``tag`` describes."""
+    if isinstance(tag, tuple):
+        return torch.ones((1,) if tag[1] else (), dtype=tag[0])
+    return tag(1)
+
+
+class _Promotion(NamedTuple):
+    """The result dtypes of Norse's step for given input, state and parameter dtypes (see :func:`_trace_lif_cached`)."""
+
+    dtype: torch.dtype        # of the membrane (and the spikes) from the first step on
+    uniform: bool             # every operation on the input/state runs in ``dtype``: the fused kernels,
+    #                           fed everything converted to ``dtype``, give Norse's numbers
+    spike_dtype: torch.dtype  # of the first step's spikes (LIFRecurrent feeds them back through F.linear)
+
+
+def _holds_exactly(v_leak: Any, v: torch.Tensor) -> bool:
+    """Does a default state's ``v`` (filled with ``v_leak``) hold ``v_leak`` exactly, so that ``v_leak - v``
+    is 0 in any dtype? By dtype, or by value for a CPU scalar (no device synchronisation)."""
+    if isinstance(v_leak, (bool, int)):
+        return True
+    if isinstance(v_leak, torch.Tensor):
+        if torch.promote_types(v_leak.dtype, v.dtype) == v.dtype:
+            return True
+        if v_leak.numel() != 1 or v_leak.device.type != "cpu" or torch.compiler.is_compiling():
+            return False
+        v_leak = v_leak.item()
+    if isinstance(v_leak, numbers.Real):
+        return torch.tensor(v_leak, dtype=v.dtype).item() == v_leak
+    return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _trace_lif_cached(x: Any, v: Any, i: Any, tau_mem_inv: Any, tau_syn_inv: Any, v_leak: Any, v_th: Any,
+                      v_reset: Any, recurrent: Any, default_state: bool, v_leak_exact: bool) -> _Promotion:
+    """Norse's LIF step (:func:`lif_feed_forward_step`, or :func:`lif_recurrent_step` when ``recurrent`` is
+    the recurrent weights' tag and ``x`` that of ``W_in x``) run twice on one-element stand-ins of the
+    operands' tags: the dtypes every operation produces under PyTorch's promotion.
+
+    ``uniform`` holds when every operation that involves the input or the state produces the final dtype.
+    With Norse's default state (``i = 0``, ``v = v_leak``, and ``z = 0``) the first step's
+    ``j = i + x``, ``v_leak - v`` (when ``v`` holds ``v_leak`` exactly: ``v_leak_exact``) and their sum
+    are exact whatever dtype they run in, so they may differ.
+    """
+    X, V, I, TM, TS, VL, VTH, VR = (_stand_in(t) for t in (x, v, i, tau_mem_inv, tau_syn_inv, v_leak, v_th,
+                                                             v_reset))
+    R = _stand_in(recurrent) if recurrent is not None else None
+    a, c = 1e-3 * TM, -1e-3 * TS  # (dt's value plays no role in the dtypes)
+    strict, lenient = [], []
+    spike_dtype = None
+    for step in range(2):
+        j = I + X if R is None else (I + X) + R
+        w = VL - V
+        w2 = w + j
+        dv = a * w2
+        u = V + dv
+        cj = c * j
+        I = j + cj
+        s = u - VTH
+        z = (s > 0).to(s.dtype)
+        r = 1 - z
+        ru = r * u
+        zr = z * VR
+        V = ru + zr
+        if step == 0:
+            spike_dtype = z.dtype
+            if default_state:
+                lenient.extend([j, w, w2])
+            else:
+                strict.extend([j, w, w2])
+        else:
+            strict.extend([j, w, w2])
+        strict.extend([dv, u, cj, I, s, z, r, ru, zr, V])
+        if R is not None:
+            R = z  # W_rec z: F.linear keeps z's dtype when it matches the weights' (else Norse fails)
+    D = V.dtype
+    j1, w1, w21 = lenient if lenient else (None, None, None)
+    ok = all(t.dtype == D for t in strict)
+    if lenient:
+        x_exact = isinstance(x, tuple) and x[0].is_floating_point  # j = x exactly, in a dtype >= x's
+        w_exact = v_leak_exact
+        ok = ok and (x_exact or j1.dtype == D) and (w_exact or w1.dtype == D)
+        ok = ok and ((x_exact and w_exact) or w21.dtype == D)
+    return _Promotion(D, ok, spike_dtype)
+
+
+@functools.lru_cache(maxsize=512)
+def _trace_box_cached(x: Any, v: Any, tau_mem_inv: Any, v_leak: Any, v_th: Any, v_reset: Any,
+                      reset: str) -> _Promotion:
+    """:func:`_trace_lif_cached` for :func:`lif_box_step` (``reset`` is ``"value"`` or ``"subtract"``)."""
+    X, V, TM, VL, VTH, VR = (_stand_in(t) for t in (x, v, tau_mem_inv, v_leak, v_th, v_reset))
+    a = 1e-3 * TM
+    seen = []
+    spike_dtype = None
+    for step in range(2):
+        t1 = X + VL
+        t2 = t1 - V
+        dv = a * t2
+        u = V + dv
+        s = u - VTH
+        z = (s > 0).to(s.dtype)
+        r = 1 - z
+        ru = r * u
+        if reset == "value":
+            zr = z * VR
+            seen.extend([zr])
+        else:
+            d = u - VTH
+            zr = z * d
+            seen.extend([d, zr])
+        V = ru + zr
+        if step == 0:
+            spike_dtype = z.dtype
+        seen.extend([t1, t2, dv, u, s, z, r, ru, V])
+    D = V.dtype
+    return _Promotion(D, all(t.dtype == D for t in seen), spike_dtype)
+
+
+@torch.compiler.assume_constant_result  # a function of dtypes only: a constant of a compiled graph
+def _trace_lif(*tags: Any) -> _Promotion:
+    return _trace_lif_cached(*tags)
+
+
+@torch.compiler.assume_constant_result
+def _trace_box(*tags: Any) -> _Promotion:
+    return _trace_box_cached(*tags)
+
+
+def _lif_promotion(x: torch.Tensor, state: Any, p: Any, default_state: bool,
+                   recurrent_weights: Optional[torch.Tensor] = None,
+                   input_weights: Optional[torch.Tensor] = None) -> _Promotion:
+    """:func:`_trace_lif` for these operands (cached by their dtypes and dimensionality)."""
+    lead = _tag(x) if input_weights is None else (input_weights.dtype, True)
+    exact = default_state and _holds_exactly(p.v_leak, state.v)
+    return _trace_lif(lead, _tag(state.v), _tag(state.i), _tag(p.tau_mem_inv), _tag(p.tau_syn_inv),
+                      _tag(p.v_leak), _tag(p.v_th), _tag(p.v_reset),
+                      None if recurrent_weights is None else (recurrent_weights.dtype, True), default_state, exact)
+
+
+def _box_promotion(x: torch.Tensor, state: Any, p: Any, reset: str) -> _Promotion:
+    return _trace_box(_tag(x), _tag(state.v), _tag(p.tau_mem_inv), _tag(p.v_leak), _tag(p.v_th), _tag(p.v_reset),
+                      reset)
+
+
+def _converted(state: Any, dtype: torch.dtype, device: torch.device) -> Any:
+    """``state`` with every field converted (differentiably) to ``dtype`` on ``device``."""
+    return type(state)(*(t.to(device=device, dtype=dtype) for t in state))
 
 
 def _stack_states(states: List[Any]) -> Any:
@@ -406,16 +657,15 @@ class LIFCell(_norse.LIFCell):
     """
 
     def __init__(self, p: LIFParameters = LIFParameters(), **kwargs: Any) -> None:
-        _check_method(p)
+        _check_p(type(self).__name__, p, _LIF_FIELDS, kwargs.get("dt", 1e-3))
         super().__init__(p, **kwargs)
         self.activation = lif_feed_forward_step
         self.activation_sparse = None
 
     def initial_state(self, input_tensor: torch.Tensor) -> LIFFeedForwardState:
-        state = LIFFeedForwardState(v=_filled(input_tensor.shape, self.p.v_leak, input_tensor),
-                                    i=torch.zeros_like(input_tensor))
-        state.v.requires_grad = True  # as Norse does
-        return state
+        """Norse's: ``v`` a copy of ``p.v_leak`` (its dtype and shape), ``i`` float32 zeros like the input."""
+        return LIFFeedForwardState(v=_v_leak_clone(self.p.v_leak),
+                                   i=torch.zeros(input_tensor.shape, device=input_tensor.device, dtype=torch.float32))
 
     def forward(self, input_tensor: torch.Tensor,
                 state: Optional[LIFFeedForwardState] = None) -> Tuple[torch.Tensor, LIFFeedForwardState]:
@@ -426,19 +676,18 @@ class LIFCell(_norse.LIFCell):
 class LIFBoxCell(_norse.LIFBoxCell):
     """LIF cell without synaptic current, one step (see :func:`lif_box_step`).
 
-    Same constructor as Norse's (``p: LIFBoxParameters``, ``dt=1e-3``); numeric fields of ``p`` are turned
-    into tensors. ``state`` is a ``LIFBoxFeedForwardState`` or None for ``v = v_leak``.
+    Same constructor as Norse's (``p: LIFBoxParameters``, ``dt=1e-3``); ``p`` is kept as given (Python
+    numbers stay numbers, as in Norse). ``state`` is a ``LIFBoxFeedForwardState`` or None for
+    ``v = v_leak`` (Norse's: a copy of ``p.v_leak``, which may be a Python number here).
     """
 
     def __init__(self, p: LIFBoxParameters = LIFBoxParameters(), dt: float = 0.001) -> None:
-        _check_method(p)
-        super().__init__(_tensorize(p, _BOX_FIELDS), dt=dt)
+        _check_p(type(self).__name__, p, _BOX_FIELDS, dt)
+        super().__init__(p, dt=dt)
         self.activation = lif_box_step
 
     def initial_state(self, input_tensor: torch.Tensor) -> LIFBoxFeedForwardState:
-        state = LIFBoxFeedForwardState(v=_filled(input_tensor.shape, self.p.v_leak, input_tensor))
-        state.v.requires_grad = True  # as Norse does
-        return state
+        return LIFBoxFeedForwardState(v=_v_leak_clone(self.p.v_leak))
 
     def forward(self, input_tensor: torch.Tensor,
                 state: Optional[LIFBoxFeedForwardState] = None) -> Tuple[torch.Tensor, LIFBoxFeedForwardState]:
@@ -467,10 +716,16 @@ class _FlatRecurrent:
         return LIFRecurrentFlatParams(self.input_weights, self.recurrent_weights, self.p, self.dt)
 
     def _initial_lif_state(self, batch_shape: Sequence[int], like: torch.Tensor) -> LIFState:
+        """Norse's: ``z = 0`` in the input's dtype, ``v = v_leak`` and ``i = 0`` in float32 (the first step
+        promotes them to a float64 layer's dtype) -- except for a float16/bfloat16 layer, where float32
+        states would promote the spikes past the weights' dtype and make the next step's F.linear fail (as
+        Norse's does): there ``v`` and ``i`` take the input's dtype."""
         dims = (*batch_shape, int(self.hidden_size))
+        low = like.dtype in (torch.float16, torch.bfloat16)
+        vi_dtype = like.dtype if low else torch.float32
         state = LIFState(z=torch.zeros(dims, dtype=like.dtype, device=like.device),
-                         v=_filled(dims, self.p.v_leak, like),
-                         i=torch.zeros(dims, dtype=like.dtype, device=like.device))
+                         v=_v_leak_filled(dims, self.p.v_leak, like.device, like.dtype if low else None),
+                         i=torch.zeros(dims, dtype=vi_dtype, device=like.device))
         state.v.requires_grad = True  # as Norse does
         return state
 
@@ -481,6 +736,11 @@ class _FlatRecurrent:
         if state is None:
             return self._initial_lif_state(batch_shape, x)
         _check_state(state, ("z", "v", "i"), "LIFState", x, target)
+        w = self.recurrent_weights
+        if state.z.dtype != w.dtype:
+            raise ValueError(f"state.z has dtype {state.z.dtype} but recurrent_weights has dtype {w.dtype}: the spikes "
+                             f"feed back through F.linear, which does not promote (Norse fails the same way); a v or "
+                             f"i state of a wider dtype than the weights promotes the spikes")
         return state
 
 
@@ -495,7 +755,7 @@ class LIFRecurrentCell(_FlatRecurrent, _norse.LIFRecurrentCell):
 
     def __init__(self, input_size: int, hidden_size: int, p: LIFParameters = LIFParameters(),
                  **kwargs: Any) -> None:
-        _check_method(p)
+        _check_p(type(self).__name__, p, _LIF_FIELDS, kwargs.get("dt", 1e-3))
         super().__init__(input_size, hidden_size, p, **kwargs)
         self.activation = lif_recurrent_step
         self.activation_sparse = None
@@ -567,10 +827,14 @@ def _norse_kernels():
 
 
 def _sequence_forward(module, input_tensor: torch.Tensor, state, param_fields, state_fields, state_name: str,
-                      step, fused=None) -> Tuple[torch.Tensor, Any]:
+                      step, fused, promotion) -> Tuple[torch.Tensor, Any]:
     """The shared body of the feed-forward sequence modules: checks, initial state, then the fused
     whole-sequence op ``fused(module, x, state, backend)`` where it can run, else the loop over ``step``.
 
+    The loop promotes dtypes as Norse's does (it is Norse's step). ``promotion(module, x, state, default)``
+    (a :class:`_Promotion`) says which dtype that reaches and whether every operation runs in it; then
+    the input and the state are converted to it and the fused op gives the same numbers. Mixed dtypes
+    that stay mixed (a float64 per-neuron ``v_th`` with a float32 input keeps ``i`` float32) run the loop.
     ``backend="triton"`` with something the fused kernels cannot express raises NotImplementedError;
     ``"auto"``/``"torch"`` fall back to the loop.
     """
@@ -579,19 +843,24 @@ def _sequence_forward(module, input_tensor: torch.Tensor, state, param_fields, s
         raise ValueError(f"input needs at least one time step, got shape {tuple(input_tensor.shape)}")
     target = input_tensor.shape[1:]
     _check_params(module.p, param_fields, input_tensor, target)
-    if state is None:
+    default = state is None
+    if default:
         state = module.initial_state(input_tensor)
     else:
         _check_state(state, state_fields, state_name, input_tensor, target)
     p, dt = module.p, module.dt
     backend = getattr(module, "backend", "auto")
-    if fused is not None:
-        blocker = _fusion_blocker(p, param_fields, input_tensor)
-        if blocker is None:
-            return fused(module, input_tensor, state, backend)
-        if backend == "triton":
-            raise NotImplementedError(f"{type(module).__name__}(backend='triton'): the fused kernels do not support "
-                                      f"{blocker}; use backend='auto' or 'torch' (they fall back to the step loop)")
+    blocker = _fusion_blocker(p, param_fields, input_tensor)
+    if blocker is None:
+        promo = promotion(module, input_tensor, state, default)
+        if promo.uniform:
+            dev = input_tensor.device
+            return fused(module, input_tensor.to(promo.dtype), _converted(state, promo.dtype, dev), backend)
+        blocker = (f"operands whose dtypes stay mixed under Norse's promotion (input {input_tensor.dtype}, state "
+                   f"{[t.dtype for t in state]}, parameters {[_tag(getattr(p, f)) for f in param_fields]})")
+    if backend == "triton":
+        raise NotImplementedError(f"{type(module).__name__}(backend='triton'): the fused kernels do not support "
+                                  f"{blocker}; use backend='auto' or 'torch' (they fall back to the step loop)")
     return _run(lambda x, s: step(x, s, p, dt), input_tensor, state, module.record_states)
 
 
@@ -607,7 +876,7 @@ class LIF(_norse.LIF):
     """
 
     def __init__(self, p: LIFParameters = LIFParameters(), *, backend: str = "auto", **kwargs: Any) -> None:
-        _check_method(p)
+        _check_p(type(self).__name__, p, _LIF_FIELDS, kwargs.get("dt", 1e-3))
         resolved = _check_backend(backend)
         super().__init__(p, **kwargs)
         self.backend = resolved
@@ -615,18 +884,22 @@ class LIF(_norse.LIF):
         self.activation_sparse = None
 
     def initial_state(self, input_tensor: torch.Tensor) -> LIFFeedForwardState:
-        x0 = input_tensor[0]
-        state = LIFFeedForwardState(v=_filled(x0.shape, self.p.v_leak, x0), i=torch.zeros_like(x0))
+        """Norse's: ``v = v_leak`` and ``i = 0`` in float32, the shape of one time step (the first step
+        promotes them like any state)."""
+        shape, dev = input_tensor.shape[1:], input_tensor.device
+        state = LIFFeedForwardState(v=_v_leak_filled(shape, self.p.v_leak, dev),
+                                    i=torch.zeros(shape, device=dev, dtype=torch.float32))
         state.v.requires_grad = True  # as Norse does
         return state
 
     def forward(self, input_tensor: torch.Tensor,
                 state: Optional[LIFFeedForwardState] = None) -> Tuple[torch.Tensor, LIFFeedForwardState]:
         return _sequence_forward(self, input_tensor, state, _LIF_FIELDS, ("v", "i"), "LIFFeedForwardState",
-                                 lif_feed_forward_step, _lif_fused)
+                                 lif_feed_forward_step, _lif_fused,
+                                 lambda m, x, s, default: _lif_promotion(x, s, m.p, default))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, backend={self.backend!r}"
+        return _backend_repr(self, super().extra_repr())
 
 
 class LIFBox(_NorseSNN):
@@ -635,37 +908,43 @@ class LIFBox(_NorseSNN):
     ``LIFBox(p=LIFBoxParameters(), dt=1e-3, record_states=False, backend="auto")``; ``x_seq: [T, ...]``;
     returns the spikes ``[T, ...]`` and the final ``LIFBoxFeedForwardState`` (or all, stacked). Backends
     as in :class:`LIF` (:func:`surroflos.kernels.norse_lif.lif_box_sequence`); ``reset_value`` and
-    ``reset_subtract`` are fused, other ``reset_method`` callables run the step loop.
+    ``reset_subtract`` are fused, other ``reset_method`` callables run the step loop. ``p`` is kept as
+    given and the initial state is :class:`LIFBoxCell`'s (a copy of ``p.v_leak``), so the layer computes
+    exactly Norse's ``LIFBoxCell`` stepped over time, dtypes included.
     """
 
     def __init__(self, p: LIFBoxParameters = LIFBoxParameters(), dt: float = 0.001, record_states: bool = False,
                  *, backend: str = "auto") -> None:
-        _check_method(p)
+        _check_p(type(self).__name__, p, _BOX_FIELDS, dt)
         resolved = _check_backend(backend)
-        super().__init__(activation=lif_box_step, state_fallback=self.initial_state, p=_tensorize(p, _BOX_FIELDS),
-                         dt=dt, record_states=record_states)
+        super().__init__(activation=lif_box_step, state_fallback=self.initial_state, p=p, dt=dt,
+                         record_states=record_states)
         self.backend = resolved
 
     def initial_state(self, input_tensor: torch.Tensor) -> LIFBoxFeedForwardState:
-        x0 = input_tensor[0]
-        state = LIFBoxFeedForwardState(v=_filled(x0.shape, self.p.v_leak, x0))
-        state.v.requires_grad = True  # as Norse's LIFBoxCell does
-        return state
+        return LIFBoxFeedForwardState(v=_v_leak_clone(self.p.v_leak))
 
     def forward(self, input_tensor: torch.Tensor,
                 state: Optional[LIFBoxFeedForwardState] = None) -> Tuple[torch.Tensor, LIFBoxFeedForwardState]:
         return _sequence_forward(self, input_tensor, state, _BOX_FIELDS, ("v",), "LIFBoxFeedForwardState",
-                                 lif_box_step, _box_fused)
+                                 lif_box_step, _box_fused, _box_module_promotion)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, backend={self.backend!r}"
+        return _backend_repr(self, super().extra_repr())
 
 
-def _recurrent_blocker(module, x: torch.Tensor) -> Optional[str]:
-    """Why the fused recurrent kernel cannot run this :class:`LIFRecurrent` on ``x`` (None when it can)."""
+def _box_module_promotion(module: LIFBox, x: torch.Tensor, state: LIFBoxFeedForwardState,
+                          default: bool) -> _Promotion:
+    reset = "subtract" if getattr(module.p, "reset_method", reset_value) is reset_subtract else "value"
+    return _box_promotion(x, state, module.p, reset)
+
+
+def _recurrent_blocker(module, x: torch.Tensor, n: int) -> Optional[str]:
+    """Why the fused recurrent kernel cannot run this :class:`LIFRecurrent` (``n`` neurons) on ``x`` (None when
+    it can)."""
     if _forward_ad_active():
         return "forward-mode AD / torch.func transforms (the fused ops have no forward-mode or vmap rule)"
-    p, n = module.p, int(module.hidden_size)
+    p = module.p
     if norse_surrogate(p.method, p.alpha) is None:
         return f"method={p.method!r} (no surrogate gradient; the kernel needs one)"
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
@@ -684,7 +963,7 @@ def _recurrent_blocker(module, x: torch.Tensor) -> Optional[str]:
     return None
 
 
-def _recurrent_fused(module, x: torch.Tensor, state: LIFState) -> Tuple[torch.Tensor, LIFState]:
+def _recurrent_fused(module, x: torch.Tensor, state: LIFState, N: int) -> Tuple[torch.Tensor, LIFState]:
     """:class:`LIFRecurrent` on :func:`surroflos.kernels.recurrent.spiking_rnn_sequence` (cuba, zero_mem).
 
     With ``v_leak = v_reset = 0``, ``a = dt tau_mem_inv``, ``b = dt tau_syn_inv``, ``syn[t] = a j[t]``
@@ -700,7 +979,7 @@ def _recurrent_fused(module, x: torch.Tensor, state: LIFState) -> Tuple[torch.Te
     gradient is then exactly Norse's ``z[0]``. Outputs convert back: ``v = (1 - [z]) u``,
     ``i = (1 - b) syn / a``.
     """
-    p, dt, N = module.p, module.dt, int(module.hidden_size)
+    p, dt = module.p, module.dt
     T, batch = x.shape[0], x.shape[1:-1]
     M = x[0].numel() // x.shape[-1]
     dev, dtype = x.device, x.dtype
@@ -762,7 +1041,7 @@ class LIFRecurrent(_FlatRecurrent, _norse.LIFRecurrent):
 
     def __init__(self, input_size: int, hidden_size: int, p: LIFParameters = LIFParameters(), *,
                  backend: str = "auto", **kwargs: Any) -> None:
-        _check_method(p)
+        _check_p(type(self).__name__, p, _LIF_FIELDS, kwargs.get("dt", 1e-3))
         resolved = _check_backend(backend)
         super().__init__(input_size, hidden_size, p, **kwargs)
         self.backend = resolved
@@ -776,10 +1055,22 @@ class LIFRecurrent(_FlatRecurrent, _norse.LIFRecurrent):
         _check_input(input_tensor, min_ndim=2, layout="[T, ..., input_size]")
         if input_tensor.shape[0] < 1:
             raise ValueError(f"input needs at least one time step, got shape {tuple(input_tensor.shape)}")
+        default = state is None
         state = self._checked_state(input_tensor, state, input_tensor.shape[1:-1])
-        blocker = _recurrent_blocker(self, input_tensor)
+        w_rec, n = self.recurrent_weights, int(self.hidden_size)
+        promo = _lif_promotion(input_tensor, state, self.p, default, w_rec, self.input_weights)
+        if input_tensor.shape[0] > 1 and promo.spike_dtype != w_rec.dtype:
+            raise ValueError(
+                f"LIFRecurrent: the state (dtypes {[t.dtype for t in state]}) and parameters promote the spikes to "
+                f"{promo.spike_dtype}, but they feed back through F.linear with recurrent_weights of dtype "
+                f"{w_rec.dtype}, which does not promote: Norse's step fails at the second time step. Convert the "
+                f"state and parameters to {w_rec.dtype} (or the layer and input to {promo.spike_dtype})")
+        blocker = _recurrent_blocker(self, input_tensor, n)
+        if blocker is None and not (promo.uniform and promo.dtype == input_tensor.dtype):
+            blocker = (f"operands whose dtypes stay mixed under Norse's promotion (input {input_tensor.dtype}, state "
+                       f"{[t.dtype for t in state]}, parameters {[_tag(getattr(self.p, f)) for f in _LIF_FIELDS]})")
         if blocker is None:
-            return _recurrent_fused(self, input_tensor, state)
+            return _recurrent_fused(self, input_tensor, _converted(state, input_tensor.dtype, input_tensor.device), n)
         if self.backend == "triton":
             raise NotImplementedError(f"LIFRecurrent(backend='triton'): the fused recurrent kernel does not support "
                                       f"{blocker}; use backend='auto' or 'torch' (they fall back to the step loop)")
@@ -788,4 +1079,4 @@ class LIFRecurrent(_FlatRecurrent, _norse.LIFRecurrent):
                     self.record_states)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, backend={self.backend!r}"
+        return _backend_repr(self, super().extra_repr())
