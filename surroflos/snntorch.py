@@ -65,14 +65,39 @@ Any other ``spike_grad`` (custom functions, ``straight_through_estimator``, ``su
 ...) is *called itself* in the loop, in the same order as snnTorch calls it, so results stay
 identical (only the analytic tangent maps need a recognised surrogate).
 
-Deliberate differences from snnTorch's step: spikes keep the dtype of ``x`` (snnTorch's are always
-float32, which also makes its RLeaky/RSynaptic with a float64 ``nn.Linear`` fail); the ``sigmoid``
-surrogate derivative is computed in a stable form where snnTorch's overflows to NaN
-(``slope * (theta - mem) > 88`` in float32); a state whose shape differs from ``x[t]`` raises a
-ValueError (snnTorch silently replaces it by zeros). The fused path also returns the states in the
-dtype of ``x`` (the loop promotes float16 ``x`` with float32 per-neuron parameters to float32); the
-recurrent kernel runs the layer's parameters converted to the dtype of ``x`` (so float64 ``x`` works
-with a float32 RLeaky, whose ``nn.Linear`` fails in the loop).
+dtypes (snnTorch 1.0's promotion). ``x`` may be floating point, integer or boolean, and a state entry
+may have any real dtype. snnTorch's step promotes them with the layer's parameters under PyTorch's
+rules; ``sequence`` runs everything in the dtype its membrane reaches, ``D``: the promotion of ``x``, the
+given state entries and the parameter tensors with dimensions (``beta``, ``threshold``, ``alpha``,
+``graded_spikes_factor``, a one-to-one ``V``); 0-dim parameters only count against an integer or
+boolean ``x`` and state (a 0-dim float64 ``beta`` makes an integer input's membrane float64 in
+snnTorch too), and ``D`` is at least float32 then. So float64 ``x`` with float32 parameters or a float32
+state gives float64 states, float32 ``x`` with a float64 per-neuron ``beta`` float64 states, integer
+``x`` float32 states -- snnTorch's membrane dtype in each case, with the same numbers. A given float
+state narrower than ``D`` enters snnTorch's first step in its own dtype (``beta * mem`` of a float32
+``mem`` rounds in float32 before the sum with a float64 ``x`` promotes); ``sequence`` runs that first
+step the same way and the rest in ``D``. (Boolean ``x`` fails in snnTorch's own step only because its
+default zero state is ``zeros_like(x)``; from a float state it runs, and ``sequence``'s zero state is
+float.)
+
+Deliberate differences from snnTorch's step: spikes have the states' dtype ``D`` (snnTorch's are always
+float32, which also makes its RLeaky/RSynaptic with a float64 ``nn.Linear`` fail; their values are the
+same); ``syn`` is computed in ``D`` too where snnTorch would keep it narrower than ``mem`` (float32 ``x``
+with a float64 per-neuron ``beta``: snnTorch's ``syn`` stays float32); float16/bfloat16 ``x`` keeps its
+dtype (snnTorch's float32 spikes promote its membrane to float32 under the subtract reset, not under
+others) and the fused kernels carry such states in float32 between steps; the ``sigmoid`` surrogate
+derivative is computed in a stable form where snnTorch's overflows to NaN (``slope * (theta - mem) >
+88`` in float32); a state whose shape differs from ``x[t]`` raises a ValueError (snnTorch silently
+replaces it by zeros). The recurrent kernel runs the layer's weights converted to ``D`` (so float64
+``x`` works with a float32 RLeaky, whose ``nn.Linear`` fails in the loop; snnTorch's own layer runs
+there only from a float32 ``spk0``, with its float32 spikes, and computes the recurrent term in the
+Linear's float32, which ``sequence`` computes in float64).
+
+Parameters are checked once, at construction: a NaN or infinite ``beta``, ``threshold``, ``alpha``,
+``graded_spikes_factor`` or one-to-one ``V`` (number or tensor, learnable or not) raises a ValueError
+naming it; snnTorch runs with it and returns NaN membranes. Finite ``beta``/``alpha`` outside [0, 1] are
+accepted and clamped to [0, 1] in every step, as snnTorch does. Nothing is checked while running (no
+host synchronisation per call or step); a parameter changed after construction is not re-checked.
 ``sequence`` raises NotImplementedError for ``init_hidden=True``, ``inhibition=True``, ``state_quant``
 and for a ``reset_mechanism`` changed after construction (snnTorch keeps the old state function then).
 ``output=True`` is supported (without ``init_hidden`` it does not change snnTorch's return value).
@@ -84,6 +109,7 @@ give the one-step map on a flat state and its analytic surrogate tangent map, in
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import warnings
@@ -410,12 +436,67 @@ _ONE_TO_ONE = _one_to_one_classes()
 StateArg = Union[None, Tensor, Sequence[Optional[Tensor]]]
 
 
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor) and value.numel() != 1:
+        bad = int((~torch.isfinite(value.detach())).sum())
+        return f"a tensor of shape {tuple(value.shape)} with {bad} non-finite entr{'y' if bad == 1 else 'ies'}"
+    return repr(float(value.detach() if isinstance(value, Tensor) else value))
+
+
+def _require_finite(owner: str, name: str, value: object) -> None:
+    """ValueError naming ``name`` when ``value`` (a number or a tensor) is NaN or infinite (construction only)."""
+    if isinstance(value, Tensor):
+        if not (value.is_floating_point() or value.is_complex()):
+            return
+        with torch.no_grad():
+            ok = bool(torch.isfinite(value).all())
+    elif isinstance(value, (int, float)):
+        ok = math.isfinite(value)
+    else:
+        return
+    if not ok:
+        raise ValueError(f"{owner}: {name} must be finite, got {_describe(value)}")
+
+
+def _state_dtype(x: Tensor, states: Sequence[Optional[Tensor]], params: Sequence[object]) -> torch.dtype:
+    """The dtype snnTorch's step gives the membrane for this ``x``, these state entries and parameters.
+
+    PyTorch's promotion: ``x``, the state entries and the parameter tensors with dimensions promote;
+    0-dim parameters only decide the result when those are all integer/boolean (a float 0-dim tensor has
+    the higher category then); the result is at least float32 (snnTorch's spikes are float32).
+    """
+    dims = [x.dtype] + [s.dtype for s in states if s is not None]
+    dims += [t.dtype for t in params if isinstance(t, Tensor) and t.ndim > 0]
+    D = functools.reduce(torch.promote_types, dims)
+    if not D.is_floating_point:
+        zero_dim = [t.dtype for t in params if isinstance(t, Tensor) and t.ndim == 0 and t.is_floating_point()]
+        if zero_dim:
+            D = torch.promote_types(D, functools.reduce(torch.promote_types, zero_dim))
+    if not D.is_floating_point:
+        D = torch.float32
+    return D
+
+
 class _SequenceMixin:
     """Shared ``sequence``/``params`` implementation; mixed in before the snnTorch class."""
 
     _STATE_NAMES: Tuple[str, ...] = ()
     _HAS_ALPHA = False
     _RECURRENT = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._check_finite()
+
+    def _check_finite(self) -> None:
+        """Construction-time check of the neuron parameters (never repeated while the layer runs)."""
+        names = ["beta", "threshold", "graded_spikes_factor"]
+        if self._HAS_ALPHA:
+            names.append("alpha")
+        if self._RECURRENT:
+            names.append("V")
+        for name in names:
+            _require_finite(type(self).__name__, name, getattr(self, name, None))
 
     # -- parameters ------------------------------------------------------------------------------
 
@@ -475,40 +556,45 @@ class _SequenceMixin:
 
     # -- sequence --------------------------------------------------------------------------------
 
-    def _initial_state(self, x: Tensor, state: StateArg) -> Tuple[Tensor, ...]:
+    def _state_entries(self, state: StateArg) -> Tuple[Optional[Tensor], ...]:
+        """The entries of ``state`` (``None`` for zeros), checked for their number and types."""
         cls, names = type(self).__name__, self._STATE_NAMES
         expected = names[0] if len(names) == 1 else "(" + ", ".join(names) + ")"
         if state is None:
-            entries: Tuple[Optional[Tensor], ...] = (None,) * len(names)
-        elif len(names) == 1:
+            return (None,) * len(names)
+        if len(names) == 1:
             if not isinstance(state, Tensor):
                 raise TypeError(f"{cls}.sequence expects state={expected} (a tensor [B, ...]) or None, "
                                 f"got {type(state).__name__}")
-            entries = (state,)
+            entries: Tuple[Optional[Tensor], ...] = (state,)
         else:
             if not isinstance(state, (tuple, list)) or len(state) != len(names):
                 got = type(state).__name__ if not isinstance(state, (tuple, list)) else f"{len(state)} entries"
                 raise ValueError(f"{cls}.sequence expects state={expected} (entries [B, ...] or None) "
                                  f"or None, got {got}")
             entries = tuple(state)
+        for name, s in zip(names, entries):
+            if s is not None and not isinstance(s, Tensor):
+                raise TypeError(f"state {name} must be a tensor or None, got {type(s).__name__}")
+            if s is not None and s.is_complex():
+                raise ValueError(f"state {name} must be real, got dtype {s.dtype}")
+        return entries
+
+    def _initial_state(self, x: Tensor, entries: Sequence[Optional[Tensor]]) -> Tuple[Tensor, ...]:
+        """The state entries in ``x``'s dtype (``x`` is already in the promoted dtype): zeros for ``None``."""
         step_shape = tuple(x.shape[1:])
         out = []
-        for name, s in zip(names, entries):
+        for name, s in zip(self._STATE_NAMES, entries):
             if s is None:
                 out.append(x.new_zeros(step_shape))
                 continue
-            if not isinstance(s, Tensor):
-                raise TypeError(f"state {name} must be a tensor or None, got {type(s).__name__}")
             if tuple(s.shape) != step_shape:
                 raise ValueError(
                     f"state {name} has shape {tuple(s.shape)} but one time step of x has shape {step_shape} "
                     f"(x: {tuple(x.shape)} = [T, B, ...]); a state from another batch size or layer?")
-            if s.dtype != x.dtype:
-                raise ValueError(f"state {name} has dtype {s.dtype} but x has dtype {x.dtype}; "
-                                 "convert one of them so that they match")
             if s.device != x.device:
                 raise ValueError(f"state {name} is on {s.device} but x is on {x.device}")
-            out.append(s)
+            out.append(s.to(x.dtype))
         return tuple(out)
 
     def _loop(self, x: Tensor, state: Tuple[Tensor, ...], p: NeuronParams) -> Tuple[list, ...]:
@@ -548,7 +634,9 @@ class _SequenceMixin:
         fused whole-sequence PyTorch path of :mod:`surroflos.kernels.lif` (``Leaky``, ``Synaptic``) or
         :mod:`surroflos.kernels.recurrent` (``RLeaky``, ``RSynaptic``) where it can express the layer,
         else the PyTorch loop; ``"triton"`` the Triton kernels (NotImplementedError where they cannot
-        express the layer); ``"auto"`` Triton for CUDA tensors, else ``"torch"``.
+        express the layer); ``"auto"`` Triton for CUDA tensors, else ``"torch"``. ``x`` may also be
+        integer or boolean; ``x`` and the state are converted to the dtype snnTorch's step promotes the
+        membrane to (see the module docstring), which the outputs have.
         """
         backend = _resolve_backend(backend)
         cls = type(self).__name__
@@ -557,18 +645,41 @@ class _SequenceMixin:
         if x.ndim < 2:
             raise ValueError(f"{cls}.sequence expects x of shape [T, B, ...] (time first, ndim >= 2), got shape "
                              f"{tuple(x.shape)}; call the layer itself for a single step")
-        if not x.is_floating_point():
-            raise ValueError(f"{cls}.sequence expects floating-point x, got dtype {x.dtype}")
+        if x.is_complex():
+            raise ValueError(f"{cls}.sequence expects a real x (floating point, integer or boolean), got dtype "
+                             f"{x.dtype}")
         p = self.params()
-        init = self._initial_state(x, state)
+        entries = self._state_entries(state)
+        params = (p.beta, p.threshold, p.graded_spikes_factor, p.alpha,
+                  p.recurrent_weight if p.recurrent_kind == "one_to_one" else None)
+        dtype = _state_dtype(x, entries, params)
+        x = x.to(dtype)
+        init = self._initial_state(x, entries)
         self._warn_ignored()
+        narrower = [s is not None and s.is_floating_point() and s.dtype != dtype for s in entries]
+        if any(narrower) and x.shape[0] > 0:
+            # snnTorch's first step computes with a given float state in its own dtype (a float32 mem with
+            # float64 x: beta * mem rounds in float32 before the sum promotes): that step as snnTorch's,
+            # the rest (all in the promoted dtype from then on) from its result.
+            first = tuple(s if keep else t for s, t, keep in zip(entries, init, narrower))
+            head = self._loop(x[:1], first, p)
+            carried = tuple(c[-1] for c in (head if self._RECURRENT else head[1:]))
+            head = tuple(torch.stack(c) for c in head)
+            if x.shape[0] == 1:
+                return head
+            tail = self._run(x[1:], carried, p, backend)
+            return tuple(torch.cat([a, b]) for a, b in zip(head, tail))
+        return self._run(x, init, p, backend)
+
+    def _run(self, x: Tensor, init: Tuple[Tensor, ...], p: NeuronParams, backend: str) -> Tuple[Tensor, ...]:
+        """The sequence from ``init`` (everything in ``x``'s dtype): the fused path where it can run, else the loop."""
         fused = self._fused(x, init, p, backend)
         if fused is not None:
             return fused
         if backend == "triton":
             raise NotImplementedError(  # defensive: every layer's _fused raises its own reason first
-                f'backend="triton" has no kernel for this {cls}; backend="torch" (or "auto") runs it as a PyTorch '
-                'loop.')
+                f'backend="triton" has no kernel for this {type(self).__name__}; backend="torch" (or "auto") runs '
+                'it as a PyTorch loop.')
         columns = self._loop(x, init, p)
         if x.shape[0] == 0:
             return tuple(x.new_zeros(x.shape) for _ in columns)
