@@ -382,7 +382,7 @@ def _describe(value: Any) -> str:
     if isinstance(value, torch.Tensor) and value.numel() != 1:
         bad = int((~torch.isfinite(value.detach())).sum())
         return f"a tensor of shape {tuple(value.shape)} with {bad} non-finite entr{'y' if bad == 1 else 'ies'}"
-    return repr(float(value))
+    return repr(float(value.detach() if isinstance(value, torch.Tensor) else value))
 
 
 def _require_finite(owner: str, name: str, value: Any) -> None:
