@@ -15,26 +15,27 @@ and parameter ranges; the target check (:func:`surroflos.export.targets.check_gr
 ``<out>.<target>.q<bits>.nir``. Everything printed also goes to a JSON report beside the ``.nir`` file
 (``<out without .nir>.export.json``).
 
-The lead wires it into ``surroflos/cli.py`` with ``add_export_parser(subparsers)``; ``cmd_export(args)``
-returns the exit status (0; 2 for a bad run folder, an unsupported model or bad arguments; 1 with
-``--strict`` when the target check finds errors).
+``surroflos/cli.py`` wires it in with ``add_export_parser(subparsers)``; ``cmd_export(args)`` returns
+the exit status (0; 1 with ``--strict`` when the target check finds errors) and raises
+:class:`~surroflos.errors.UsageError` for a bad run folder, checkpoint, ``--out`` or an unsupported
+model, which the command line reports as one line with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
-import sys
 from typing import Any, Optional
 
 import numpy as np
 
 from .._argtypes import positive_float as _positive_float
+from .._io import atomic_json
+from ..errors import UsageError
 from .._argtypes import positive_int as _positive_int
-from .targets import TARGETS, RunError, _flow_order, check_graph, format_issues, get_target
+from .targets import TARGETS, _flow_order, check_graph, format_issues, get_target
 
 __all__ = ["add_export_parser", "cmd_export", "graph_summary", "format_graph_table", "report_path"]
 
@@ -147,20 +148,26 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def _write_json(path: str, payload: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(_jsonable(payload), f, indent=2)
-    os.replace(tmp, path)
-
-
-def _err(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
+def _check_out(out: str) -> None:
+    """``--out`` names a file we can write (its folder is created), checked before any work."""
+    if os.path.isdir(out):
+        raise UsageError(f"--out {out} is a folder; give a file name such as {os.path.join(out, 'model.nir')}")
+    if os.path.isdir(report_path(out)):
+        raise UsageError(f"{report_path(out)} (the report beside --out) is a folder; remove it or choose another --out")
+    out_dir = os.path.dirname(os.path.abspath(out))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(f"--out {out}: {out_dir} is a file, not a folder")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot create {out_dir} ({e.strerror})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: the folder {out_dir} is not writable")
 
 
 def cmd_export(args) -> int:
-    """Run ``surroflos export`` with parsed arguments; returns the exit status."""
+    """Run ``surroflos export`` with parsed arguments; returns the exit status (user errors raise
+    :class:`~surroflos.errors.UsageError`)."""
     import torch
 
     from . import targets as tg
@@ -171,24 +178,20 @@ def cmd_export(args) -> int:
     try:
         bits = tg._check_bits((target.weight_bits or 8) if args.bits is None else args.bits, target)
     except (TypeError, ValueError) as e:
-        return _err(str(e))
-    try:
-        model, task, cfg = tg.load_run(run_dir)
-    except RunError as e:
-        return _err(str(e))
+        raise UsageError(f"--bits: {e}") from None
+    model, task, cfg = tg.load_run(run_dir)  # RunError / CheckpointError: reported by the CLI's boundary
+    _check_out(out)
     try:
         write, read = tg._export_fn("write"), tg._export_fn("read")
     except ImportError as e:
-        return _err(f"NIR export is not available: {e}")
+        raise UsageError(f"NIR export is not available: {e}") from None
 
     metadata = {"source": "surroflos train run", "run_dir": os.path.abspath(run_dir), "task": cfg.task,
                 "model": cfg.model, "training_config": cfg.to_dict()}
-    out_dir = os.path.dirname(os.path.abspath(out))
-    os.makedirs(out_dir, exist_ok=True)
     try:
         write(out, model, args.dt, metadata=metadata)
     except (TypeError, NotImplementedError, ValueError, KeyError, AttributeError) as e:
-        return _err(f"cannot export the {cfg.model!r} network of {run_dir!r}: {e}")
+        raise UsageError(f"cannot export the {cfg.model!r} network of {run_dir!r}: {e}") from None
     graph = read(out)
     rows = graph_summary(graph)
     report: dict[str, Any] = {"run_dir": os.path.abspath(run_dir), "nir": os.path.abspath(out), "dt": args.dt,
@@ -211,7 +214,7 @@ def cmd_export(args) -> int:
         try:
             verify = tg._export_fn("verify")
         except ImportError as e:
-            return _err(f"--verify is not available: {e}")
+            raise UsageError(f"--verify is not available: {e}") from None
         with torch.no_grad():
             vrep = verify(model, args.dt, x_val)
         print()
@@ -221,7 +224,7 @@ def cmd_export(args) -> int:
         try:
             res = tg.evaluate_quantized(run_dir, args.dt, target, bits=bits, via=args.via, n_trials=args.trials)
         except (ImportError, TypeError, ValueError) as e:
-            return _err(f"--quantize failed: {e}")
+            raise UsageError(f"--quantize failed: {e}") from None
         qgraph, info = tg.quantize_graph(graph, target, bits=bits)
         qpath = _quantized_path(out, target.name, bits)
         import nir
@@ -245,7 +248,7 @@ def cmd_export(args) -> int:
             print(f"from_nir of the float graph vs the model: agreement {res['conversion_agreement']:.4f}")
         print(f"wrote the quantised graph to {qpath}; " + format_issues(q_issues, target).splitlines()[0])
     rpath = report_path(out)
-    _write_json(rpath, report)
+    atomic_json(_jsonable(report), rpath)
     print(f"\nwrote {out} and {rpath}")
     errors = sum(i.severity == "error" for i in issues)
     return 1 if (args.strict and errors) else 0

@@ -64,6 +64,8 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from ..errors import UsageError
+
 __all__ = [
     "HardwareTarget", "TARGETS", "get_target", "Issue", "check_graph", "format_issues",
     "QuantizationInfo", "LayerQuantization", "quantize_graph", "quantize_model", "quantize_array",
@@ -887,7 +889,7 @@ def quantize_model(model, target: Union[str, HardwareTarget] = "generic", *, bit
 # ----------------------------------------------------------------------------------------------
 
 
-class RunError(ValueError):
+class RunError(UsageError):
     """A run folder that cannot be loaded (missing, no checkpoint, unsupported model)."""
 
 
@@ -897,7 +899,8 @@ def load_run(run_dir: Union[str, os.PathLike], *, device: str = "cpu") -> tuple:
     ``checkpoint.pt``. Raises :class:`RunError` with a clear message when something is missing."""
     import torch
 
-    from ..train import DTYPES, ConfigError, TrainConfig, build_model, validate
+    from ..checkpoint import load_checkpoint
+    from ..train import DTYPES, ConfigError, TrainConfig, build_model, load_weights, validate
 
     run_dir = os.fspath(run_dir)
     if not os.path.isdir(run_dir):
@@ -918,11 +921,9 @@ def load_run(run_dir: Union[str, os.PathLike], *, device: str = "cpu") -> tuple:
         raise RunError(f"cannot read {cfg_path}: {e}") from e
     dtype = DTYPES[cfg.dtype]
     model = build_model(cfg, task, torch.device(device), dtype)
-    try:
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
-    except Exception as e:  # a truncated file, a state dict of another model
-        raise RunError(f"cannot load {ckpt_path}: {e}") from e
+    # Safe loading (no pickled code runs); a damaged, foreign or unsafe file is a CheckpointError.
+    ck = load_checkpoint(ckpt_path, required=("model",), map_location=device)
+    load_weights(model, ck["model"], ckpt_path)
     model.eval()
     return model, task, cfg
 

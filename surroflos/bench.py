@@ -66,6 +66,7 @@ import torch
 
 from ._argtypes import positive_float as _positive_float
 from ._argtypes import positive_int as _positive_int
+from ._argtypes import seed as _seed
 
 __all__ = ["SCHEMA", "CONFIGS", "GPU_CONFIGS", "Context", "Impl", "Built", "add_bench_parser", "run_bench",
            "main", "run_config", "format_table", "time_callable", "lif_floor_bytes", "evaluate_target"]
@@ -1420,7 +1421,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="CPU: time each implementation in one go instead of in interleaved rounds")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch CPU threads (default: torch's own choice); 1 on a shared, loaded machine")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     return p
 
 
@@ -1440,10 +1441,18 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """Run the configurations named by parsed arguments; write JSON, print tables. Returns 0, or 2 on bad use."""
+    """Run the configurations named by parsed arguments; write JSON, print tables. Returns 0; raises
+    :class:`~surroflos.errors.UsageError` on bad use (checked before anything is timed)."""
+    from .cli import _prepare_folder
+    from .errors import UsageError
+
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda requested but no CUDA device is available", file=sys.stderr)
-        return 2
+        raise UsageError("--device cuda requested but no CUDA device is available (use --device cpu or auto)")
+    backends = _compile_backends()
+    if str(args.compile_backend).lower() != "none" and args.compile_backend not in backends:
+        raise UsageError(f"--compile-backend must be a torch.compile backend (e.g. inductor, aot_eager, eager; "
+                         f"torch._dynamo.list_backends(exclude_tags=()) lists all) or none, got {args.compile_backend!r}")
+    _prepare_folder(args.out)
     if getattr(args, "threads", None):
         torch.set_num_threads(int(args.threads))
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
@@ -1455,7 +1464,6 @@ def run_bench(args: argparse.Namespace) -> int:
                   forced_cpu=args.device == "cpu", progress=not args.quick,
                   interleave=not getattr(args, "no_interleave", False))
     configs = list(CONFIGS) if args.config == "all" else [args.config]
-    os.makedirs(args.out, exist_ok=True)
     for config in configs:
         payload = run_config(config, ctx)
         path = os.path.join(args.out, f"bench_{config}.json")
@@ -1465,10 +1473,18 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compile_backends() -> list:
+    """The ``torch.compile`` backends this torch knows (imports torch._dynamo: call only when needed)."""
+    import torch._dynamo
+
+    return sorted(torch._dynamo.list_backends(exclude_tags=()))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m surroflos.bench [--config ...]``: the same as ``surroflos bench``."""
-    parser = _configure(argparse.ArgumentParser(prog="surroflos bench", description="surroflos benchmark suite"))
-    return run_bench(parser.parse_args(argv))
+    """``python -m surroflos.bench [--config ...]``: the same as ``surroflos bench`` (same error boundary)."""
+    from .cli import main as cli_main
+
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,26 +14,23 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 from typing import Optional, Sequence
 
-from ._argtypes import nonneg_int as _nonneg_int
+from . import _argtypes as at
 from ._io import atomic_json
-from ._argtypes import positive_int as _positive_int
+from .errors import UsageError
 
 __all__ = ["main", "build_parser"]
 
 
 def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda requested but no CUDA device is available (use --device cpu)")
-    return dev
+    try:
+        return at.resolve_device(name)
+    except ValueError as e:
+        raise UsageError(f"--device {e}") from None
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,18 +38,25 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
     m.add_argument("--model", choices=["rate", "spiking"], default="rate", help="network family (default rate)")
     m.add_argument("--neuron", choices=["lif", "cuba"], default="lif", help="spiking neuron (default lif)")
-    m.add_argument("--N", type=_positive_int, default=100, help="number of hidden units (default 100)")
-    m.add_argument("--g", type=float, default=1.5, help="coupling gain, J ~ N(0, g^2/N) (default 1.5)")
-    m.add_argument("--dt", type=float, default=1.0, help="time step; rate: <1 gives the Euler form (default 1)")
-    m.add_argument("--n-in", type=_nonneg_int, default=1, help="input channels (default 1; 0 = autonomous)")
-    m.add_argument("--input-std", type=float, default=1.0, help="std of the Gaussian input drive (default 1)")
+    m.add_argument("--N", type=at.positive_int, default=100, help="number of hidden units (default 100)")
+    m.add_argument("--g", type=at.nonneg_float, default=1.5, help="coupling gain, J ~ N(0, g^2/N) (default 1.5)")
+    m.add_argument("--dt", type=at.positive_float, default=1.0,
+                   help="time step; rate: <1 gives the Euler form (default 1)")
+    m.add_argument("--n-in", type=at.nonneg_int, default=1, help="input channels (default 1; 0 = autonomous)")
+    m.add_argument("--input-std", type=at.nonneg_float, default=1.0, help="std of the Gaussian input drive (default 1)")
     m.add_argument("--nonlinearity", choices=["tanh", "relu"], default="tanh", help="rate nonlinearity")
-    m.add_argument("--beta", type=float, default=0.9, help="spiking membrane decay (default 0.9)")
-    m.add_argument("--alpha", type=float, default=0.8, help="cuba synaptic decay (default 0.8)")
-    m.add_argument("--threshold", type=float, default=1.0, help="spiking threshold (default 1)")
+    m.add_argument("--beta", type=at.unit_float, default=0.9, help="spiking membrane decay (default 0.9)")
+    m.add_argument("--alpha", type=at.unit_float, default=0.8, help="cuba synaptic decay (default 0.8)")
+    m.add_argument("--threshold", type=at.positive_float, default=1.0, help="spiking threshold (default 1)")
     m.add_argument("--reset", choices=["subtract", "zero"], default="subtract")
-    m.add_argument("--surrogate", default="atan", help="surrogate name (default atan)")
-    m.add_argument("--surrogate-scale", type=float, default=None, help="surrogate scale (default: its own)")
+    m.add_argument("--surrogate", choices=_surrogates(), default="atan", help="surrogate (default atan)")
+    m.add_argument("--surrogate-scale", type=at.positive_float, default=None, help="surrogate scale (default: its own)")
+
+
+def _surrogates() -> list:
+    from .surrogate import SURROGATES
+
+    return sorted(SURROGATES)
 
 
 def build_model(args, device, dtype):
@@ -86,23 +90,29 @@ def cmd_lyapunov(args) -> int:
     from . import plotting
     from .lyapunov import lyapunov_spectrum
 
+    from .memory import require_memory, spectrum_bytes
+
     device = _device(args.device)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    state_dim = 2 * args.N if args.model == "spiking" and args.neuron == "cuba" else args.N
+    if args.k > state_dim:
+        raise UsageError(f"--k {args.k} exceeds the state dimension {state_dim}")
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    require_memory(spectrum_bytes(state_dim, args.N, args.k, args.batch, itemsize,
+                                  n_weights=args.N * (args.N + args.n_in + 2)) + itemsize * args.T * args.batch * args.n_in,
+                   device, f"a spectrum of k={args.k} exponents of N={args.N} units", "lower --N, --k or --batch")
+    _prepare_folder(args.out)
     try:
         model = build_model(args, device, dtype)
-        if args.k > model.state_dim:
-            raise ValueError(f"--k {args.k} exceeds the state dimension {model.state_dim}")
-        gen = torch.Generator().manual_seed(args.seed + 1)
-        x = args.input_std * torch.randn(args.T, args.batch, args.n_in, generator=gen, dtype=dtype).to(device)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            res = lyapunov_spectrum(model, x, args.k, qr_every=args.qr_every, transient=args.transient,
-                                    frame_warmup=args.frame_warmup, generator=gen)
-        elapsed = time.perf_counter() - t0
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    os.makedirs(args.out, exist_ok=True)
+        raise UsageError(str(e)) from None
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    x = args.input_std * torch.randn(args.T, args.batch, args.n_in, generator=gen, dtype=dtype).to(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        res = lyapunov_spectrum(model, x, args.k, qr_every=args.qr_every, transient=args.transient,
+                                frame_warmup=args.frame_warmup, generator=gen)
+    elapsed = time.perf_counter() - t0
     mean, std = res.mean().detach(), res.std().detach()
     payload = {
         "config": {k: v for k, v in vars(args).items() if k != "func"},
@@ -127,9 +137,20 @@ def cmd_lyapunov(args) -> int:
     return 0
 
 
+def _prepare_folder(out: str) -> None:
+    """Create the output folder ``--out`` before any work, or raise a UsageError naming it."""
+    from .train import ConfigError, prepare_run_folder
+
+    try:
+        prepare_run_folder(out)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
+    _prepare_folder(args.out)
     run_demo(out=args.out, seed=args.seed, quick=args.quick, device=_device(args.device))
     return 0
 
@@ -145,7 +166,7 @@ def _task_param(s: str) -> tuple:
 
 
 def _float_or_none(s: str):
-    return None if s.lower() in ("none", "off", "0") else float(s)
+    return None if s.lower() in ("none", "off", "0") else at.positive_float(s)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -156,36 +177,36 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("task")
     t.add_argument("--task", default=None, help=f"task name (default: the main job, {d.task} with delay {d.delay} "
                    f"and T {d.T}; see surroflos.tasks.names())")
-    t.add_argument("--delay", type=_nonneg_int, default=None, help="task delay (default: the task's own)")
-    t.add_argument("--T", type=_positive_int, default=None, help="trial length in steps (default: the task's own)")
+    t.add_argument("--delay", type=at.nonneg_int, default=None, help="task delay (default: the task's own)")
+    t.add_argument("--T", type=at.positive_int, default=None, help="trial length in steps (default: the task's own)")
     t.add_argument("--task-param", type=_task_param, action="append", default=[], metavar="KEY=VALUE",
                    help="further task parameter (repeatable), e.g. --task-param T=60")
     m = p.add_argument_group("model")
     m.add_argument("--model", choices=MODELS, default=d.model, help=f"network (default {d.model})")
-    m.add_argument("--N", type=_positive_int, default=d.N, help=f"hidden units (default {d.N})")
-    m.add_argument("--g", type=float, default=d.g, help=f"recurrent gain (default {d.g})")
-    m.add_argument("--beta", type=float, default=d.beta)
-    m.add_argument("--alpha", type=float, default=d.alpha)
-    m.add_argument("--threshold", type=float, default=d.threshold)
+    m.add_argument("--N", type=at.positive_int, default=d.N, help=f"hidden units (default {d.N})")
+    m.add_argument("--g", type=at.nonneg_float, default=d.g, help=f"recurrent gain (default {d.g})")
+    m.add_argument("--beta", type=at.unit_float, default=d.beta, help=f"membrane decay per step (default {d.beta})")
+    m.add_argument("--alpha", type=at.unit_float, default=d.alpha, help=f"synaptic decay, cuba (default {d.alpha})")
+    m.add_argument("--threshold", type=at.positive_float, default=d.threshold)
     m.add_argument("--reset", choices=["subtract", "zero"], default=d.reset)
-    m.add_argument("--surrogate", default=d.surrogate)
-    m.add_argument("--K", type=_positive_int, default=d.K, help="balanced in-degree")
+    m.add_argument("--surrogate", choices=_surrogates(), default=d.surrogate)
+    m.add_argument("--K", type=at.positive_int, default=d.K, help="balanced in-degree")
     m.add_argument("--init", choices=["gaussian", "orthogonal", "balanced", "limit_cycle"], default=None,
                    help="recurrent weight initialisation (default: the model's own N(0, g^2/N)); --g is its gain")
     m.add_argument("--nonlinearity", choices=["tanh", "relu"], default=d.nonlinearity, help="rate networks")
-    m.add_argument("--rate-dt", type=float, default=d.rate_dt, help="rate networks: Euler step in units of tau")
+    m.add_argument("--rate-dt", type=at.positive_float, default=d.rate_dt, help="rate networks: Euler step in units of tau")
     m.add_argument("--backend", choices=["auto", "torch", "triton"], default=d.backend)
     f = p.add_argument_group("flossing")
     f.add_argument("--flossing", choices=FLOSSING_MODES, default=d.flossing, help=f"default {d.flossing}")
-    f.add_argument("--k", type=_positive_int, default=d.k, help=f"exponents flossed (default {d.k})")
-    f.add_argument("--target", type=float, default=d.target)
-    f.add_argument("--pre-steps", type=_nonneg_int, default=d.pre_steps)
-    f.add_argument("--floss-every", type=_nonneg_int, default=d.floss_every, help="epochs between bouts")
-    f.add_argument("--floss-steps", type=_nonneg_int, default=d.floss_steps, help="updates per bout")
-    f.add_argument("--floss-times", type=_nonneg_int, default=d.floss_times, help="bouts (0: all epochs)")
-    f.add_argument("--floss-T", type=_positive_int, default=d.floss_T)
-    f.add_argument("--floss-batch", type=_positive_int, default=d.floss_batch)
-    f.add_argument("--floss-lr", type=float, default=d.floss_lr)
+    f.add_argument("--k", type=at.positive_int, default=d.k, help=f"exponents flossed (default {d.k})")
+    f.add_argument("--target", type=at.finite_float, default=d.target, help="flossing target of the exponents")
+    f.add_argument("--pre-steps", type=at.nonneg_int, default=d.pre_steps)
+    f.add_argument("--floss-every", type=at.nonneg_int, default=d.floss_every, help="epochs between bouts")
+    f.add_argument("--floss-steps", type=at.nonneg_int, default=d.floss_steps, help="updates per bout")
+    f.add_argument("--floss-times", type=at.nonneg_int, default=d.floss_times, help="bouts (0: all epochs)")
+    f.add_argument("--floss-T", type=at.positive_int, default=d.floss_T)
+    f.add_argument("--floss-batch", type=at.positive_int, default=d.floss_batch)
+    f.add_argument("--floss-lr", type=at.positive_float, default=d.floss_lr)
     f.add_argument("--local-flossing", action="store_true",
                    help="flossing updates use local information only: the recurrent state is detached "
                         "(seed 003's preflossing for bio-plausible rules)")
@@ -193,41 +214,42 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--rule", choices=RULES, default=d.rule,
                    help=f"learning rule (default {d.rule}): bptt = exact gradients, eprop = e-prop (rate, lif), "
                         "rflo = random-feedback local online learning (rate)")
-    o.add_argument("--epochs", type=_positive_int, default=d.epochs)
-    o.add_argument("--steps-per-epoch", type=_positive_int, default=d.steps_per_epoch)
-    o.add_argument("--batch", type=_positive_int, default=d.batch)
-    o.add_argument("--lr", type=float, default=d.lr)
+    o.add_argument("--epochs", type=at.positive_int, default=d.epochs)
+    o.add_argument("--steps-per-epoch", type=at.positive_int, default=d.steps_per_epoch)
+    o.add_argument("--batch", type=at.positive_int, default=d.batch)
+    o.add_argument("--lr", type=at.positive_float, default=d.lr)
     o.add_argument("--grad-clip", type=_float_or_none, default=d.grad_clip, help="gradient-norm clip (none: off)")
-    o.add_argument("--seed", type=int, default=d.seed)
-    o.add_argument("--device", default=d.device, help="cpu, cuda or auto")
+    o.add_argument("--seed", type=at.seed, default=d.seed)
+    o.add_argument("--device", type=at.device, default=d.device, help="cpu, cuda, cuda:N or auto")
     o.add_argument("--dtype", choices=["float32", "float64"], default=d.dtype)
-    o.add_argument("--eval-batch", type=_positive_int, default=d.eval_batch)
-    o.add_argument("--lyap-every", type=_nonneg_int, default=d.lyap_every, help="epochs between lambda_1 estimates")
-    o.add_argument("--spectrum-T", type=_positive_int, default=d.spectrum_T)
-    o.add_argument("--spectrum-k", type=_positive_int, default=d.spectrum_k)
+    o.add_argument("--eval-batch", type=at.positive_int, default=d.eval_batch)
+    o.add_argument("--lyap-every", type=at.nonneg_int, default=d.lyap_every, help="epochs between lambda_1 estimates")
+    o.add_argument("--spectrum-T", type=at.positive_int, default=d.spectrum_T)
+    o.add_argument("--spectrum-k", type=at.positive_int, default=d.spectrum_k)
     o.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
     o.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def cmd_train(args) -> int:
-    from .train import ConfigError, TrainConfig, train
+    from .train import TrainConfig, train
 
     fields = set(TrainConfig.__dataclass_fields__)
     values = {k: v for k, v in vars(args).items() if k in fields}
-    values["task_params"] = dict(args.task_param)
+    params = dict(args.task_param)
+    for name in ("delay", "T"):  # given as --task-param: one value, reported under its own name
+        if name in params:
+            if values[name] is not None and values[name] != params[name]:
+                raise UsageError(f"--{name} {values[name]} conflicts with --task-param {name}={params[name]}; "
+                                 f"give the {name} once")
+            values[name] = params.pop(name)
+    values["task_params"] = params
     if args.task is None:  # the main job: delayed XOR with the trainer's defaults unless overridden
         d = TrainConfig()
         values["task"] = d.task
-        values["delay"] = d.delay if args.delay is None else args.delay
-        values["T"] = d.T if args.T is None else args.T
-    try:
-        train(TrainConfig(**values), resume=args.resume, progress=not args.no_progress)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+        values["delay"] = d.delay if values["delay"] is None else values["delay"]
+        values["T"] = d.T if values["T"] is None else values["T"]
+    train(TrainConfig(**values), resume=args.resume, progress=not args.no_progress)
     return 0
 
 
@@ -235,15 +257,10 @@ def cmd_sweep(args) -> int:
     import shlex
 
     from .sweep import run_sweep, spec_from_args
-    from .train import ConfigError
 
     command = "surroflos sweep " + " ".join(shlex.quote(a) for a in args._argv)
-    try:
-        rows = run_sweep(spec_from_args(args), args.out, workers=args.workers, progress=not args.no_progress,
-                         command=command)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    rows = run_sweep(spec_from_args(args), args.out, workers=args.workers, progress=not args.no_progress,
+                     command=command)
     with open(os.path.join(args.out, "results.md")) as f:
         print(f.read())
     failed = sum(r["status"] == "error" for r in rows)
@@ -251,8 +268,15 @@ def cmd_sweep(args) -> int:
     return 1 if failed else 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the error boundary's format: one line naming the flag, status 2, no usage dump."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="surroflos", description="Surrogate Lyapunov spectra and gradient "
+    parser = _Parser(prog="surroflos", description="Surrogate Lyapunov spectra and gradient "
                                      "flossing for spiking and rate recurrent networks.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -262,14 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "network driven by Gaussian input; writes spectrum.json and spectrum.png to --out.")
     add_model_arguments(p)
     e = p.add_argument_group("estimate")
-    e.add_argument("--k", type=_positive_int, default=10, help="number of exponents (default 10)")
-    e.add_argument("--T", type=_positive_int, default=2000, help="total steps incl. transient (default 2000)")
-    e.add_argument("--qr-every", type=_positive_int, default=5, help="steps between QRs (default 5)")
-    e.add_argument("--transient", type=_nonneg_int, default=200, help="state-only transient steps (default 200)")
-    e.add_argument("--frame-warmup", type=_nonneg_int, default=100, help="frame settling steps (default 100)")
-    e.add_argument("--batch", type=_positive_int, default=4, help="trajectories (default 4)")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
+    e.add_argument("--k", type=at.positive_int, default=10, help="number of exponents (default 10)")
+    e.add_argument("--T", type=at.positive_int, default=2000, help="total steps incl. transient (default 2000)")
+    e.add_argument("--qr-every", type=at.positive_int, default=5, help="steps between QRs (default 5)")
+    e.add_argument("--transient", type=at.nonneg_int, default=200, help="state-only transient steps (default 200)")
+    e.add_argument("--frame-warmup", type=at.nonneg_int, default=100, help="frame settling steps (default 100)")
+    e.add_argument("--batch", type=at.positive_int, default=4, help="trajectories (default 4)")
+    e.add_argument("--seed", type=at.seed, default=0)
+    e.add_argument("--device", type=at.device, default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
     e.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     e.add_argument("--out", default="outputs/lyapunov", help="output folder (default outputs/lyapunov)")
     p.set_defaults(func=cmd_lyapunov)
@@ -278,9 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The main job until `surroflos train` exists: spectra of a random rate "
                        "network and a recurrent LIF network, preflossing both, spectra before/after + PNG.")
     d.add_argument("--out", default="outputs/demo")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=at.seed, default=0)
     d.add_argument("--quick", action="store_true", help="a few seconds instead of ~1-2 minutes (for tests)")
-    d.add_argument("--device", default="cpu")
+    d.add_argument("--device", type=at.device, default="cpu")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train a network on a temporal task (the README's main job)",
@@ -299,23 +323,23 @@ def build_parser() -> argparse.ArgumentParser:
                        "processes; an interrupted sweep resumes when started again with the same command.")
     w.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a predefined grid (flags override it)")
     w.add_argument("--tasks", nargs="+")
-    w.add_argument("--delays", nargs="+", type=_nonneg_int)
+    w.add_argument("--delays", nargs="+", type=at.nonneg_int)
     w.add_argument("--models", nargs="+", choices=MODELS)
     w.add_argument("--flossing", nargs="+", choices=FLOSSING_MODES)
-    w.add_argument("--seeds", nargs="+", type=int)
-    w.add_argument("--gains", nargs="+", type=float, help="initial recurrent gains g (a grid axis)")
+    w.add_argument("--seeds", nargs="+", type=at.seed)
+    w.add_argument("--gains", nargs="+", type=at.nonneg_float, help="initial recurrent gains g (a grid axis)")
     w.add_argument("--rules", nargs="+", choices=RULES, help="learning rules (a grid axis)")
     w.add_argument("--local", nargs="+", choices=["no", "yes"], help="local flossing off/on (a grid axis; "
                    "'yes' applies to flossing pre/during only, 'yes' with flossing none is skipped)")
-    w.add_argument("--epochs", type=_positive_int)
-    w.add_argument("--steps-per-epoch", type=_positive_int)
-    w.add_argument("--N", type=_positive_int)
-    w.add_argument("--batch", type=_positive_int)
-    w.add_argument("--lr", type=float)
-    w.add_argument("--k", type=_positive_int)
-    w.add_argument("--pre-steps", type=_nonneg_int)
-    w.add_argument("--success", type=float, help="metric threshold counted as success")
-    w.add_argument("--workers", type=_positive_int, default=2, help="worker processes (default 2)")
+    w.add_argument("--epochs", type=at.positive_int)
+    w.add_argument("--steps-per-epoch", type=at.positive_int)
+    w.add_argument("--N", type=at.positive_int)
+    w.add_argument("--batch", type=at.positive_int)
+    w.add_argument("--lr", type=at.positive_float)
+    w.add_argument("--k", type=at.positive_int)
+    w.add_argument("--pre-steps", type=at.nonneg_int)
+    w.add_argument("--success", type=at.finite_float, help="metric threshold counted as success")
+    w.add_argument("--workers", type=at.positive_int, default=2, help="worker processes (default 2)")
     w.add_argument("--out", default="outputs/sweep")
     w.add_argument("--no-progress", action="store_true")
     w.set_defaults(func=cmd_sweep)
@@ -339,7 +363,31 @@ def _version() -> str:
     return __version__
 
 
+def _one_line(message: str) -> str:
+    return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def _flag_names(parser: argparse.ArgumentParser) -> dict:
+    """``dest -> --flag`` of a (sub)parser, to name flags in messages of the Python API."""
+    return {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings}
+
+
+def _with_flag(message: str, flags: dict) -> str:
+    """``"beta must ..."`` -> ``"--beta must ..."`` when the message starts with a flag's field name."""
+    m = re.match(r"([A-Za-z_]\w*)(?=[ =:])", message)
+    if m and m.group(1) in flags:
+        return flags[m.group(1)] + message[m.end():]
+    return message
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``surroflos``; returns the exit status.
+
+    The error boundary: a user error (a :class:`~surroflos.errors.UsageError`, raised by every check of
+    flags, files and configurations before work starts) prints one line ``surroflos <command>: error: ...``
+    naming the flag or file and exits with 2; a run that diverges numerically exits with 1, as does any
+    unexpected error (one line; ``SURROFLOS_TRACEBACK=1`` shows the traceback); Ctrl-C exits with 130.
+    """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -347,11 +395,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    prog = f"surroflos {args.command}"
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except UsageError as e:
+        sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+        print(f"{prog}: error: {_with_flag(_one_line(e), _flag_names(sub))}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:  # the dynamics or the training diverged: a result, not a usage error
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if os.environ.get("SURROFLOS_TRACEBACK"):
+            raise
+        where = f" ({e.filename})" if isinstance(e, OSError) and e.filename else ""
+        print(f"{prog}: error: {type(e).__name__}{where}: {_one_line(e) or 'no message'} (an unexpected error; "
+              "rerun with SURROFLOS_TRACEBACK=1 for the traceback and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

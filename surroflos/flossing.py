@@ -29,16 +29,34 @@ def flossing_loss(exponents: torch.Tensor, target: Target = 0.0) -> torch.Tensor
 
     Args:
         exponents: ``[B, k]`` (or ``[k]`` for a single spectrum).
-        target: a scalar or one value per exponent (``[k]``).
+        target: a scalar or one value per exponent (``[k]``), finite.
+
+    Raises:
+        ValueError: ``exponents`` is empty or holds NaN/inf (a diverged estimate would otherwise give a
+            NaN loss, or an empty one a silent 0), or ``target`` has the wrong shape or is not finite.
     """
     if not isinstance(exponents, torch.Tensor) or exponents.ndim not in (1, 2):
         raise ValueError(f"exponents must be a tensor [B, k] or [k], got {getattr(exponents, 'shape', exponents)!r}")
+    if exponents.numel() == 0:
+        raise ValueError(f"exponents is empty (shape {tuple(exponents.shape)}); flossing needs k >= 1 exponents "
+                         "of at least one trajectory")
     lam = exponents if exponents.ndim == 2 else exponents.unsqueeze(0)
-    tgt = torch.as_tensor(target, dtype=lam.dtype, device=lam.device)
-    if tgt.ndim > 1 or (tgt.ndim == 1 and tgt.shape[0] != lam.shape[-1]):
-        raise ValueError(f"target must be a scalar or have one value per exponent ({lam.shape[-1]}), "
-                         f"got shape {tuple(tgt.shape)}")
+    tgt = _check_target(target, lam.shape[-1]).to(dtype=lam.dtype, device=lam.device)
+    # One host sync per loss; skipped under torch.compile, where it would break the graph.
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(lam.detach()).all()):
+        raise ValueError("exponents contain NaN or inf (the spectrum estimate diverged); lower the learning "
+                         "rate or the gain, or clip gradients")
     return ((lam - tgt) ** 2).sum(dim=-1).mean()
+
+
+def _check_target(target: Target, k: int) -> torch.Tensor:
+    """``target`` as a tensor, after checking its shape against ``k`` exponents and that it is finite."""
+    tgt = torch.as_tensor(target.detach() if isinstance(target, torch.Tensor) else target, dtype=torch.float64)
+    if tgt.ndim > 1 or (tgt.ndim == 1 and tgt.shape[0] != k):
+        raise ValueError(f"target must be a scalar or have one value per exponent ({k}), got shape {tuple(tgt.shape)}")
+    if not bool(torch.isfinite(tgt).all()):
+        raise ValueError(f"target must be finite, got {target!r} (a NaN target makes every flossing loss NaN)")
+    return target if isinstance(target, torch.Tensor) else tgt  # numbers in float64: exact before the cast
 
 
 @dataclass
@@ -137,6 +155,7 @@ def floss(model, steps: int, *, k: int, T: int = 100, batch: int = 16, lr: float
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if isinstance(T, bool) or not isinstance(T, int) or T < 2:
         raise ValueError(f"T must be an int >= 2, got {T!r}")
+    _check_target(target, k)
     check_backend(backend)
     if qr not in QR_METHODS:
         raise ValueError(f"qr must be one of {QR_METHODS}, got {qr!r}")

@@ -45,6 +45,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from ._argtypes import MAX_SEED
 from .train import ConfigError, TrainConfig, validate
 
 __all__ = ["SweepSpec", "PRESETS", "expand", "plan", "run_sweep", "summarize", "config_hash", "run_definition",
@@ -55,7 +56,6 @@ LOCK_FILE = ".sweep.lock"  # in OUT: held (flock) while a sweep writes there
 # TrainConfig fields that do not change what a run computes: where it is written, on which device and
 # with which kernel backend.
 NOT_DEFINING = ("out", "device", "backend")
-_MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; surroflos derives stream seeds below 2**63
 
 
 @dataclass
@@ -163,8 +163,8 @@ def check_spec(spec: SweepSpec) -> None:
             if not isinstance(v, str) or not v:
                 raise ConfigError(f"{name} must be names (non-empty strings), got {v!r}")
     for v in spec.seeds:
-        if not (_is_int(v) and 0 <= v <= _MAX_SEED):
-            raise ConfigError(f"seeds must be integers in [0, 2**63 - 1], got {v!r}")
+        if not (_is_int(v) and 0 <= v <= MAX_SEED):
+            raise ConfigError(f"seeds must be integers in [0, 2**63 - 2], got {v!r}")
     for v in spec.delays:
         if v is not None and not (_is_int(v) and v >= 0):
             raise ConfigError(f"delays must be integers >= 0 (or None: the task's default), got {v!r}")
@@ -271,17 +271,9 @@ def _read_json(path: str) -> dict:
 
 def _checkpoint_config(path: str) -> dict:
     """The configuration saved in a train checkpoint (loaded without running code from the file)."""
-    import torch
+    from .checkpoint import load_checkpoint
 
-    try:
-        from torch.torch_version import TorchVersion
-
-        globals_ok = torch.serialization.safe_globals([TorchVersion])
-    except (ImportError, AttributeError):  # pragma: no cover - older torch
-        globals_ok = contextlib.nullcontext()
-    with globals_ok:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    return ck["config"]
+    return load_checkpoint(path, required=("config",))["config"]
 
 
 def _records(run_out: str, has_result: bool) -> list[tuple[str, dict]]:

@@ -31,7 +31,10 @@ from typing import Any, Callable, Optional
 import torch
 
 from . import plotting
-from ._io import atomic_json, atomic_torch_save, atomic_write
+from ._argtypes import MAX_SEED, resolve_device
+from ._io import atomic_json, atomic_write
+from .checkpoint import CheckpointError, check_finite_state, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .errors import UsageError
 from .flossing import FlossingSchedule, floss
 from .learning import RULES, make_rule
 from .lyapunov import lyapunov_spectrum
@@ -48,7 +51,12 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _SEED_MODEL, _SEED_DATA, _SEED_EVAL, _SEED_FLOSS, _SEED_SPECTRUM, _SEED_FEEDBACK, _SEED_INIT = 0, 1, 2, 3, 4, 5, 6
 
 
-class ConfigError(ValueError):
+# The files a run folder holds (checked to be writable files before any work starts).
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "result.json", "learning_curve.png",
+             "spectrum.png", "lambda1.png", "raster.png")
+
+
+class ConfigError(UsageError):
     """A training configuration that cannot run (reported before any work starts)."""
 
 
@@ -217,9 +225,29 @@ def validate(cfg: TrainConfig):
         v = getattr(cfg, name)
         _check(isinstance(v, int) and not isinstance(v, bool) and v >= 0,
                f"{name} must be a non-negative int, got {v!r}")
+    _check(cfg.seed <= MAX_SEED, f"seed must be at most 2**63 - 2 = {MAX_SEED}, got {cfg.seed}")
     for name in ("lr", "floss_lr"):
         v = getattr(cfg, name)
-        _check(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f"{name} must be positive, got {v!r}")
+        _check(_is_real(v) and math.isfinite(v) and v > 0, f"{name} must be positive, got {v!r}")
+    # Model values: checked here so that a bad one is named before any work (the models check them too).
+    for name in ("beta", "alpha"):
+        v = getattr(cfg, name)
+        _check(_is_real(v) and 0.0 <= v <= 1.0, f"{name} must lie in [0, 1] (a decay per step), got {v!r}")
+    _check(_is_real(cfg.threshold) and math.isfinite(cfg.threshold) and cfg.threshold > 0,
+           f"threshold must be a positive number, got {cfg.threshold!r}")
+    _check(_is_real(cfg.g) and math.isfinite(cfg.g) and cfg.g >= 0, f"g must be a finite number >= 0, got {cfg.g!r}")
+    _check(_is_real(cfg.target) and math.isfinite(cfg.target),
+           f"target must be a finite number (the flossed exponents' goal, e.g. 0), got {cfg.target!r}")
+    from . import surrogate as sg
+
+    _check(cfg.surrogate in sg.SURROGATES, f"surrogate must be one of {sorted(sg.SURROGATES)}, got {cfg.surrogate!r}")
+    _check(cfg.reset in ("subtract", "zero"), f"reset must be 'subtract' or 'zero', got {cfg.reset!r}")
+    _check_device(cfg.device, cfg.backend)
+    _check(isinstance(cfg.task_params, dict), f"task_params must be a dict, got {cfg.task_params!r}")
+    for name in ("delay", "T"):
+        given, field_value = cfg.task_params.get(name), getattr(cfg, name)
+        _check(name not in cfg.task_params or field_value is None or given == field_value,
+               f"{name} is {field_value!r} but task_params sets {name}={given!r}; give the {name} once")
     _check(cfg.grad_clip is None or (math.isfinite(cfg.grad_clip) and cfg.grad_clip > 0),
            f"grad_clip must be positive or None, got {cfg.grad_clip!r}")
     _check(cfg.delay is None or (isinstance(cfg.delay, int) and cfg.delay >= 0),
@@ -277,17 +305,28 @@ def build_initialized_model(cfg: TrainConfig, task, device: torch.device, dtype:
     return model
 
 
+def _is_real(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+
+
+def _check_device(name: object, backend: str) -> torch.device:
+    """The device ``name`` resolves to, after checking that this machine has it and that
+    ``backend='triton'`` can run there."""
+    _check(isinstance(name, str), f"device must be a string such as 'cpu', 'cuda', 'cuda:1' or 'auto', got {name!r}")
+    try:
+        dev = resolve_device(name)
+    except ValueError as e:
+        raise ConfigError(f"device {e}") from None
+    if backend == "triton" and dev.type != "cuda":
+        from .kernels.backend import interpreter_requested
+
+        _check(interpreter_requested(), "backend 'triton' needs a CUDA device (or TRITON_INTERPRET=1, the slow "
+               "interpreter for tests); use --backend auto or torch on the CPU")
+    return dev
+
+
 def _seed(seed: int, stream: int) -> int:
     return (seed * 1_000_003 + stream * 7919) % (2**63 - 1)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    _check(not (dev.type == "cuda" and not torch.cuda.is_available()),
-           f"device {name!r} requested but CUDA is not available (use --device cpu)")
-    return dev
 
 
 # ----------------------------------------------------------------------------------------------
@@ -330,11 +369,40 @@ def _write_metrics(path: str, metrics: list) -> None:
     atomic_write(path, lambda fh: fh.writelines(json.dumps(row) + "\n" for row in metrics))
 
 
-# Keys that may differ between a checkpoint and a resumed run without changing what was computed.
+# Keys that may differ between a checkpoint and a resumed run without changing what was computed
+# (``epochs`` may only grow: more epochs continue the same run).
 _RESUMABLE_CHANGES = {"epochs", "out", "device", "backend"}
+_CHECKPOINT_KEYS = ("config", "model", "optimizer", "g_data", "g_floss", "torch_rng", "state")
+_STATE_KEYS = {"epoch", "metrics", "spectrum_before", "preflossed", "preflossing"}
 
 
-def _check_resume(saved: dict, cfg: TrainConfig) -> None:
+def prepare_run_folder(out: str) -> None:
+    """Create the run folder ``out`` (and parents) and check that every file of a run can be written there.
+
+    Raises:
+        ConfigError: ``out`` is a file, cannot be created or is not writable, or one of :data:`RUN_FILES`
+            exists there as a folder.
+    """
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out {out} is a file, not a folder; give a folder name")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out} is not writable; choose another folder")
+    for name in RUN_FILES:
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            raise ConfigError(f"{path} is a folder, but the run writes a file there; remove it or use another --out")
+
+
+def _check_resume(ck: dict, cfg: TrainConfig, path: str) -> None:
+    """Refuse a resume whose configuration differs from the checkpoint's, or that would undo epochs."""
+    saved, state = ck["config"], ck["state"]
+    if not isinstance(saved, dict) or not isinstance(state, dict) or not _STATE_KEYS <= set(state) \
+            or not isinstance(state["epoch"], int) or not isinstance(state["metrics"], list):
+        raise CheckpointError(f"{path} is not a surroflos train checkpoint (its config or state is malformed)")
     now = cfg.to_dict()
     # Keys added to TrainConfig after the checkpoint was written took their defaults in that run.
     saved = {**{k: v for k, v in TrainConfig().to_dict().items() if k not in saved}, **saved}
@@ -343,6 +411,42 @@ def _check_resume(saved: dict, cfg: TrainConfig) -> None:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
         raise ConfigError(f"--resume: the configuration differs from the checkpoint's ({detail}); only "
                           f"{sorted(_RESUMABLE_CHANGES)} may change. Use a new --out folder for a new run.")
+    if cfg.epochs < state["epoch"]:
+        raise ConfigError(f"--resume: --epochs {cfg.epochs} but the checkpoint has completed {state['epoch']} "
+                          f"epochs; give --epochs {state['epoch']} or more (or a new --out for a shorter run)")
+
+
+def load_weights(model: torch.nn.Module, weights: object, path: str) -> None:
+    """Load a checkpoint's ``model`` entry into ``model`` after checking that it is a state dict of finite
+    tensors with this network's names and shapes; raises :class:`CheckpointError` naming what does not fit."""
+    mine = model.state_dict()
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{path}: its 'model' entry is not a state dict of tensors")
+    missing, extra = sorted(set(mine) - set(weights)), sorted(set(weights) - set(mine))
+    if missing or extra:
+        raise CheckpointError(f"{path} holds the weights of another network (missing {missing}, unexpected {extra})")
+    for name, t in mine.items():
+        if tuple(weights[name].shape) != tuple(t.shape):
+            raise CheckpointError(f"{path}: {name!r} has shape {list(weights[name].shape)} but this network's is "
+                                  f"{list(t.shape)} (the checkpoint is of another size)")
+    check_finite_state(weights, path)
+    model.load_state_dict(weights)
+
+
+def _restore(ck: dict, path: str, model, opt, g_data: torch.Generator, g_floss: torch.Generator) -> None:
+    """Load a checkpoint's weights, optimiser and RNG states, or raise :class:`CheckpointError` naming
+    what does not fit."""
+    for name in ("g_data", "g_floss", "torch_rng"):
+        if not (isinstance(ck[name], torch.Tensor) and ck[name].dtype == torch.uint8):
+            raise CheckpointError(f"{path}: {name!r} is not a random-generator state (a uint8 tensor)")
+    load_weights(model, ck["model"], path)
+    try:
+        opt.load_state_dict(ck["optimizer"])
+        g_data.set_state(ck["g_data"])
+        g_floss.set_state(ck["g_floss"])
+        torch.set_rng_state(ck["torch_rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise CheckpointError(f"{path} cannot be restored: {str(e).splitlines()[0]}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -367,9 +471,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         ``KeyboardInterrupt``.
     """
     task = validate(cfg)
-    device, dtype = _device(cfg.device), DTYPES[cfg.dtype]
-    os.makedirs(cfg.out, exist_ok=True)
+    device, dtype = _check_device(cfg.device, cfg.backend), DTYPES[cfg.dtype]
+    from .memory import require_memory, train_bytes
+
+    require_memory(train_bytes(cfg, task), device, f"a {cfg.model} network of N={cfg.N}",
+                   "lower --N, --batch, --eval-batch or --T")
+    prepare_run_folder(cfg.out)
     ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
+    if resume:
+        if not os.path.exists(ckpt_path):
+            raise ConfigError(f"--resume: no checkpoint at {ckpt_path}; start without --resume")
+        remove_stale_temporaries(cfg.out)  # leftovers of a write that a kill interrupted
+        ck = load_checkpoint(ckpt_path, required=_CHECKPOINT_KEYS, map_location=device)
+        _check_resume(ck, cfg, ckpt_path)
     model = build_initialized_model(cfg, task, device, dtype)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     # The random feedback of e-prop/RFLO is drawn from its own seeded stream: rebuilt identically on resume.
@@ -381,15 +495,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     state: dict[str, Any] = {"epoch": 0, "metrics": [], "spectrum_before": None, "preflossed": False,
                              "preflossing": None}
     if resume:
-        if not os.path.exists(ckpt_path):
-            raise ConfigError(f"--resume: no checkpoint at {ckpt_path}; start without --resume")
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        _check_resume(ck["config"], cfg)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        g_data.set_state(ck["g_data"])
-        g_floss.set_state(ck["g_floss"])
-        torch.set_rng_state(ck["torch_rng"])
+        _restore(ck, ckpt_path, model, opt, g_data, g_floss)
         state = ck["state"]
         log(f"resumed {cfg.out} at epoch {state['epoch']}")
     else:
@@ -415,6 +521,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                 "lambda_last": lam[-1].tolist() if len(hist) else None,
                 "loss_last": float(hist.loss[-1]) if len(hist) else None, "seconds": time.perf_counter() - t0}
 
+    def save() -> None:
+        save_checkpoint(snapshot(), ckpt_path)
+
     def snapshot() -> dict:
         return {"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "g_data": g_data.get_state(), "g_floss": g_floss.get_state(), "torch_rng": torch.get_rng_state(),
@@ -426,13 +535,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         if state["spectrum_before"] is None:
             state["spectrum_before"] = _spectrum(model, task, cfg, k_spec, 0, device, dtype)
             log("spectrum before: " + _fmt(state["spectrum_before"]))
-            atomic_torch_save(snapshot(), ckpt_path)  # from here on, --resume always has a checkpoint
+            save()  # from here on, --resume always has a checkpoint
         if schedule.pre_steps and not state["preflossed"]:
             state["preflossing"] = floss_bout(schedule.pre_steps)
             state["preflossed"] = True
             log(f"preflossing: lambda_1..{cfg.k} {_fmt(state['preflossing']['lambda_first'])} -> "
                 f"{_fmt(state['preflossing']['lambda_last'])}")
-            atomic_torch_save(snapshot(), ckpt_path)
+            save()
         if cfg.lyap_every and state.get("lambda1_start") is None:
             state["lambda1_start"] = _spectrum(model, task, cfg, 1, 0, device, dtype)[0]
         bar = _progress_bar(cfg.epochs, state["epoch"], progress)
@@ -480,7 +589,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             done_this_call += 1
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            atomic_torch_save(snapshot(), ckpt_path)
+            save()
             if bar is not None:
                 bar.update(1)
                 post = {"loss": f"{row['train_loss']:.3g}", task.metric[:3]: f"{row[task.metric]:.3f}"}
@@ -531,7 +640,7 @@ def _versions() -> dict:
 
     from . import __version__
 
-    return {"surroflos": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    return {"surroflos": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

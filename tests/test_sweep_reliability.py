@@ -173,7 +173,7 @@ def test_a_second_sweep_into_the_same_folder_is_refused_while_one_runs(tmp_path)
 
 @pytest.mark.parametrize("field,value", [
     ("success", math.nan), ("success", math.inf), ("success", "0.9"), ("success", True),
-    ("seeds", [-1]), ("seeds", [2**63]), ("seeds", [1.0]), ("seeds", [True]), ("seeds", ["0"]),
+    ("seeds", [-1]), ("seeds", [2**63 - 1]), ("seeds", [1.0]), ("seeds", [True]), ("seeds", ["0"]),
     ("delays", [-1]), ("delays", [2.0]), ("delays", [True]),
     ("tasks", "xor"), ("tasks", [3]), ("models", "rate"), ("flossing", [None]), ("rules", ["bptt", 1]),
     ("local", ["yes"]), ("gains", [True]), ("base", [("N", 8)]),

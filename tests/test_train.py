@@ -75,8 +75,8 @@ def test_resume_continues_exactly(tmp_path, flossing):
     assert not (tmp_path / "part" / "result.json").exists()
     resumed = train(_cfg(tmp_path, "part", **extra), resume=True, progress=False, log=_quiet)
     assert _strip(resumed.metrics) == _strip(full.metrics)
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.spectrum_after == full.spectrum_after
     lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
@@ -117,7 +117,7 @@ def test_ctrl_c_keeps_last_epoch_and_resume_matches(tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "validate", interrupting_validate)
     with pytest.raises(KeyboardInterrupt):
         train(_cfg(tmp_path, "cut", flossing="none"), progress=False, log=_quiet)
-    ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert ck["state"]["epoch"] == 1
     monkeypatch.setattr(tr, "validate", real)
     resumed = train(_cfg(tmp_path, "cut", flossing="none"), resume=True, progress=False, log=_quiet)
