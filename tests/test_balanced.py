@@ -20,6 +20,8 @@ from surroflos.models import jvp_tangent
 from surroflos.models.balanced import (BalancedNetwork, balanced_step, balanced_tangent, plot_raster,
                                        sparse_fixed_indegree)
 
+from _tolerance import eps
+
 F64 = torch.float64
 
 
@@ -78,8 +80,10 @@ def test_exactly_K_distinct_partners_no_self_loops(N, K):
     assert bool((srt[:, 1:] != srt[:, :-1]).all()), "repeated presynaptic partner"
     W = dense_weights(net)
     assert torch.equal((W != 0).sum(1), torch.full((N,), K))  # in-degree exactly K
-    assert torch.allclose(W[W != 0], torch.tensor(-net.J0 / math.sqrt(K), dtype=W.dtype))
-    assert torch.allclose(net.drive, torch.tensor(net.I0 * math.sqrt(K), dtype=net.drive.dtype))
+    # one constant, rounded once to the network's dtype (tests/_tolerance.py)
+    assert torch.allclose(W[W != 0], torch.tensor(-net.J0 / math.sqrt(K), dtype=W.dtype), rtol=eps(W.dtype), atol=0)
+    assert torch.allclose(net.drive, torch.tensor(net.I0 * math.sqrt(K), dtype=net.drive.dtype),
+                          rtol=eps(net.drive.dtype), atol=0)
 
 
 def test_graph_is_uniform_random():
@@ -108,8 +112,8 @@ def test_ei_structure():
     assert not bool((pre == torch.arange(N).unsqueeze(1)).any())
     exc = pre < N_E
     assert torch.equal(exc.sum(1), torch.full((N,), K_E))  # K_E excitatory inputs per neuron
-    assert torch.allclose(w[exc], torch.tensor(1.0 / math.sqrt(K)))
-    assert torch.allclose(w[~exc], torch.tensor(-g / math.sqrt(K)))
+    assert torch.allclose(w[exc], torch.tensor(1.0 / math.sqrt(K), dtype=w.dtype), rtol=eps(w.dtype), atol=0)
+    assert torch.allclose(w[~exc], torch.tensor(-g / math.sqrt(K), dtype=w.dtype), rtol=eps(w.dtype), atol=0)
     W = dense_weights(net)
     assert torch.equal((W != 0).sum(1), torch.full((N,), K))
     J_eff = -W.sum(1).mean().item() / math.sqrt(K)  # net inhibition per unit sqrt(K)

@@ -22,15 +22,6 @@ from surroflos.models.rate import RateParams, rate_step, rate_tangent
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    # Small matrices: threading only adds overhead (and the CI machine is shared).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
