@@ -67,6 +67,7 @@ def test_lyapunov_rejects_bad_flag_values(capsys):
     assert "qr-every" in capsys.readouterr().err
 
 
+@pytest.mark.numerics
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # e.g. the QR precision warning must not fire
 def test_quick_demo_reports_reproducible_spectra(tmp_path):
     out = tmp_path / "demo"

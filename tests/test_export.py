@@ -359,6 +359,7 @@ def float32_output_tol(model, x, per_step: int, readout: int) -> float:
     return rounding_tol(torch.float32, scale_of(out), recurrence_ops(x.shape[0], per_step) + readout)
 
 
+@pytest.mark.numerics
 def test_snntorch_feedforward_exact_at_its_dt_and_predicted_elsewhere():
     seq = nn.Sequential(nn.Linear(3, 8), Leaky(beta=0.8, reset_mechanism="zero"), nn.Linear(8, 2))
     x = torch.randn(40, 4, 3, generator=gen(10))
@@ -388,6 +389,7 @@ def test_snntorch_recurrent_routes_input_through_w_rec():
     assert torch.equal(spk_s["lif"], spk_r["lif"]) and spk_s["lif"].sum() > 0
 
 
+@pytest.mark.numerics
 def test_norse_ignores_r_and_agrees_after_fold_r():
     model = rnn(7, neuron="lif", reset="zero")
     x = torch.randn(40, 4, 3, generator=gen(12))
@@ -410,6 +412,7 @@ def test_norse_ignores_r_and_agrees_after_fold_r():
     assert (out_n - out_o.double()).abs().max() < float32_output_tol(model, x, 3 + 16 + 6, 16)
 
 
+@pytest.mark.numerics
 def test_norse_layers_agree_in_norse():
     seq = nn.Sequential(nn.Linear(3, 8), LIFRecurrentCell(8, 10), nn.Linear(10, 2))
     x = torch.randn(40, 4, 3, generator=gen(13)) * 3

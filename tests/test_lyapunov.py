@@ -775,6 +775,7 @@ def _diverging_relu_net(dtype, device="cpu"):
     return model, x, s0, int(bad[0])  # independent oracle: first step whose state is not finite
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("where", ["window", "window_qr_every_4", "warmup_qr_every_5", "transient"])
 def test_diverging_network_raises_nonfinite_error_naming_the_step(dtype, where):
@@ -798,6 +799,7 @@ def test_diverging_network_on_accelerator_reports_the_same_step():
         lyapunov_spectrum(model, x, 2, qr_every=3, transient=2, state0=s0, generator=gen(92))
 
 
+@pytest.mark.numerics
 def test_too_large_qr_every_overflows_float32_with_hint():
     # tanh keeps the state bounded; only the unnormalised tangent vectors overflow: lambda_1 ~ 0.45 per
     # step, so 2 x 200 steps without re-orthonormalisation grow them by ~e^180 >> float32 max ~ e^88.
@@ -883,6 +885,7 @@ def test_history_times_are_per_unit_time():
     np.testing.assert_allclose(res.history_times.numpy(), 0.25 * np.arange(4, 37, 4))
 
 
+@pytest.mark.numerics
 def test_warns_when_qr_every_loses_the_small_directions():
     # Spread of the 12 leading exponents x qr_every far beyond -log(sqrt(eps)) in float32: must warn.
     net = RateRNN(1, 12, 1, g=1.5, dt=0.1, generator=torch.Generator().manual_seed(0))
