@@ -32,7 +32,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .._argtypes import positive_float as _positive_float
-from .._io import atomic_json
+from .._io import atomic_json, ensure_writable_folder
 from ..errors import UsageError
 from .._argtypes import positive_int as _positive_int
 from .targets import TARGETS, _flow_order, check_graph, format_issues, get_target
@@ -154,15 +154,7 @@ def _check_out(out: str) -> None:
         raise UsageError(f"--out {out} is a folder; give a file name such as {os.path.join(out, 'model.nir')}")
     if os.path.isdir(report_path(out)):
         raise UsageError(f"{report_path(out)} (the report beside --out) is a folder; remove it or choose another --out")
-    out_dir = os.path.dirname(os.path.abspath(out))
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise UsageError(f"--out {out}: {out_dir} is a file, not a folder")
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"--out {out}: cannot create {out_dir} ({e.strerror})") from None
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out}: the folder {out_dir} is not writable")
+    ensure_writable_folder(os.path.dirname(os.path.abspath(out)), f"--out {out}: its folder")
 
 
 def cmd_export(args) -> int:

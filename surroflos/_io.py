@@ -10,7 +10,7 @@ from typing import IO, Any, Callable, Union
 
 import torch
 
-__all__ = ["atomic_write", "atomic_json", "atomic_torch_save"]
+__all__ = ["atomic_write", "atomic_json", "atomic_torch_save", "ensure_writable_folder"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -37,3 +37,23 @@ def atomic_json(obj: Any, path: PathLike) -> None:
 
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
     atomic_write(path, lambda fh: torch.save(obj, fh), binary=True)
+
+
+def ensure_writable_folder(folder: PathLike, flag: str = "--out", error: "type[Exception] | None" = None) -> None:
+    """Create ``folder`` (and parents) and check that we can write in it, before any work.
+
+    Raises ``error`` (default :class:`surroflos.errors.UsageError`) naming ``flag`` when ``folder`` is a file,
+    cannot be created or is not writable.
+    """
+    from .errors import UsageError
+
+    error = error or UsageError
+    folder = os.fspath(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise error(f"{flag} {folder} is a file, not a folder; give a folder name")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise error(f"{flag} {folder}: cannot create the folder ({e.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise error(f"{flag} {folder} is not writable; choose another folder")

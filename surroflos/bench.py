@@ -1443,7 +1443,7 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
 def run_bench(args: argparse.Namespace) -> int:
     """Run the configurations named by parsed arguments; write JSON, print tables. Returns 0; raises
     :class:`~surroflos.errors.UsageError` on bad use (checked before anything is timed)."""
-    from .cli import _prepare_folder
+    from ._io import ensure_writable_folder
     from .errors import UsageError
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -1452,7 +1452,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if str(args.compile_backend).lower() != "none" and args.compile_backend not in backends:
         raise UsageError(f"--compile-backend must be a torch.compile backend (e.g. inductor, aot_eager, eager; "
                          f"torch._dynamo.list_backends(exclude_tags=()) lists all) or none, got {args.compile_backend!r}")
-    _prepare_folder(args.out)
+    ensure_writable_folder(args.out)
     if getattr(args, "threads", None):
         torch.set_num_threads(int(args.threads))
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())

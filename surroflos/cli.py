@@ -20,7 +20,7 @@ import time
 from typing import Optional, Sequence
 
 from . import _argtypes as at
-from ._io import atomic_json
+from ._io import atomic_json, ensure_writable_folder
 from .errors import UsageError
 
 __all__ = ["main", "build_parser"]
@@ -101,7 +101,7 @@ def cmd_lyapunov(args) -> int:
     require_memory(spectrum_bytes(state_dim, args.N, args.k, args.batch, itemsize,
                                   n_weights=args.N * (args.N + args.n_in + 2)) + itemsize * args.T * args.batch * args.n_in,
                    device, f"a spectrum of k={args.k} exponents of N={args.N} units", "lower --N, --k or --batch")
-    _prepare_folder(args.out)
+    ensure_writable_folder(args.out)
     try:
         model = build_model(args, device, dtype)
     except ValueError as e:
@@ -137,20 +137,10 @@ def cmd_lyapunov(args) -> int:
     return 0
 
 
-def _prepare_folder(out: str) -> None:
-    """Create the output folder ``--out`` before any work, or raise a UsageError naming it."""
-    from .train import ConfigError, prepare_run_folder
-
-    try:
-        prepare_run_folder(out)
-    except ConfigError as e:
-        raise UsageError(str(e)) from None
-
-
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    _prepare_folder(args.out)
+    ensure_writable_folder(args.out)
     run_demo(out=args.out, seed=args.seed, quick=args.quick, device=_device(args.device))
     return 0
 

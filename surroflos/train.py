@@ -32,7 +32,7 @@ import torch
 
 from . import plotting
 from ._argtypes import MAX_SEED, resolve_device
-from ._io import atomic_json, atomic_write
+from ._io import atomic_json, atomic_write, ensure_writable_folder
 from .checkpoint import CheckpointError, check_finite_state, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .errors import UsageError
 from .flossing import FlossingSchedule, floss
@@ -383,14 +383,7 @@ def prepare_run_folder(out: str) -> None:
         ConfigError: ``out`` is a file, cannot be created or is not writable, or one of :data:`RUN_FILES`
             exists there as a folder.
     """
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ConfigError(f"--out {out} is a file, not a folder; give a folder name")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"--out {out}: cannot create the folder ({e.strerror})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {out} is not writable; choose another folder")
+    ensure_writable_folder(out, "--out", ConfigError)
     for name in RUN_FILES:
         path = os.path.join(out, name)
         if os.path.isdir(path):
