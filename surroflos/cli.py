@@ -89,7 +89,6 @@ def cmd_lyapunov(args) -> int:
 
     from . import plotting
     from .lyapunov import lyapunov_spectrum
-
     from .memory import require_memory, spectrum_bytes
 
     device = _device(args.device)
