@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from ._argtypes import MAX_SEED
-from .train import ConfigError, TrainConfig, validate
+from .train import ConfigError, TrainConfig, check_memory, validate
 
 __all__ = ["SweepSpec", "PRESETS", "expand", "plan", "run_sweep", "summarize", "config_hash", "run_definition",
            "RUN_RECORD", "LOCK_FILE"]
@@ -197,7 +197,7 @@ def expand(spec: SweepSpec, out: str) -> list[TrainConfig]:
             raise ConfigError(f"two runs of the sweep would share the folder {name!r} (repeated axis value?)")
         names.add(name)
         cfg.out = os.path.join(out, "runs", name)
-        validate(cfg)  # fail before starting any worker
+        check_memory(cfg, validate(cfg))  # fail before starting any worker
         cfgs.append(cfg)
     if not cfgs:
         raise ConfigError("the sweep has no runs: local flossing ('local' True only) needs flossing 'pre' or 'during'")

@@ -270,6 +270,15 @@ def validate(cfg: TrainConfig):
     return _make_task(cfg)
 
 
+def check_memory(cfg: TrainConfig, task) -> None:
+    """Refuse (:class:`~surroflos.errors.UsageError`, with the estimate and the free memory) a run whose
+    network cannot fit on its device; see :mod:`surroflos.memory`."""
+    from .memory import require_memory, train_bytes
+
+    require_memory(train_bytes(cfg, task), _check_device(cfg.device, cfg.backend),
+                   f"a {cfg.model} network of N={cfg.N}", "lower --N, --batch, --eval-batch or --T")
+
+
 def build_model(cfg: TrainConfig, task, device: torch.device, dtype: torch.dtype):
     """The network of ``cfg`` sized for ``task`` (weights seeded by ``cfg.seed``)."""
     from .models import BalancedNetwork, RateRNN, SpikingRNN
@@ -465,10 +474,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     """
     task = validate(cfg)
     device, dtype = _check_device(cfg.device, cfg.backend), DTYPES[cfg.dtype]
-    from .memory import require_memory, train_bytes
-
-    require_memory(train_bytes(cfg, task), device, f"a {cfg.model} network of N={cfg.N}",
-                   "lower --N, --batch, --eval-batch or --T")
+    check_memory(cfg, task)
     prepare_run_folder(cfg.out)
     ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
     if resume:

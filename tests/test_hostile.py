@@ -150,6 +150,7 @@ def test_task_param_delay_is_reported_as_the_delay(tmp_path):
 @pytest.mark.parametrize("command, argv", [
     ("train", ["--N", "100000000", "--k", "2"]),
     ("lyapunov", ["--N", "10000000"]),
+    ("sweep", ["--N", "100000000", "--k", "2", "--preset", "smoke", "--workers", "1", "--no-progress"]),
 ])
 def test_sizes_that_cannot_fit(tmp_path, capsys, command, argv):
     out = tmp_path / "out"
