@@ -26,6 +26,8 @@ import snntorch as snn
 import surroflos.norse as sn
 import surroflos.snntorch as ss
 
+pytestmark = pytest.mark.numerics  # float32 drop-ins against Norse/snnTorch (docs/TESTING.md)
+
 F32, F64 = torch.float32, torch.float64
 T, B, N = 6, 3, 4
 
