@@ -33,7 +33,8 @@ import os
 import torch
 
 __all__ = ["eps", "scale_of", "rounding_tol", "rounding_rtol", "recurrence_ops", "exact_tol", "close_kw",
-           "assert_within_rounding", "assert_close_to_truth", "threshold_margin", "F32_EPS", "F64_EPS"]
+           "assert_within_rounding", "assert_close_to_truth", "threshold_margin", "F32_EPS", "F64_EPS",
+           "EXACT_RTOL_F64"]
 
 F32_EPS = torch.finfo(torch.float32).eps  # 2^-23 ~ 1.19e-7
 F64_EPS = torch.finfo(torch.float64).eps  # 2^-52 ~ 2.22e-16
