@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from .._random import rand, randn
+from ..ensemble import check_generators, ensemble_size, stack_into
 
-__all__ = ["RecurrentModel", "Rollout", "jvp_tangent", "check_inputs", "check_state_and_model"]
+__all__ = ["RecurrentModel", "Rollout", "jvp_tangent", "check_inputs", "check_state_and_model", "member_generators"]
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, Any], "tuple[torch.Tensor, torch.Tensor]"]
 TangentFn = Callable[[torch.Tensor, torch.Tensor, Any, torch.Tensor], torch.Tensor]
@@ -63,36 +64,58 @@ def jvp_tangent(step_function: StepFn, x: torch.Tensor, state: torch.Tensor, par
     return torch.func.vmap(push, in_dims=-1, out_dims=-1)(Q)
 
 
-def check_inputs(x: torch.Tensor, n_in: int, *, what: str = "inputs", finite: bool = False) -> None:
-    """Raise a ValueError unless ``x`` is a floating tensor ``[T, B, n_in]`` (and finite, if asked)."""
+def member_generators(generator: Any, ensemble: Optional[int]) -> Optional[list]:
+    """One generator (or ``None``) per member for a model built with ``ensemble=E`` (``None`` for a solo
+    model). A list gives member ``e`` the ``e``-th generator, so that it equals the solo network built
+    from it; a single generator (or ``None``: the global RNG) draws the members one after another."""
+    if ensemble is None:
+        return None
+    if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
+        raise ValueError(f"ensemble must be a positive int (the number of members) or None, got {ensemble!r}")
+    gens = check_generators(generator, ensemble)
+    return gens if gens is not None else [generator] * ensemble
+
+
+def check_inputs(x: torch.Tensor, n_in: int, *, what: str = "inputs", finite: bool = False,
+                 ensemble: Optional[int] = None) -> None:
+    """Raise a ValueError unless ``x`` is a floating tensor ``[T, B, n_in]`` (``[T, E, B, n_in]`` for an
+    ensemble of ``E`` members), and finite if asked."""
+    layout = "[T, B, n_in]" if ensemble is None else f"[T, E={ensemble}, B, n_in]"
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor of shape [T, B, n_in], got {type(x).__name__}")
-    if x.ndim != 3:
-        raise ValueError(f"{what} must have shape [T, B, n_in] (time first), got shape {tuple(x.shape)}")
+        raise TypeError(f"{what} must be a torch.Tensor of shape {layout}, got {type(x).__name__}")
+    if x.ndim != (3 if ensemble is None else 4) or (ensemble is not None and x.shape[1] != ensemble):
+        raise ValueError(f"{what} must have shape {layout} (time first), got shape {tuple(x.shape)}")
     if x.shape[-1] != n_in:
         raise ValueError(f"{what} have {x.shape[-1]} features in the last dimension, the model expects n_in={n_in}")
-    if x.shape[0] < 1 or x.shape[1] < 1:
+    if x.shape[0] < 1 or x.shape[-2] < 1:
         raise ValueError(f"{what} need at least one time step and one batch element, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{what} must be floating point, got dtype {x.dtype}")
     if finite and not bool(torch.isfinite(x).all()):
         bad = (~torch.isfinite(x)).nonzero()[0].tolist()
-        raise ValueError(f"{what} contain NaN or inf (first at [t, b, i] = {bad})")
+        raise ValueError(f"{what} contain NaN or inf (first at {'[t, b, i]' if ensemble is None else '[t, e, b, i]'}"
+                         f" = {bad})")
 
 
 def check_state_and_model(model: Any, x: torch.Tensor, state0: Optional[torch.Tensor]) -> None:
     """Raise a ValueError when ``state0`` or the model's parameters do not fit the inputs ``x``.
 
-    ``state0`` must be ``[B, D]`` with the inputs' batch size, dtype and device; the model's floating
-    parameters must share the inputs' dtype and device (no silent promotion or copies).
+    ``state0`` must be ``[B, D]`` (``[E, B, D]`` for an ensemble) with the inputs' batch size, dtype and
+    device; the model's floating parameters must share the inputs' dtype and device (no silent promotion
+    or copies).
     """
-    batch = x.shape[1]
+    batch = x.shape[-2]
+    E = getattr(model, "ensemble", None)
     if state0 is not None:
-        if not isinstance(state0, torch.Tensor) or state0.ndim != 2 or state0.shape[1] != model.state_dim:
-            raise ValueError(f"state0 must be a tensor of shape [B, D] = [{batch}, {model.state_dim}], "
+        lead = () if E is None else (E,)
+        if not isinstance(state0, torch.Tensor) or tuple(state0.shape[:-2]) != lead or state0.ndim != 2 + len(lead) \
+                or state0.shape[-1] != model.state_dim:
+            want = f"[B, D] = [{batch}, {model.state_dim}]" if E is None else f"[E, B, D] = [{E}, {batch}, " \
+                                                                             f"{model.state_dim}]"
+            raise ValueError(f"state0 must be a tensor of shape {want}, "
                              f"got {getattr(state0, 'shape', type(state0).__name__)}")
-        if state0.shape[0] != batch:
-            raise ValueError(f"state0 has batch size {state0.shape[0]} but the inputs have {batch} "
+        if state0.shape[-2] != batch:
+            raise ValueError(f"state0 has batch size {state0.shape[-2]} but the inputs have {batch} "
                              "(a state from another batch?)")
         if state0.dtype != x.dtype or state0.device != x.device:
             raise ValueError(f"state0 is {state0.dtype} on {state0.device} but the inputs are {x.dtype} on "
@@ -114,6 +137,11 @@ class RecurrentModel(nn.Module):
     # Subclasses set these to their pure functions (staticmethods).
     step_function: StepFn
     tangent_function: Optional[TangentFn] = None
+
+    @property
+    def ensemble(self) -> Optional[int]:
+        """Number of members E of an ensemble (:mod:`surroflos.ensemble`), ``None`` for a solo network."""
+        return ensemble_size(self)
 
     @property
     def state_dim(self) -> int:  # pragma: no cover - abstract
@@ -177,15 +205,25 @@ class RecurrentModel(nn.Module):
             self.readout_layer.bias.zero_()
         return dtype
 
+    def _init_ensemble(self, ensemble: Optional[int], generators: Optional[list],
+                       make_member: Callable[[Any], "RecurrentModel"]) -> None:
+        """Turn this freshly built solo network (member 0, drawn from ``generators[0]``) into an ensemble of
+        ``ensemble`` members: member ``e`` is ``make_member(generators[e])``, a solo network built exactly as
+        one would be on its own, and every tensor is stacked along a leading member axis."""
+        if ensemble is None:
+            return
+        stack_into(self, [self] + [make_member(g) for g in generators[1:]])
+
     def _factory(self) -> dict:
         p = next(self.parameters())
         return {"device": p.device, "dtype": p.dtype}
 
     def rollout(self, x: torch.Tensor, state0: torch.Tensor | None = None) -> Rollout:
-        """Simulate ``x: [T, B, n_in]`` and return outputs, states and activity (all time first)."""
-        check_inputs(x, self.n_in)
+        """Simulate ``x: [T, B, n_in]`` (``[T, E, B, n_in]`` for an ensemble) and return outputs, states and
+        activity (all time first)."""
+        check_inputs(x, self.n_in, ensemble=self.ensemble)
         check_state_and_model(self, x, state0)
-        batch = x.shape[1]
+        batch = x.shape[-2]
         state = self.initial_state(batch, device=x.device, dtype=x.dtype) if state0 is None else state0
         p = self.params()
         step = self.step_function
@@ -196,6 +234,14 @@ class RecurrentModel(nn.Module):
             activity.append(out)
         act = torch.stack(activity)
         return Rollout(self.readout(act), torch.stack(states), act)
+
+    def _linear_readout(self, activity: torch.Tensor) -> torch.Tensor:
+        """``readout_layer`` applied to ``[T, B, N]`` (solo: the layer itself) or ``[T, E, B, N]`` activity
+        (ensemble: each member's weights ``[E, n_out, N]`` and bias ``[E, n_out]``)."""
+        if self.ensemble is None:
+            return self.readout_layer(activity)
+        w, b = self.readout_layer.weight, self.readout_layer.bias
+        return torch.matmul(activity, w.mT) + b.unsqueeze(-2)
 
     def forward(self, x: torch.Tensor, state0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``x: [T, B, n_in]`` -> ``(outputs [T, B, n_out], states [T, B, D])``."""

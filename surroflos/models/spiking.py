@@ -34,7 +34,9 @@ from .. import surrogate as sg
 from .._random import rand
 from ..kernels.backend import check_backend
 from ..kernels.recurrent import spiking_rnn_sequence
-from .base import RecurrentModel, Rollout, check_inputs, check_state_and_model
+from ..ensemble import draw_per_member, member_view
+from .base import RecurrentModel, Rollout, check_inputs, check_state_and_model, member_generators
+from .rate import batched_weight
 
 __all__ = ["SpikingParams", "lif_step", "lif_tangent", "cuba_step", "cuba_tangent", "SpikingRNN",
            "NEURONS", "RESETS", "READOUTS"]
@@ -65,7 +67,7 @@ def _fire(v: torch.Tensor, p: SpikingParams) -> torch.Tensor:
 
 
 def _current(x: torch.Tensor, spk_prev: torch.Tensor, p: SpikingParams) -> torch.Tensor:
-    return x @ p.weight_in.T + spk_prev @ p.weight_rec.T + p.bias
+    return x @ p.weight_in.mT + spk_prev @ p.weight_rec.mT + p.bias
 
 
 def lif_step(x: torch.Tensor, U: torch.Tensor, p: SpikingParams) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +87,7 @@ def lif_tangent(x: torch.Tensor, U: torch.Tensor, p: SpikingParams, Q: torch.Ten
     v = U - p.threshold
     d = p.surrogate.derivative(v).unsqueeze(-1)  # [B, N, 1]
     beta = p.beta.unsqueeze(-1) if p.beta.ndim else p.beta
-    out = torch.matmul(p.weight_rec, d * Q)
+    out = torch.matmul(batched_weight(p.weight_rec), d * Q)
     if p.reset == "subtract":
         out = out + beta * Q
         if not p.detach_reset:
@@ -119,7 +121,7 @@ def cuba_tangent(x: torch.Tensor, state: torch.Tensor, p: SpikingParams, Q: torc
     v = mem - p.threshold
     d = p.surrogate.derivative(v).unsqueeze(-1)
     col = lambda t: t.unsqueeze(-1) if t.ndim else t  # noqa: E731 - per-neuron params as column
-    dsyn = col(p.alpha) * Qs + torch.matmul(p.weight_rec, d * Qm)
+    dsyn = col(p.alpha) * Qs + torch.matmul(batched_weight(p.weight_rec), d * Qm)
     if p.reset == "subtract":
         dmem = col(p.beta) * Qm + dsyn
         if not p.detach_reset:
@@ -168,6 +170,10 @@ class SpikingRNN(RecurrentModel):
             Jacobian equal the surrogate tangent map (for validating surrogate exponents against
             brute-force perturbation growth). Use ``detach_reset=False`` with it.
         dt: duration of one step (exponents are reported per ``dt``; default 1 = per step).
+        ensemble: ``None`` (one network) or E, the number of members of an ensemble
+            (:mod:`surroflos.ensemble`): parameters ``[E, ...]``, inputs ``[T, E, B, n_in]``; ``generator``
+            may then be a list of E generators (member e equals the network built alone from the e-th).
+            Members with different ``beta``/``alpha``/``threshold`` come from :func:`surroflos.ensemble.stack`.
         backend: how :meth:`rollout` (and ``forward``) runs the sequence: ``"auto"`` (fused Triton
             kernels for CUDA inputs, the fused PyTorch op otherwise), ``"torch"`` or ``"triton"``; see
             :func:`surroflos.kernels.recurrent.spiking_rnn_sequence`. ``smooth=True`` always uses the
@@ -180,8 +186,10 @@ class SpikingRNN(RecurrentModel):
                  learn_threshold: bool = False, g: float = 1.0, input_scale: float = 1.0, bias: bool = True,
                  readout: str = "linear", readout_beta: float = 0.9, smooth: bool = False, dt: float = 1.0,
                  generator: torch.Generator | None = None, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None, backend: str = "auto") -> None:
+                 dtype: torch.dtype | None = None, backend: str = "auto", ensemble: int | None = None) -> None:
         super().__init__()
+        gens = member_generators(generator, ensemble)
+        solo_generator = gens[0] if gens else generator
         self.backend = check_backend(backend)
         for name, v, allowed in (("neuron", neuron, NEURONS), ("reset", reset, RESETS), ("readout", readout, READOUTS)):
             if v not in allowed:
@@ -191,7 +199,7 @@ class SpikingRNN(RecurrentModel):
         if not (0.0 <= readout_beta <= 1.0):
             raise ValueError(f"readout_beta must lie in [0, 1], got {readout_beta!r}")
         dtype = self._init_network(n_in, n_hidden, n_out, g=g, input_scale=input_scale, bias=bias,
-                                   generator=generator, device=device, dtype=dtype)
+                                   generator=solo_generator, device=device, dtype=dtype)
         self.neuron, self.reset, self.detach_reset = neuron, reset, bool(detach_reset)
         self.surrogate = sg.get(surrogate)
         self.smooth, self.dt = bool(smooth), float(dt)
@@ -207,6 +215,12 @@ class SpikingRNN(RecurrentModel):
                 self.register_buffer(name, t)
         if not bool((self.threshold > 0).all()):
             raise ValueError(f"threshold must be positive, got {threshold!r}")
+        self._init_ensemble(ensemble, gens, lambda gen: SpikingRNN(
+            n_in, n_hidden, n_out, neuron=neuron, beta=beta, alpha=alpha, threshold=threshold, reset=reset,
+            detach_reset=detach_reset, surrogate=surrogate, learn_beta=learn_beta, learn_alpha=learn_alpha,
+            learn_threshold=learn_threshold, g=g, input_scale=input_scale, bias=bias, readout=readout,
+            readout_beta=readout_beta, smooth=smooth, dt=dt, generator=gen, device=device, dtype=dtype,
+            backend=backend))
 
     @property
     def step_function(self):  # type: ignore[override]
@@ -221,19 +235,25 @@ class SpikingRNN(RecurrentModel):
         return self.n_hidden if self.neuron == "lif" else 2 * self.n_hidden
 
     def params(self) -> SpikingParams:
-        return SpikingParams(self.weight_rec, self.weight_in, self.bias, self.beta.clamp(0.0, 1.0),
-                             self.alpha.clamp(0.0, 1.0) if self.neuron == "cuba" else None, self.threshold,
-                             self.surrogate, self.reset, self.detach_reset, self.smooth)
+        E = self.ensemble
+        return SpikingParams(self.weight_rec, self.weight_in, member_view(self.bias, E),
+                             member_view(self.beta.clamp(0.0, 1.0), E),
+                             member_view(self.alpha.clamp(0.0, 1.0), E) if self.neuron == "cuba" else None,
+                             member_view(self.threshold, E), self.surrogate, self.reset, self.detach_reset,
+                             self.smooth)
 
     def initial_state(self, batch: int, *, random: bool = False, generator: torch.Generator | None = None,
                       device=None, dtype=None) -> torch.Tensor:
-        """Zeros, or (``random=True``) membranes uniform in ``[0, threshold)`` and zero synaptic current."""
+        """Zeros ``[B, D]`` (``[E, B, D]``), or (``random=True``) membranes uniform in ``[0, threshold)`` and
+        zero synaptic current; for an ensemble ``generator`` may be a list with one generator per member."""
         f = self._factory()
         device, dtype = device or f["device"], dtype or f["dtype"]
-        state = torch.zeros(batch, self.state_dim, device=device, dtype=dtype)
+        lead = () if self.ensemble is None else (self.ensemble,)
+        state = torch.zeros(*lead, batch, self.state_dim, device=device, dtype=dtype)
         if random:
-            u = rand(batch, self.n_hidden, generator=generator, dtype=dtype).to(device)
-            state[:, -self.n_hidden:] = u * self.threshold.detach()
+            u = draw_per_member(lambda g: rand(batch, self.n_hidden, generator=g, dtype=dtype), generator,
+                                self.ensemble).to(device)
+            state[..., -self.n_hidden:] = u * member_view(self.threshold.detach(), self.ensemble)
         return state
 
     def rollout(self, x: torch.Tensor, state0: torch.Tensor | None = None) -> Rollout:
@@ -243,7 +263,7 @@ class SpikingRNN(RecurrentModel):
         fused sequence op (backend ``self.backend``, resolved against the inputs' device), whose PyTorch
         path repeats the step loop's floating-point operations in the same order.
         """
-        if self.smooth:
+        if self.smooth or self.ensemble is not None:
             return super().rollout(x, state0)
         check_inputs(x, self.n_in)
         check_state_and_model(self, x, state0)
@@ -258,7 +278,7 @@ class SpikingRNN(RecurrentModel):
         return Rollout(self.readout(spikes), states, spikes)
 
     def readout(self, activity: torch.Tensor) -> torch.Tensor:
-        drive = self.readout_layer(activity)
+        drive = self._linear_readout(activity)
         if self.readout_kind == "linear":
             return drive
         y, out = torch.zeros_like(drive[0]), []
@@ -270,9 +290,10 @@ class SpikingRNN(RecurrentModel):
     def spikes(self, states: torch.Tensor) -> torch.Tensor:
         """Spikes ``H(U - theta)`` read off a state trajectory ``[..., D]`` (no gradient)."""
         mem = states[..., -self.n_hidden:]
-        return (mem > self.threshold).to(states.dtype)
+        return (mem > member_view(self.threshold, self.ensemble)).to(states.dtype)
 
     def extra_repr(self) -> str:
         return (f"n_in={self.n_in}, n_hidden={self.n_hidden}, n_out={self.n_out}, neuron={self.neuron!r}, "
                 f"reset={self.reset!r}, detach_reset={self.detach_reset}, surrogate={self.surrogate}, "
-                f"smooth={self.smooth}, dt={self.dt}, backend={self.backend!r}")
+                f"smooth={self.smooth}, dt={self.dt}, backend={self.backend!r}"
+                + ("" if self.ensemble is None else f", ensemble={self.ensemble}"))

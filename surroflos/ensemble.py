@@ -1,0 +1,155 @@
+"""Ensembles: E independent networks of one shape, simulated, analysed and trained as one.
+
+Grids of small networks (seeds x gains x ...) are what surroflos users run. An ensemble packs E members
+into one model whose every tensor has a leading *member axis*, so one batched operation per time step
+serves all members (on a CPU the per-step overhead of tiny networks is paid once; on a GPU one launch
+fills the device).
+
+Layout (member axis in front of the batch axis)::
+
+    parameters   [E, ...]          each member's solo parameter shape behind the member axis
+    inputs       [T, E, B, n_in]   time first, then member, then batch
+    states       [E, B, D]         one step;  [T, E, B, D] over time
+    outputs      [T, E, B, n_out]
+    tangent      [E, B, D, k]      frames of lyapunov_spectrum; exponents [E, B, k]
+
+Member ``e`` of an ensemble computes exactly what the solo model :func:`member` ``(ens, e)`` computes
+(the pure step functions broadcast over the member axis). Build an ensemble from solo models with
+:func:`stack` (each initialised from its own seed, so member ``e`` *is* that solo network) or with
+``RateRNN(..., ensemble=E)`` / ``SpikingRNN(..., ensemble=E)``.
+
+Members may differ in the values of any tensor (weights, and ``beta``, ``alpha``, ``threshold`` of
+spiking networks, scalar or per neuron); settings that are not tensors (sizes, ``dt``, nonlinearity,
+neuron type, reset, surrogate and its width, readout kind) must be equal.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["stack", "stack_into", "member", "ensemble_size", "member_view", "check_generators", "draw_per_member"]
+
+# Attributes that may differ between members (kept per member as a tuple); the rest must be equal.
+_PER_MEMBER_ATTRS = ("g",)
+# Module attributes that are not settings.
+_IGNORED = ("training",)
+
+
+def ensemble_size(model: nn.Module) -> Optional[int]:
+    """E for an ensemble model (its recurrent weights are ``[E, N, N]``), ``None`` for a solo model."""
+    w = getattr(model, "weight_rec", None)
+    return int(w.shape[0]) if isinstance(w, torch.Tensor) and w.ndim == 3 else None
+
+
+def member_view(t: torch.Tensor, ensemble: Optional[int]) -> torch.Tensor:
+    """A per-member scalar ``[E]`` or per-neuron ``[E, N]`` parameter as ``[E, 1, 1]`` / ``[E, 1, N]``, which
+    broadcasts against states ``[E, B, N]``; solo parameters are returned as they are."""
+    if ensemble is None:
+        return t
+    return t.reshape(ensemble, 1, -1) if t.ndim == 2 else t.reshape(ensemble, 1, 1)
+
+
+def check_generators(generator, ensemble: Optional[int]) -> Optional[list]:
+    """``generator`` as a list of E generators (one per member) or ``None``; a single generator (or None)
+    is allowed for solo models only, and for ensembles where members need not match solo runs."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    gens = list(generator)
+    if ensemble is None:
+        raise ValueError("a list of generators is for ensembles (one per member); this model is not one")
+    if len(gens) != ensemble or not all(isinstance(g, torch.Generator) for g in gens):
+        raise ValueError(f"generator must be a torch.Generator or a list of {ensemble} (one per member), "
+                         f"got {len(gens)} items")
+    return gens
+
+
+def draw_per_member(draw, generator, ensemble: Optional[int]) -> torch.Tensor:
+    """``draw(g)`` for a solo model; for an ensemble the stack of ``draw(g_e)`` over its members' generators
+    (a list, so that member e draws what a solo run with g_e draws) or of E draws from one generator."""
+    if ensemble is None:
+        return draw(generator)
+    gens = check_generators(generator, ensemble) or [generator] * ensemble
+    return torch.stack([draw(g) for g in gens])
+
+
+def _settings(model: nn.Module) -> dict:
+    return {k: v for k, v in vars(model).items()
+            if not k.startswith("_") and k not in _IGNORED and k not in _PER_MEMBER_ATTRS}
+
+
+def _tensors(model: nn.Module) -> dict:
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Set the parameter or buffer ``name`` (dotted) of ``module`` to ``value``, keeping its kind."""
+    *path, leaf = name.split(".")
+    owner = module.get_submodule(".".join(path)) if path else module
+    if leaf in owner._parameters:
+        old = owner._parameters[leaf]
+        owner._parameters[leaf] = nn.Parameter(value, requires_grad=old.requires_grad)
+    else:
+        owner._buffers[leaf] = value
+
+
+def stack(models: Sequence[nn.Module]) -> nn.Module:
+    """The ensemble whose member ``e`` is ``models[e]``: same class, every parameter and buffer stacked
+    along a new leading member axis.
+
+    Raises:
+        ValueError: fewer than one model, models of different classes, sizes or settings, or a model
+            that is already an ensemble.
+    """
+    models = list(models)
+    if not models:
+        raise ValueError("stack needs at least one model")
+    first = models[0]
+    for i, m in enumerate(models):
+        if type(m) is not type(first):
+            raise ValueError(f"member {i} is a {type(m).__name__}, member 0 a {type(first).__name__}")
+        if ensemble_size(m) is not None:
+            raise ValueError(f"member {i} is already an ensemble")
+        if not hasattr(type(m), "step_function") or getattr(m, "weight_rec", None) is None:
+            raise ValueError(f"{type(m).__name__} has no dense recurrent weights to stack")
+        tm, t0 = _tensors(m), _tensors(first)
+        if {k: tuple(v.shape) for k, v in tm.items()} != {k: tuple(v.shape) for k, v in t0.items()}:
+            raise ValueError(f"member {i} has other tensor shapes than member 0")
+        if _settings(m) != _settings(first):
+            diff = sorted(k for k in _settings(first) if _settings(m).get(k) != _settings(first)[k])
+            raise ValueError(f"member {i} differs from member 0 in {diff}; only tensors (weights, beta, alpha, "
+                             "threshold) may differ between members")
+    return stack_into(copy.deepcopy(first), models)
+
+
+def stack_into(target: nn.Module, models: Sequence[nn.Module]) -> nn.Module:
+    """Replace every tensor of ``target`` by the stack of the members' (no checks: :func:`stack` checks)."""
+    tensors = [_tensors(m) for m in models]
+    with torch.no_grad():
+        for name in tensors[0]:
+            _replace(target, name, torch.stack([t[name].detach() for t in tensors]).clone())
+    for attr in _PER_MEMBER_ATTRS:
+        if hasattr(models[0], attr):
+            values = tuple(getattr(m, attr) for m in models)
+            setattr(target, attr, values[0] if len(set(values)) == 1 else values)
+    return target
+
+
+def member(model: nn.Module, index: int) -> nn.Module:
+    """Member ``index`` of an ensemble as a solo model (a copy: training it leaves the ensemble alone)."""
+    E = ensemble_size(model)
+    if E is None:
+        raise ValueError(f"{type(model).__name__} is not an ensemble")
+    if isinstance(index, bool) or not isinstance(index, int) or not -E <= index < E:
+        raise ValueError(f"member index must be an int in [-{E}, {E}), got {index!r}")
+    solo = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, t in _tensors(model).items():
+            _replace(solo, name, t.detach()[index].clone())
+    for attr in _PER_MEMBER_ATTRS:
+        if isinstance(getattr(solo, attr, None), tuple):
+            setattr(solo, attr, getattr(solo, attr)[index])
+    return solo
