@@ -28,6 +28,22 @@ and ``threshold`` are numbers or tensors ``[]`` / ``[N]``, used as given (:class
 passes ``beta`` and ``alpha`` clamped to [0, 1]); gradients reach
 ``x_in``, ``W``, ``state0`` and every parameter tensor that requires grad.
 
+Ensembles (:mod:`surroflos.ensemble`): ``E`` independent networks of one shape in one call, member axis in
+front of the batch axis::
+
+    x_in [T, E, B, N]    W [E, N, N]    state0 [E, B, D]   ->   spikes [T, E, B, N], states [T, E, B, D]
+
+Member ``e`` computes what the solo call on ``x_in[:, e]``, ``W[e]``, ``state0[e]`` and its own parameters
+computes. A parameter is either *shared* by all members, as in a solo call (a number, ``[]``, ``[N]``;
+a 1-D tensor is always per neuron), or *per member*, with the member axis first: ``[E, 1]`` (one value
+per member) or ``[E, N]`` (per member and neuron), or the member views ``[E, 1, 1]`` / ``[E, 1, N]`` that
+broadcast against ``[E, B, N]`` states (what :class:`surroflos.SpikingRNN` ``(..., ensemble=E).params()``
+passes; :func:`surroflos.ensemble.member_view`). ``bias`` is ``[N]`` (shared), ``[E, N]`` or ``[E, 1, N]``.
+Every gradient comes back in the shape that was given (a shared parameter's sums over the members).
+The PyTorch path runs one ``torch.bmm`` over the members per step (no loop over members), dW is one
+batched GEMM ``dW[e] = sum_{t, b} dI[t, e, b]^T S[t-1, e, b]``; the Triton kernels take the member as
+a third grid axis, so each step is still one launch for all members.
+
 Backends (see :mod:`surroflos.kernels.backend`):
 
 - ``"torch"``: one whole-sequence op. Its forward loops over time under no autograd with one matmul and
@@ -79,35 +95,47 @@ ParamLike = Union[float, int, Tensor]
 
 
 # ----------------------------------------------------------------------------------------------
-# PyTorch path (x_in [T, B, N]; W [N, N]; state0 [B, D]; beta / alpha / theta: [N] vectors)
+# PyTorch path. Solo: x_in [T, B, N]; W [N, N]; state0 [B, D]; beta / alpha / theta / bias: [N] vectors.
+# Ensemble: x_in [T, E, B, N]; W [E, N, N]; state0 [E, B, D]; vectors [E, N] (used as member views
+# [E, 1, N], which broadcast against the per-step [E, B, N] slices). The same operations on [..., B, N]
+# slices; the recurrent products are torch.mm (solo) or one torch.bmm over the members (ensemble).
 # ----------------------------------------------------------------------------------------------
+
+
+def _member_views(ens: bool):
+    """Parameter vectors as they broadcast against per-step slices: [N] as they are, [E, N] as [E, 1, N]."""
+    return (lambda v: v.unsqueeze(-2)) if ens else (lambda v: v)
 
 
 def _forward_torch(x_in: Tensor, W: Tensor, state0: Tensor, beta: Tensor, alpha: Optional[Tensor], theta: Tensor,
                    bias: Optional[Tensor], cuba: bool, zero: bool, zmem: bool = False) -> Tuple[Tensor, Tensor]:
     # The elementwise ops mirror lif_step / cuba_step operation by operation (same roundings), so with
     # x W_in^T and b passed separately the states follow the step loop's floating-point numbers.
-    T, B, N = x_in.shape
-    D = state0.shape[1]
+    ens = x_in.ndim == 4
+    T, N = x_in.shape[0], x_in.shape[-1]
+    lead = tuple(x_in.shape[1:-1])  # (B,) or (E, B)
+    D = state0.shape[-1]
     ad = acc_dtype(x_in.dtype)
-    x, Wt = x_in.to(ad), W.to(ad).t()
-    beta, theta = beta.to(ad), theta.to(ad)
-    alpha = alpha.to(ad) if cuba else None
-    bias = bias.to(ad) if bias is not None else None
-    states = torch.empty(T, B, D, dtype=ad, device=x.device)
-    spikes = torch.empty(T, B, N, dtype=ad, device=x.device)
-    rec = torch.empty(B, N, dtype=ad, device=x.device)
-    cur = torch.empty(B, N, dtype=ad, device=x.device)
-    mem = state0[:, D - N:].to(ad)
-    syn = state0[:, :N].to(ad) if cuba else None
+    mv = _member_views(ens)
+    mm = torch.bmm if ens else torch.mm
+    x, Wt = x_in.to(ad), W.to(ad).transpose(-2, -1)
+    beta, theta = mv(beta.to(ad)), mv(theta.to(ad))
+    alpha = mv(alpha.to(ad)) if cuba else None
+    bias = mv(bias.to(ad)) if bias is not None else None
+    states = torch.empty(T, *lead, D, dtype=ad, device=x.device)
+    spikes = torch.empty(T, *lead, N, dtype=ad, device=x.device)
+    rec = torch.empty(*lead, N, dtype=ad, device=x.device)
+    cur = torch.empty(*lead, N, dtype=ad, device=x.device)
+    mem = state0[..., D - N:].to(ad)
+    syn = state0[..., :N].to(ad) if cuba else None
     s = (mem > theta).to(ad)  # S[-1]; (u > theta) == (u - theta > 0) in IEEE arithmetic
     for t in range(T):
-        torch.add(x[t], torch.mm(s, Wt, out=rec), out=cur)  # I = x_in + S W^T (+ b)
+        torch.add(x[t], mm(s, Wt, out=rec), out=cur)  # I = x_in + S W^T (+ b)
         if bias is not None:
             cur.add_(bias)
-        mem_new = states[t, :, D - N:]
+        mem_new = states[t, ..., D - N:]
         if cuba:
-            syn_new = states[t, :, :N]
+            syn_new = states[t, ..., :N]
             torch.mul(alpha, syn, out=syn_new).add_(cur)
             drive = syn = syn_new
         else:
@@ -129,30 +157,35 @@ def _backward_torch(gspk: Tensor, gst: Tensor, W: Tensor, state0: Tensor, spikes
     """``(dI, dstate0, dbeta, dalpha, dtheta, S_prev)`` in the accumulator dtype (see the module docstring).
 
     Full-sequence work is done once up front (surrogate derivatives); the reverse scan then works on
-    ``[B, N]`` slices only and accumulates the parameter gradients per element, summed at the end.
+    ``[B, N]`` (ensemble: ``[E, B, N]``) slices only and accumulates the parameter gradients per element,
+    summed over the batch at the end (ensemble: ``[E, N]`` gradients, one row per member).
     """
-    T, B, N = spikes.shape
-    D = state0.shape[1]
+    ens = spikes.ndim == 4
+    T, N = spikes.shape[0], spikes.shape[-1]
+    lead = tuple(spikes.shape[1:-1])  # (B,) or (E, B)
+    D = state0.shape[-1]
     ad = acc_dtype(spikes.dtype)
     dev = spikes.device
+    mv = _member_views(ens)
+    mm = torch.bmm if ens else torch.mm
     W = W.to(ad)
-    beta, theta = beta.to(ad), theta.to(ad)
-    alpha = alpha.to(ad) if cuba else None
+    beta, theta = mv(beta.to(ad)), mv(theta.to(ad))
+    alpha = mv(alpha.to(ad)) if cuba else None
     states, gspk, gst = states.to(ad), gspk.to(ad), gst.to(ad)
     mem = states[..., D - N:]
-    mem0 = state0[:, D - N:].to(ad)
-    syn0 = state0[:, :N].to(ad) if cuba else None
+    mem0 = state0[..., D - N:].to(ad)
+    syn0 = state0[..., :N].to(ad) if cuba else None
     s_prev = torch.cat([(mem0 > theta).to(ad).unsqueeze(0), spikes[:-1].to(ad)])  # R[t] = S[t-1]
     sd = sg.surrogate_derivative(mem - theta, sid, scale)
     sd0 = sg.surrogate_derivative(mem0 - theta, sid, scale)
     G0 = torch.addcmul(gst[..., D - N:], sd, gspk)  # the parts of gmem[t] known before the scan
     need_alpha = need_alpha and cuba
-    acc_b = torch.zeros(B, N, dtype=ad, device=dev) if need_beta else None
-    acc_a = torch.zeros(B, N, dtype=ad, device=dev) if need_alpha else None
-    acc_t = torch.zeros(B, N, dtype=ad, device=dev) if need_theta else None
-    dI = torch.empty(T, B, N, dtype=ad, device=dev)
-    gm, gm_next = torch.empty(B, N, dtype=ad, device=dev), torch.empty(B, N, dtype=ad, device=dev)
-    gsp, gsp_next = torch.empty(B, N, dtype=ad, device=dev), torch.empty(B, N, dtype=ad, device=dev)
+    acc_b = torch.zeros(*lead, N, dtype=ad, device=dev) if need_beta else None
+    acc_a = torch.zeros(*lead, N, dtype=ad, device=dev) if need_alpha else None
+    acc_t = torch.zeros(*lead, N, dtype=ad, device=dev) if need_theta else None
+    dI = torch.empty(T, *lead, N, dtype=ad, device=dev)
+    gm, gm_next = torch.empty(*lead, N, dtype=ad, device=dev), torch.empty(*lead, N, dtype=ad, device=dev)
+    gsp, gsp_next = torch.empty(*lead, N, dtype=ad, device=dev), torch.empty(*lead, N, dtype=ad, device=dev)
     for t in range(T - 1, -1, -1):
         # gmem[t] = gU_mem[t] + sd[t] (gS[t] + gsp[t+1]) + K[t+1] gmem[t+1]
         if t == T - 1:
@@ -166,23 +199,23 @@ def _backward_torch(gspk: Tensor, gst: Tensor, W: Tensor, state0: Tensor, spikes
         R = s_prev[t]
         d = dI[t]
         if cuba:
-            syn_prev = states[t - 1, :, :N] if t > 0 else syn0
+            syn_prev = states[t - 1, ..., :N] if t > 0 else syn0
             if zero and not zmem:
-                torch.addcmul(gst[t, :, :N], 1.0 - R, gm, out=d)
+                torch.addcmul(gst[t, ..., :N], 1.0 - R, gm, out=d)
             else:
-                torch.add(gst[t, :, :N], gm, out=d)
+                torch.add(gst[t, ..., :N], gm, out=d)
             if t < T - 1:
                 d.addcmul_(alpha, dI[t + 1])
             if need_alpha:
                 acc_a.addcmul_(d, syn_prev)
         else:
             d.copy_(gm)
-        torch.mm(d, W, out=gsp)
+        mm(d, W, out=gsp)
         if not detach:  # the reset's own gradient: rho[t] gmem[t]
             if not zero:
                 gsp.addcmul_(theta, gm, value=-1.0)
             elif cuba and not zmem:
-                gsp.addcmul_(torch.addcmul(states[t, :, :N], beta, mem_prev), gm, value=-1.0)
+                gsp.addcmul_(torch.addcmul(states[t, ..., :N], beta, mem_prev), gm, value=-1.0)
             else:
                 gsp.addcmul_(beta * mem_prev, gm, value=-1.0)
         if need_beta:
@@ -194,13 +227,14 @@ def _backward_torch(gspk: Tensor, gst: Tensor, W: Tensor, state0: Tensor, spikes
     # After the swap: gm_next = gmem[0], gsp_next = gsp[0] = dL/dS[-1].
     keep0 = beta * (1.0 - s_prev[0]) if zero else beta
     g_mem0 = torch.addcmul(keep0 * gm_next, sd0, gsp_next)
-    dstate0 = torch.cat([alpha * dI[0], g_mem0], dim=1) if cuba else g_mem0
-    dbeta = acc_b.sum(0) if need_beta else None
-    dalpha = acc_a.sum(0) if need_alpha else None
+    dstate0 = torch.cat([alpha * dI[0], g_mem0], dim=-1) if cuba else g_mem0
+    bdim = len(lead) - 1  # the batch axis of a per-step slice
+    dbeta = acc_b.sum(bdim) if need_beta else None
+    dalpha = acc_a.sum(bdim) if need_alpha else None
     dtheta = None
     if need_theta:  # -sum sd (gS + gsp_next) over t >= -1, minus sum R gmem (subtract reset)
         acc_t.addcmul_(sd0, gsp_next)
-        dtheta = -(acc_t.sum(0) + (sd * gspk).sum((0, 1)))
+        dtheta = -(acc_t.sum(bdim) + (sd * gspk).sum((0, bdim + 1)))
     return dI, dstate0, dbeta, dalpha, dtheta, s_prev
 
 
@@ -225,8 +259,7 @@ def _rnn_fwd(x_in: Tensor, W: Tensor, state0: Tensor, beta: Tensor, alpha: Optio
 @_rnn_fwd.register_fake
 def _rnn_fwd_fake(x_in, W, state0, beta, alpha, threshold, bias, cuba, zero_reset, detach_reset, surrogate_id,
                   surrogate_scale, use_triton, zero_mem):
-    T, B, N = x_in.shape
-    return x_in.new_empty(T, B, N), x_in.new_empty(T, B, state0.shape[1])
+    return x_in.new_empty(x_in.shape), x_in.new_empty(*x_in.shape[:-1], state0.shape[-1])
 
 
 @torch.library.custom_op("surroflos::spiking_rnn_bwd", mutates_args=())
@@ -235,7 +268,6 @@ def _rnn_bwd(grad_spikes: Tensor, grad_states: Tensor, W: Tensor, state0: Tensor
              detach_reset: bool, surrogate_id: int, surrogate_scale: float, need_w: bool, need_beta: bool,
              need_alpha: bool, need_theta: bool, use_triton: bool, zero_mem: bool
              ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    T, B, N = spikes.shape
     args = (grad_spikes, grad_states, W, state0, spikes, states, beta, alpha, threshold, cuba, zero_reset,
             detach_reset, surrogate_id, surrogate_scale, need_beta, need_alpha, need_theta, zero_mem)
     if use_triton:
@@ -244,8 +276,14 @@ def _rnn_bwd(grad_spikes: Tensor, grad_states: Tensor, W: Tensor, state0: Tensor
         dI, ds0, db, da, dt, s_prev = backward_triton(*args)
     else:
         dI, ds0, db, da, dt, s_prev = _backward_torch(*args)
-    if need_w:  # dW[n, k] = sum_{t, b} dI[t, b, n] S[t-1, b, k]: one GEMM over T * B rows
+    if need_w and spikes.ndim == 3:  # dW[n, k] = sum_{t, b} dI[t, b, n] S[t-1, b, k]: one GEMM over T * B rows
+        T, B, N = spikes.shape
         dW = torch.mm(dI.reshape(T * B, N).t(), s_prev.reshape(T * B, N).to(dI.dtype)).to(W.dtype)
+    elif need_w:  # ensemble: dW[e] = sum_{t, b} dI[t, e, b]^T S[t-1, e, b], one batched GEMM over the members
+        T, E, B, N = spikes.shape
+        dI_e = dI.permute(1, 3, 0, 2).reshape(E, N, T * B)
+        s_e = s_prev.to(dI.dtype).permute(1, 0, 2, 3).reshape(E, T * B, N)
+        dW = torch.bmm(dI_e, s_e).to(W.dtype)
     else:
         dW = W.new_empty(0)
     # (custom ops may not return one tensor twice: a fresh empty for every unneeded gradient)
@@ -257,9 +295,8 @@ def _rnn_bwd(grad_spikes: Tensor, grad_states: Tensor, W: Tensor, state0: Tensor
 def _rnn_bwd_fake(grad_spikes, grad_states, W, state0, spikes, states, beta, alpha, threshold, cuba, zero_reset,
                   detach_reset, surrogate_id, surrogate_scale, need_w, need_beta, need_alpha, need_theta, use_triton,
                   zero_mem):
-    N = spikes.shape[-1]
-    vec = lambda need: W.new_empty(N if need else 0)  # noqa: E731
-    return (torch.empty_like(spikes), W.new_empty(N, N) if need_w else W.new_empty(0), torch.empty_like(state0),
+    vec = lambda need: W.new_empty(W.shape[:-1] if need else (0,))  # noqa: E731 - [N] or [E, N]
+    return (torch.empty_like(spikes), W.new_empty(W.shape) if need_w else W.new_empty(0), torch.empty_like(state0),
             vec(need_beta), vec(need_alpha and cuba), vec(need_theta))
 
 
@@ -281,7 +318,9 @@ def _backward(ctx, g_spikes, g_states):
     dx, dW, ds0, db, da, dt = _rnn_bwd(g_spikes, g_states, W, state0, spikes, states, beta, alpha, threshold,
                                        cuba, zero, detach, sid, scale, need[1], need[3], need[4] and cuba,
                                        need[5], use_triton, zmem)
-    db_in = dx.sum((0, 1)) if need[6] else None  # I = x_in + S W^T + bias
+    db_in = None  # I = x_in + S W^T + bias: sum over time and batch ([N], or [E, N] per member)
+    if need[6]:
+        db_in = dx.sum((0, 1)) if dx.ndim == 3 else dx.sum((0, 2))
     return (dx, dW if need[1] else None, ds0, db if need[3] else None, da if need[4] and cuba else None,
             dt if need[5] else None, db_in, None, None, None, None, None, None, None)
 
@@ -308,6 +347,33 @@ def _param(value: ParamLike, name: str, N: int, like: Tensor) -> Tensor:
     raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
 
 
+def _member_param(value: ParamLike, name: str, E: int, N: int, like: Tensor, bias: bool = False) -> Tensor:
+    """An ensemble's parameter as an ``[E, N]`` tensor: a view (broadcast or reshape) of what was given, so
+    that gradients sum back to the given shape (see the module docstring for the accepted shapes)."""
+    if not isinstance(value, Tensor):
+        if bias or not isinstance(value, numbers.Real) or isinstance(value, bool):
+            what = "a tensor" if bias else "a number or a tensor"
+            raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+        return torch.full((E, N), float(value), dtype=like.dtype, device=like.device)
+    shape = tuple(value.shape)
+    shared = [(N,)] if bias else [(), (N,)]
+    per_member = [(E, N), (E, 1, N)] if bias else [(E, 1), (E, N), (E, 1, 1), (E, 1, N)]
+    if shape not in shared + per_member:
+        allowed = ", ".join(str(list(s)) for s in shared + per_member)
+        hint = ""
+        if shape == (E,) and not bias:
+            hint = (f" (a 1-D tensor is per neuron and shared by the members; one value per member is [{E}, 1] "
+                    f"or [{E}, 1, 1])")
+        raise ValueError(f"{name} of an ensemble of E={E} members with N={N} neurons must be "
+                         f"{'' if bias else 'a number or '}a tensor of shape {allowed}, got {list(shape)}{hint}")
+    if value.dtype != like.dtype or value.device != like.device:
+        raise ValueError(f"{name} is {value.dtype} on {value.device} but x_in is {like.dtype} on "
+                         f"{like.device}; convert one of them")
+    if value.ndim == 3:  # a member view [E, 1, 1] / [E, 1, N]
+        value = value.reshape(E, value.shape[-1])
+    return value.expand(E, N)
+
+
 def _resolves_to_triton(backend: str, device_type: str) -> bool:
     return resolve_backend(backend, device_type) == "triton"
 
@@ -329,25 +395,32 @@ def spiking_rnn_sequence(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: str
                          alpha: Optional[ParamLike] = 0.8, threshold: ParamLike = 1.0,
                          surrogate: sg.SurrogateLike = "atan", reset: str = "subtract", detach_reset: bool = True,
                          bias: Optional[Tensor] = None, backend: str = "auto") -> Tuple[Tensor, Tensor]:
-    """Run the recurrent spiking network over ``x_in: [T, B, N]`` (see the module docstring).
+    """Run the recurrent spiking network over ``x_in: [T, B, N]`` (see the module docstring), or an
+    ensemble of ``E`` networks over ``x_in: [T, E, B, N]``.
 
     Args:
-        x_in: feed-forward drive ``x W_in^T + b`` of every step, ``[T, B, N]``, floating point.
-        W: recurrent weights ``[N, N]`` (``I = S W^T``), same dtype and device as ``x_in``.
-        state0: ``[B, D]`` state before the first step (``D = N`` lif, ``2N`` cuba ``[syn | mem]``).
+        x_in: feed-forward drive ``x W_in^T + b`` of every step, ``[T, B, N]`` (ensemble ``[T, E, B, N]``),
+            floating point.
+        W: recurrent weights ``[N, N]`` (ensemble ``[E, N, N]``; ``I = S W^T``), same dtype and device as
+            ``x_in``.
+        state0: ``[B, D]`` (ensemble ``[E, B, D]``) state before the first step (``D = N`` lif, ``2N`` cuba
+            ``[syn | mem]``).
         neuron: ``"lif"`` or ``"cuba"``.
-        beta, alpha, threshold: numbers or tensors ``[]`` / ``[N]`` (``alpha`` is read for cuba only).
+        beta, alpha, threshold: numbers or tensors ``[]`` / ``[N]`` (``alpha`` is read for cuba only); for
+            an ensemble also per member ``[E, 1]``, ``[E, N]``, ``[E, 1, 1]`` or ``[E, 1, N]``.
         surrogate: name or :class:`~surroflos.surrogate.Surrogate` (its id and scale).
         reset: ``"subtract"``, ``"zero"`` or (cuba) ``"zero_mem"``; detach_reset: no gradient through the reset's spike.
         bias: optional ``[N]`` added after the recurrent product, ``I[t] = (x_in[t] + S[t-1] W^T) + bias``:
             the step function's order of additions, so a caller that passes ``x W_in^T`` and ``b``
             separately gets the step loop's roundings on the PyTorch path (bit for bit where the BLAS
             rounds the one ``[T*B]``-row GEMM like the per-step ones; near-threshold membranes make the
-            surrogate gradients sensitive to the last bit). Otherwise fold ``b`` into ``x_in``.
+            surrogate gradients sensitive to the last bit). Otherwise fold ``b`` into ``x_in``. For an
+            ensemble ``[N]`` (shared), ``[E, N]`` or ``[E, 1, N]``.
         backend: ``"auto"``, ``"torch"`` or ``"triton"``.
 
     Returns:
-        ``(spikes [T, B, N], states [T, B, D])`` in the dtype of ``x_in``.
+        ``(spikes [T, B, N], states [T, B, D])`` (ensemble ``[T, E, B, N]``, ``[T, E, B, D]``) in the dtype
+        of ``x_in``.
 
     Raises:
         ValueError / TypeError: bad shapes, dtypes, devices or options.
@@ -363,16 +436,21 @@ def spiking_rnn_sequence(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: str
     for name, t in (("x_in", x_in), ("W", W), ("state0", state0)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if x_in.ndim != 3 or x_in.shape[0] < 1 or x_in.shape[1] < 1 or x_in.shape[2] < 1:
-        raise ValueError(f"x_in must have shape [T, B, N] with T, B, N >= 1, got {tuple(x_in.shape)}")
+    if x_in.ndim not in (3, 4) or min(x_in.shape) < 1:
+        raise ValueError(f"x_in must have shape [T, B, N] (or [T, E, B, N] for an ensemble) with every size >= 1, "
+                         f"got {tuple(x_in.shape)}")
     if not x_in.is_floating_point():
         raise ValueError(f"x_in must be floating point, got {x_in.dtype}")
-    T, B, N = x_in.shape
+    ens = x_in.ndim == 4
+    T, N = x_in.shape[0], x_in.shape[-1]
+    E = x_in.shape[1] if ens else None
+    B = x_in.shape[-2]
     D = 2 * N if neuron == "cuba" else N
-    if W.shape != (N, N):
-        raise ValueError(f"W must have shape [N, N] = [{N}, {N}], got {tuple(W.shape)}")
-    if state0.shape != (B, D):
-        raise ValueError(f"state0 must have shape [B, D] = [{B}, {D}] for neuron={neuron!r}, "
+    lead, lead_s = ((E,), "[E, ") if ens else ((), "[")
+    if W.shape != (*lead, N, N):
+        raise ValueError(f"W must have shape {lead_s}N, N] = {list((*lead, N, N))}, got {tuple(W.shape)}")
+    if state0.shape != (*lead, B, D):
+        raise ValueError(f"state0 must have shape {lead_s}B, D] = {list((*lead, B, D))} for neuron={neuron!r}, "
                          f"got {tuple(state0.shape)}")
     for name, t in (("W", W), ("state0", state0)):
         if t.dtype != x_in.dtype or t.device != x_in.device:
@@ -382,10 +460,17 @@ def spiking_rnn_sequence(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: str
     cuba = neuron == "cuba"
     if cuba and alpha is None:
         raise ValueError("neuron='cuba' needs alpha (the synaptic decay)")
-    beta_v = _param(beta, "beta", N, x_in)
-    alpha_v = _param(alpha, "alpha", N, x_in) if cuba else None
-    theta_v = _param(threshold, "threshold", N, x_in)
-    if bias is not None:
+    if ens:  # every parameter as an [E, N] view of what was given
+        beta_v = _member_param(beta, "beta", E, N, x_in)
+        alpha_v = _member_param(alpha, "alpha", E, N, x_in) if cuba else None
+        theta_v = _member_param(threshold, "threshold", E, N, x_in)
+        if bias is not None:
+            bias = _member_param(bias, "bias", E, N, x_in, bias=True)
+    else:
+        beta_v = _param(beta, "beta", N, x_in)
+        alpha_v = _param(alpha, "alpha", N, x_in) if cuba else None
+        theta_v = _param(threshold, "threshold", N, x_in)
+    if bias is not None and not ens:
         if not isinstance(bias, Tensor) or bias.shape != (N,):
             raise ValueError(f"bias must be a tensor of shape [{N}], got {getattr(bias, 'shape', type(bias).__name__)}")
         if bias.dtype != x_in.dtype or bias.device != x_in.device:
@@ -400,7 +485,8 @@ def spiking_rnn_reference(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: st
                           alpha: Optional[ParamLike] = 0.8, threshold: ParamLike = 1.0,
                           surrogate: sg.SurrogateLike = "atan", reset: str = "subtract",
                           detach_reset: bool = True) -> Tuple[Tensor, Tensor]:
-    """The naive loop over :func:`~surroflos.models.spiking.lif_step` / ``cuba_step`` (autograd per op).
+    """The naive loop over :func:`~surroflos.models.spiking.lif_step` / ``cuba_step`` (autograd per op), for
+    one network (an ensemble's reference is this loop per member).
 
     ``x_in`` enters as the input with ``W_in = I`` and ``b = 0`` (exact: multiplying by the identity
     rounds nothing), so this is the model's own step function on the same numbers.

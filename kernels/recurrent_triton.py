@@ -1,14 +1,17 @@
 """Triton kernels of :func:`surroflos.kernels.recurrent.spiking_rnn_sequence` (recurrent LIF / cuba).
 
 One launch per time step (the recurrent product couples every neuron to every other one, so a step
-needs all spikes of the previous step: a grid-wide dependency that a launch boundary provides).
+needs all spikes of the previous step: a grid-wide dependency that a launch boundary provides). An
+ensemble of ``E`` members (``x_in [T, E, B, N]``, ``W [E, N, N]``, parameters ``[E, N]``) runs in the same
+launches: the grid's third axis is the member, each program shifts its pointers to its member's slabs
+(a solo network is the ensemble ``E = 1``).
 
-Forward, step ``t`` (grid over ``[B, N]`` tiles)::
+Forward, step ``t`` (grid over ``[B, N]`` tiles x members)::
 
     I = x_in[t] + S[t-1] W^T      tl.dot over K-blocks of the spikes; all-zero spike blocks are skipped
     neuron update (epilogue)      state kept in an accumulator-dtype work buffer, updated in place
 
-Backward, launch ``j`` (reverse time; grid over ``[B, N]`` tiles of the *presynaptic* index)::
+Backward, launch ``j`` (reverse time; grid over ``[B, N]`` tiles of the *presynaptic* index x members)::
 
     gsp = dI[j+1] W (+ reset term)     = dL/dS[j] through step j+1 (a GEMM over the postsynaptic index)
     local adjoint of step j            -> dI[j], the carried membrane adjoint, parameter partial sums
@@ -17,9 +20,10 @@ and a last launch (``FINAL``) that turns ``dI[0] W`` into the gradient of the in
 cuba zero_mem reset, which zeroes only the old membrane). The
 adjoint formulas are those of ``_backward_torch`` in :mod:`surroflos.kernels.recurrent`.
 
-Backward buffers (built by the launcher): ``spk_ext [T+1, B, N]`` with row 0 the initial spikes
-``H(U[-1] - theta)`` and row ``t+1`` the spikes of step ``t``; ``st_ext [T+1, B, D]`` likewise for the
-states. Each program reads and writes only its own tile of
+Backward buffers (built by the launcher): ``spk_ext [T+1, (E,) B, N]`` with row 0 the initial spikes
+``H(U[-1] - theta)`` and row ``t+1`` the spikes of step ``t``; ``st_ext [T+1, (E,) B, D]`` likewise for the
+states. Time rows are ``E B N`` (``E B D``) elements apart, a member's slab within a row ``B N`` (``B D``).
+Each program reads and writes only its own tile of
 the in-place buffers, and every new value depends on the old one at the same element, so in-place
 updates are race free.
 """
@@ -44,9 +48,10 @@ def _rnn_fwd_step(xin_ptr, w_ptr, sprev_ptr, spk_ptr, work_ptr, st_ptr, beta_ptr
                   CUBA: tl.constexpr, ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, SKIP_ZERO: tl.constexpr,
                   ACC: tl.constexpr, ZMEM: tl.constexpr,
                   BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    # sprev_ptr: S[t-1] ([B, N]); off_n = t * B * N (row t of x_in and of the spikes); off_d = t * B * D.
+    # sprev_ptr: S[t-1] ([E, B, N]); off_n = t * E * B * N (row t of x_in and of the spikes); off_d = t * E * B * D.
     pid_b = tl.program_id(0)
     pid_n = tl.program_id(1)
+    e = tl.program_id(2).to(tl.int64)  # the member: every pointer moves to its slab
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mb = rb < B
@@ -56,6 +61,15 @@ def _rnn_fwd_step(xin_ptr, w_ptr, sprev_ptr, spk_ptr, work_ptr, st_ptr, beta_ptr
         D = 2 * N
     else:
         D = N
+    w_ptr += e * N * N
+    sprev_ptr += e * B * N
+    work_ptr += e * B * D
+    beta_ptr += e * N
+    alpha_ptr += e * N
+    theta_ptr += e * N
+    bias_ptr += e * N
+    off_n += e * B * N
+    off_d += e * B * D
 
     # Recurrent current S[t-1] W^T, K-block by K-block; spikes are 0/1, so silent blocks add nothing.
     acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
@@ -107,16 +121,17 @@ def _rnn_fwd_step(xin_ptr, w_ptr, sprev_ptr, spk_ptr, work_ptr, st_ptr, beta_ptr
 @triton.jit(do_not_specialize=["off_n", "off_d"])
 def _rnn_bwd_step(dI_ptr, w_ptr, gspk_ptr, gst_ptr, spk_ptr, st_ptr, gm_ptr, rt_ptr, pb_ptr, pa_ptr, pt_ptr,
                   ds0_ptr, beta_ptr, alpha_ptr, theta_ptr, scale_ptr,
-                  off_n, off_d, B, N,
+                  off_n, off_d, E, B, N,
                   CUBA: tl.constexpr, ZERO: tl.constexpr, DETACH: tl.constexpr, SURROGATE: tl.constexpr,
                   HAS_GEMM: tl.constexpr, FINAL: tl.constexpr, NEED_B: tl.constexpr, NEED_A: tl.constexpr,
                   NEED_T: tl.constexpr, ACC: tl.constexpr, ZMEM: tl.constexpr,
                   BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
-    # Launch for step j: off_n = j * B * N, off_d = j * B * D (j = -1 for FINAL). dI row j+1 = dL/dI[j+1]
-    # (read only when HAS_GEMM, i.e. j+1 < T); st_ext / spk_ext row j = step j-1 (row 0 = initial), row
-    # j+1 = step j.
+    # Launch for step j: off_n = j * E * B * N, off_d = j * E * B * D (j = -1 for FINAL). dI row j+1 =
+    # dL/dI[j+1] (read only when HAS_GEMM, i.e. j+1 < T); st_ext / spk_ext row j = step j-1 (row 0 =
+    # initial), row j+1 = step j. Program (., ., e) works on member e.
     pid_b = tl.program_id(0)
     pid_n = tl.program_id(1)
+    e = tl.program_id(2).to(tl.int64)
     rb = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mb = rb < B
@@ -129,8 +144,20 @@ def _rnn_bwd_step(dI_ptr, w_ptr, gspk_ptr, gst_ptr, spk_ptr, st_ptr, gm_ptr, rt_
     i_bn = rb[:, None] * N + rn[None, :]
     i_mem = rb[:, None] * D + (D - N) + rn[None, :]
     i_syn = rb[:, None] * D + rn[None, :]
-    nxt_n = off_n + B * N
-    nxt_d = off_d + B * D
+    w_ptr += e * N * N
+    gm_ptr += e * B * N
+    rt_ptr += e * B * N
+    pb_ptr += e * B * N
+    pa_ptr += e * B * N
+    pt_ptr += e * B * N
+    ds0_ptr += e * B * D
+    beta_ptr += e * N
+    alpha_ptr += e * N
+    theta_ptr += e * N
+    off_n += e * B * N
+    off_d += e * B * D
+    nxt_n = off_n + E * B * N
+    nxt_d = off_d + E * B * D
 
     # gsp = dL/dS[j] through step j+1: dI[j+1] W plus the (non-detached) reset term stored last launch.
     gsp = tl.zeros((BLOCK_B, BLOCK_N), dtype=ACC)
@@ -222,33 +249,49 @@ def pick_blocks(B: int, N: int) -> tuple[int, int, int]:
     return block_b, 32, 64
 
 
-def _vec(p: torch.Tensor | None, N: int, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
+def _vec(p: torch.Tensor | None, shape: tuple, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
+    """A parameter as a contiguous ``[N]`` (solo) or ``[E, N]`` (ensemble) vector."""
     if p is None:
         return like  # a dummy pointer for kernels that never read it
-    return p.detach().to(dtype).expand(N).contiguous()
+    return p.detach().to(dtype).expand(shape).contiguous()
+
+
+def _sizes(x: torch.Tensor) -> tuple[int, int, int, int, tuple]:
+    """``(T, E, B, N, vector shape)`` of ``[T, B, N]`` (``E = 1``, vectors ``[N]``) or ``[T, E, B, N]``."""
+    if x.ndim == 3:
+        T, B, N = x.shape
+        return T, 1, B, N, (N,)
+    T, E, B, N = x.shape
+    return T, E, B, N, (E, N)
+
+
+def _mv(v: torch.Tensor) -> torch.Tensor:
+    """``[N]`` as it is, ``[E, N]`` as ``[E, 1, N]`` (to broadcast against ``[E, B, N]``)."""
+    return v if v.ndim == 1 else v.unsqueeze(-2)
 
 
 def forward_triton(x_in: torch.Tensor, W: torch.Tensor, state0: torch.Tensor, beta: torch.Tensor,
                    alpha: torch.Tensor | None, theta: torch.Tensor, bias: torch.Tensor | None, cuba: bool,
                    zero: bool, zmem: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spikes ``[T, B, N]`` and states ``[T, B, D]`` (input dtype); one kernel launch per step."""
-    T, B, N = x_in.shape
+    """Spikes ``[T, (E,) B, N]`` and states ``[T, (E,) B, D]`` (input dtype); one kernel launch per step (for
+    all members of an ensemble)."""
+    T, E, B, N, vshape = _sizes(x_in)
     D = 2 * N if cuba else N
     ad = acc_dtype(x_in.dtype)
     x_in, W = x_in.contiguous(), W.contiguous()
-    theta_v = _vec(theta, N, ad, None)
-    beta_v = _vec(beta, N, ad, None)
-    alpha_v = _vec(alpha, N, ad, beta_v)
-    bias_v = _vec(bias, N, ad, beta_v)
+    theta_v = _vec(theta, vshape, ad, None)
+    beta_v = _vec(beta, vshape, ad, None)
+    alpha_v = _vec(alpha, vshape, ad, beta_v)
+    bias_v = _vec(bias, vshape, ad, beta_v)
     work = state0.detach().to(ad).contiguous().clone()
-    s0 = (work[:, D - N:] > theta_v).to(x_in.dtype)
-    spikes = x_in.new_empty(T, B, N)
-    states = x_in.new_empty(T, B, D)
+    s0 = (work[..., D - N:] > _mv(theta_v)).to(x_in.dtype)
+    spikes = x_in.new_empty(x_in.shape)
+    states = x_in.new_empty(*x_in.shape[:-1], D)
     BB, BN, BK = pick_blocks(B, N)
-    grid = (triton.cdiv(B, BB), triton.cdiv(N, BN))
+    grid = (triton.cdiv(B, BB), triton.cdiv(N, BN), E)
     for t in range(T):
         _rnn_fwd_step[grid](x_in, W, s0 if t == 0 else spikes[t - 1], spikes, work, states, beta_v, alpha_v, theta_v,
-                            bias_v, t * B * N, t * B * D, B, N, CUBA=cuba, ZERO=zero, HAS_BIAS=bias is not None,
+                            bias_v, t * E * B * N, t * E * B * D, B, N, CUBA=cuba, ZERO=zero, HAS_BIAS=bias is not None,
                             SKIP_ZERO=True, ACC=_TL_DTYPE[ad], ZMEM=zmem, BLOCK_B=BB, BLOCK_N=BN, BLOCK_K=BK)
     return spikes, states
 
@@ -257,35 +300,38 @@ def backward_triton(gspk: torch.Tensor, gst: torch.Tensor, W: torch.Tensor, stat
                     spikes: torch.Tensor, states: torch.Tensor, beta: torch.Tensor, alpha: torch.Tensor | None,
                     theta: torch.Tensor, cuba: bool, zero: bool, detach: bool, surrogate_id: int, scale: float,
                     need_beta: bool, need_alpha: bool, need_theta: bool, zmem: bool = False):
-    """``(dI [T, B, N], dstate0 [B, D], dbeta, dalpha, dtheta, S_prev [T, B, N])``: adjoints in the
-    accumulator dtype, parameter gradients as ``[N]`` vectors (None where not needed) and the spikes
-    ``S[t-1]`` for the caller's single dW GEMM."""
-    T, B, N = spikes.shape
+    """``(dI [T, (E,) B, N], dstate0 [(E,) B, D], dbeta, dalpha, dtheta, S_prev [T, (E,) B, N])``: adjoints in
+    the accumulator dtype, parameter gradients as ``[N]`` (ensemble: ``[E, N]``) vectors (None where not
+    needed) and the spikes ``S[t-1]`` for the caller's single dW GEMM."""
+    T, E, B, N, vshape = _sizes(spikes)
+    lead = tuple(spikes.shape[1:-1])
     D = 2 * N if cuba else N
     ad = acc_dtype(spikes.dtype)
+    dev = spikes.device
     W = W.contiguous()
-    theta_v = _vec(theta, N, ad, None)
-    beta_v = _vec(beta, N, ad, None)
-    alpha_v = _vec(alpha, N, ad, beta_v)
+    theta_v = _vec(theta, vshape, ad, None)
+    beta_v = _vec(beta, vshape, ad, None)
+    alpha_v = _vec(alpha, vshape, ad, beta_v)
     st_ext = torch.cat([state0.detach().to(states.dtype).unsqueeze(0), states]).contiguous()
-    s0 = (state0.detach()[:, D - N:].to(ad) > theta_v).to(spikes.dtype)
+    s0 = (state0.detach()[..., D - N:].to(ad) > _mv(theta_v)).to(spikes.dtype)
     spk_ext = torch.cat([s0.unsqueeze(0), spikes]).contiguous()
     gspk, gst = gspk.contiguous(), gst.contiguous()
-    dI = torch.empty(T, B, N, dtype=ad, device=spikes.device)
-    gm = torch.zeros(B, N, dtype=ad, device=spikes.device)
-    rt = torch.zeros(B, N, dtype=ad, device=spikes.device)
+    dI = torch.empty(T, *lead, N, dtype=ad, device=dev)
+    gm = torch.zeros(*lead, N, dtype=ad, device=dev)
+    rt = torch.zeros(*lead, N, dtype=ad, device=dev)
     need_alpha = need_alpha and cuba
-    pb = torch.zeros(B, N, dtype=ad, device=spikes.device) if need_beta else gm
-    pa = torch.zeros(B, N, dtype=ad, device=spikes.device) if need_alpha else gm
-    pt = torch.zeros(B, N, dtype=ad, device=spikes.device) if need_theta else gm
-    ds0 = torch.empty(B, D, dtype=ad, device=spikes.device)
-    scale_t = torch.tensor([scale], dtype=ad, device=spikes.device)
+    pb = torch.zeros(*lead, N, dtype=ad, device=dev) if need_beta else gm
+    pa = torch.zeros(*lead, N, dtype=ad, device=dev) if need_alpha else gm
+    pt = torch.zeros(*lead, N, dtype=ad, device=dev) if need_theta else gm
+    ds0 = torch.empty(*lead, D, dtype=ad, device=dev)
+    scale_t = torch.tensor([scale], dtype=ad, device=dev)
     BB, BN, BR = pick_blocks(B, N)
-    grid = (triton.cdiv(B, BB), triton.cdiv(N, BN))
+    grid = (triton.cdiv(B, BB), triton.cdiv(N, BN), E)
     common = dict(CUBA=cuba, ZERO=zero, DETACH=detach, SURROGATE=surrogate_id, NEED_B=need_beta, NEED_A=need_alpha,
                   NEED_T=need_theta, ACC=_TL_DTYPE[ad], ZMEM=zmem, BLOCK_B=BB, BLOCK_N=BN, BLOCK_R=BR)
     for j in range(T - 1, -2, -1):  # j = T-1 .. 0, then j = -1 (FINAL)
         _rnn_bwd_step[grid](dI, W, gspk, gst, spk_ext, st_ext, gm, rt, pb, pa, pt, ds0, beta_v, alpha_v, theta_v,
-                            scale_t, j * B * N, j * B * D, B, N, HAS_GEMM=j + 1 < T, FINAL=j < 0, **common)
-    return (dI, ds0, pb.sum(0) if need_beta else None, pa.sum(0) if need_alpha else None,
-            pt.sum(0) if need_theta else None, spk_ext[:T])
+                            scale_t, j * E * B * N, j * E * B * D, E, B, N, HAS_GEMM=j + 1 < T, FINAL=j < 0, **common)
+    bdim = len(lead) - 1  # the batch axis
+    return (dI, ds0, pb.sum(bdim) if need_beta else None, pa.sum(bdim) if need_alpha else None,
+            pt.sum(bdim) if need_theta else None, spk_ext[:T])
