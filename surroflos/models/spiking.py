@@ -257,20 +257,24 @@ class SpikingRNN(RecurrentModel):
         return state
 
     def rollout(self, x: torch.Tensor, state0: torch.Tensor | None = None) -> Rollout:
-        """Simulate ``x: [T, B, n_in]``: outputs, states and spikes, as the step loop computes them.
+        """Simulate ``x: [T, B, n_in]`` (ensemble: ``[T, E, B, n_in]``): outputs, states and spikes, as the step
+        loop computes them.
 
-        Unless ``smooth``, the drive ``x W_in^T`` of all steps is one GEMM and the recurrence runs in the
-        fused sequence op (backend ``self.backend``, resolved against the inputs' device), whose PyTorch
-        path repeats the step loop's floating-point operations in the same order.
+        Unless ``smooth``, the drive ``x W_in^T`` of all steps is one GEMM (ensemble: one batched GEMM, each
+        member's inputs times its ``W_in``) and the recurrence runs in the fused sequence op (backend
+        ``self.backend``, resolved against the inputs' device; an ensemble's members in the same op), whose
+        PyTorch path repeats the step loop's floating-point operations in the same order.
         """
-        if self.smooth or self.ensemble is not None:
+        if self.smooth:
             return super().rollout(x, state0)
-        check_inputs(x, self.n_in)
+        ens = self.ensemble
+        check_inputs(x, self.n_in, ensemble=ens)
         check_state_and_model(self, x, state0)
-        state = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype) if state0 is None else state0
+        state = self.initial_state(x.shape[-2], device=x.device, dtype=x.dtype) if state0 is None else state0
         p = self.params()
         # x W_in^T for all steps in one GEMM; b goes in separately, added where _current adds it.
-        x_in = torch.matmul(x, p.weight_in.T)
+        # (An ensemble's parameters come as member views [E, 1, 1] / [E, 1, N], which the op accepts.)
+        x_in = torch.matmul(x, p.weight_in.T if ens is None else p.weight_in.mT)
         spikes, states = spiking_rnn_sequence(
             x_in, p.weight_rec, state, neuron=self.neuron, beta=p.beta, alpha=p.alpha, threshold=p.threshold,
             surrogate=p.surrogate, reset=p.reset, detach_reset=p.detach_reset, bias=p.bias,
