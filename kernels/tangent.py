@@ -23,6 +23,12 @@ explicit backward ops (``dQ = d * (W^T H) + a * H``, ``dW = sum_b H_b (d_b Q_b)^
 gradients as reductions over k), so they are differentiable (flossing runs on them; first-order
 gradients only: the backward ops have no autograd of their own) and capturable by ``torch.compile``.
 
+Ensembles (:mod:`surroflos.ensemble`): with ``W [E, N, N]`` and frames ``[E, B, N, k]`` member ``e``'s frames
+are multiplied by its own ``W[e]``; coefficients then broadcast to ``[E, B, N]`` (numbers, ``[]``, ``[N]``,
+``[B, N]`` are shared by the members; member views ``[E, 1, 1]`` / ``[E, 1, N]`` and ``[E, B, N]`` are per
+member). The PyTorch path does one batched GEMM over the members (batch and k folded into its columns), the
+Triton kernels one launch for all members; gradients come back per member (``dW [E, N, N]``).
+
 :func:`fused_tangent_function` maps a known model to a tangent function with the model protocol
 signature ``(x, state, params, Q) -> D Q`` built on these ops (see its docstring for the list).
 """
@@ -52,22 +58,40 @@ def _col(t: Tensor) -> Tensor:
     return t.unsqueeze(-1)
 
 
+def _wmm(W: Tensor, X: Tensor) -> Tensor:
+    """``W @ X`` for a frame: ``W [N, N]`` against ``X [B, N, k]``, or an ensemble's ``W [E, N, N]`` against its
+    frames ``[E, B, N, k]``, member by member, as ONE batched GEMM with the batch and k folded into the columns
+    (``torch.matmul`` on ``[E, 1, N, N]`` would copy each member's W B times)."""
+    if W.ndim == 2:
+        return torch.matmul(W, X)
+    E, B, N, k = X.shape
+    Y = torch.bmm(W, X.transpose(1, 2).reshape(E, N, B * k))  # [E, N, B k]
+    return Y.reshape(E, W.shape[1], B, k).transpose(1, 2).contiguous()
+
+
+def _wgrad(H: Tensor, X: Tensor) -> Tensor:
+    """``dW = sum_b H_b X_b^T`` (over the batch and k), per member for ensemble frames ``[E, B, N, k]``."""
+    if H.ndim == 3:
+        return torch.einsum("bnk,bmk->nm", H, X)
+    return torch.einsum("ebnk,ebmk->enm", H, X)
+
+
 def _dense_torch(W: Tensor, d: Tensor, a: Tensor, c: Optional[Tensor], Q: Tensor) -> Tensor:
-    out = torch.matmul(W, _col(d) * Q) + _col(a) * Q
+    out = _wmm(W, _col(d) * Q) + _col(a) * Q
     return _col(c) * out if c is not None else out
 
 
 def _block_torch(W, d, a_s, a_m, c, Qs, Qm, Qw) -> Tensor:
-    dsyn = _col(a_s) * Qs + torch.matmul(W, _col(d) * Qw)
+    dsyn = _col(a_s) * Qs + _wmm(W, _col(d) * Qw)
     dmem = _col(a_m) * Qm + _col(c) * dsyn
     return torch.cat([dsyn, dmem], dim=-2)
 
 
 def _dense_bwd_torch(G, W, d, a, c, Q, need_w: bool, need_c: bool):
     H = _col(c) * G if c is not None else G
-    P = torch.matmul(W.transpose(-1, -2), H)
+    P = _wmm(W.transpose(-1, -2), H)
     dQ = _col(d) * P + _col(a) * H
-    dW = torch.einsum("bnk,bmk->nm", H, _col(d) * Q) if need_w else W.new_empty(_EMPTY)
+    dW = _wgrad(H, _col(d) * Q) if need_w else W.new_empty(_EMPTY)
     dd = (P * Q).sum(-1)
     da = (H * Q).sum(-1)
     dc = (G * _dense_torch(W, d, a, None, Q)).sum(-1) if need_c else Q.new_empty(_EMPTY)
@@ -75,14 +99,14 @@ def _dense_bwd_torch(G, W, d, a, c, Q, need_w: bool, need_c: bool):
 
 
 def _block_bwd_torch(G, W, d, a_s, a_m, c, Qs, Qm, Qw, S, need_w: bool):
-    N = W.shape[0]
+    N = W.shape[-1]
     Gs, Gm = G[..., :N, :], G[..., N:, :]
     H = Gs + _col(c) * Gm
-    P = torch.matmul(W.transpose(-1, -2), H)
+    P = _wmm(W.transpose(-1, -2), H)
     dQw = _col(d) * P
     dQs = _col(a_s) * H
     dQm = _col(a_m) * Gm
-    dW = torch.einsum("bnk,bmk->nm", H, _col(d) * Qw) if need_w else W.new_empty(_EMPTY)
+    dW = _wgrad(H, _col(d) * Qw) if need_w else W.new_empty(_EMPTY)
     return (dQs, dQm, dQw, dW, (P * Qw).sum(-1), (H * Qs).sum(-1), (Gm * Qm).sum(-1), (Gm * S).sum(-1))
 
 
@@ -130,9 +154,9 @@ def _dense_bwd_op(G: Tensor, W: Tensor, d: Tensor, a: Tensor, c: Optional[Tensor
 
 @_dense_bwd_op.register_fake
 def _(G, W, d, a, c, Q, use_triton, need_w, need_c):
-    B, N = Q.shape[0], Q.shape[1]
-    return (Q.new_empty(Q.shape), W.new_empty(W.shape if need_w else _EMPTY), d.new_empty(B, N),
-            a.new_empty(B, N), Q.new_empty((B, N) if need_c else _EMPTY))
+    BN = Q.shape[:-1]  # [B, N] ([E, B, N])
+    return (Q.new_empty(Q.shape), W.new_empty(W.shape if need_w else _EMPTY), d.new_empty(BN),
+            a.new_empty(BN), Q.new_empty(BN if need_c else _EMPTY))
 
 
 def _dense_setup(ctx, inputs, output):
@@ -168,21 +192,21 @@ def _block_op(W: Tensor, d: Tensor, a_s: Tensor, a_m: Tensor, c: Tensor, Qs: Ten
 
 @_block_op.register_fake
 def _(W, d, a_s, a_m, c, Qs, Qm, Qw, use_triton):
-    B, N, k = Qm.shape
-    return Qm.new_empty(B, 2 * N, k)
+    *lead, N, k = Qm.shape
+    return Qm.new_empty(*lead, 2 * N, k)
 
 
 @torch.library.custom_op("surroflos::block_tangent_backward", mutates_args=())
 def _block_bwd_op(G: Tensor, W: Tensor, d: Tensor, a_s: Tensor, a_m: Tensor, c: Tensor, Qs: Tensor, Qm: Tensor,
                   Qw: Tensor, out: Tensor, use_triton: bool, need_w: bool
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    N = W.shape[0]
+    N = W.shape[-1]
     S = out[..., :N, :]
     if not use_triton:
         return _block_bwd_torch(G, W, d, a_s, a_m, c, Qs, Qm, Qw, S, need_w)
     G = _contig(G)
-    dQw, dQs, dQm, dW, sums = _triton().backward(G[:, :N], G[:, N:], W, d, a_s, Qs, c, a_m, Qm, Qw, S, True,
-                                                 need_w)
+    dQw, dQs, dQm, dW, sums = _triton().backward(G[..., :N, :], G[..., N:, :], W, d, a_s, Qs, c, a_m, Qm, Qw, S,
+                                                 True, need_w)
     dW = dW if dW is not None else W.new_empty(_EMPTY)
     dt = Qm.dtype
     return dQs, dQm, dQw, dW, sums[0].to(dt), sums[1].to(dt), sums[2].to(dt), sums[3].to(dt)
@@ -190,10 +214,10 @@ def _block_bwd_op(G: Tensor, W: Tensor, d: Tensor, a_s: Tensor, a_m: Tensor, c: 
 
 @_block_bwd_op.register_fake
 def _(G, W, d, a_s, a_m, c, Qs, Qm, Qw, out, use_triton, need_w):
-    B, N = Qm.shape[0], Qm.shape[1]
+    BN = Qm.shape[:-1]  # [B, N] ([E, B, N])
     e = Qm.new_empty
     return (e(Qm.shape), e(Qm.shape), e(Qm.shape), W.new_empty(W.shape if need_w else _EMPTY),
-            e(B, N), e(B, N), e(B, N), e(B, N))
+            e(BN), e(BN), e(BN), e(BN))
 
 
 def _block_setup(ctx, inputs, output):
@@ -221,8 +245,9 @@ _block_op.register_autograd(_block_backward, setup_context=_block_setup)
 def _check_frame(name: str, Q: Any, like: Optional[Tensor] = None) -> None:
     if not isinstance(Q, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor [B, N, k], got {type(Q).__name__}")
-    if Q.ndim != 3 or Q.shape[0] < 1 or Q.shape[1] < 1 or Q.shape[2] < 1:
-        raise ValueError(f"{name} must have shape [B, N, k] with B, N, k >= 1, got {tuple(Q.shape)}")
+    if Q.ndim not in (3, 4) or min(Q.shape) < 1:
+        raise ValueError(f"{name} must have shape [B, N, k] (ensemble: [E, B, N, k]) with every size >= 1, "
+                         f"got {tuple(Q.shape)}")
     if not Q.is_floating_point():
         raise ValueError(f"{name} must be floating point, got {Q.dtype}")
     if like is not None:
@@ -235,8 +260,11 @@ def _check_frame(name: str, Q: Any, like: Optional[Tensor] = None) -> None:
 def _check_weight(W: Any, Q: Tensor) -> None:
     if not isinstance(W, Tensor):
         raise TypeError(f"W must be a torch.Tensor [N, N], got {type(W).__name__}")
-    N = Q.shape[1]
-    if W.ndim != 2 or W.shape[0] != N or W.shape[1] != N:
+    N = Q.shape[-2]
+    if Q.ndim == 4 and tuple(W.shape) != (Q.shape[0], N, N):
+        raise ValueError(f"W must have shape [E, N, N] = [{Q.shape[0]}, {N}, {N}] for ensemble frames "
+                         f"[E, B, N, k] = {tuple(Q.shape)}, got {tuple(W.shape)}")
+    if Q.ndim == 3 and (W.ndim != 2 or W.shape[0] != N or W.shape[1] != N):
         raise ValueError(f"W must have shape [N, N] = [{N}, {N}] for frames [B, N, k] = {tuple(Q.shape)}, "
                          f"got {tuple(W.shape)}")
     if W.dtype != Q.dtype or W.device != Q.device:
@@ -244,20 +272,23 @@ def _check_weight(W: Any, Q: Tensor) -> None:
 
 
 def _coef(name: str, value: Coef, Q: Tensor) -> Tensor:
-    """A coefficient as a ``[B, N]`` view (scalars and ``[N]`` broadcast with stride 0)."""
-    B, N = Q.shape[0], Q.shape[1]
+    """A coefficient as a ``[B, N]`` (ensemble ``[E, B, N]``) view (scalars, ``[N]`` and member views broadcast
+    with stride 0)."""
+    shape = tuple(Q.shape[:-1])
+    layout = "[B, N]" if Q.ndim == 3 else "[E, B, N]"
     if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
-        raise TypeError(f"{name} must be a number or a tensor (scalar, [N] or [B, N]), got {type(value).__name__}")
+        raise TypeError(f"{name} must be a number or a tensor (scalar, [N] or {layout}), got {type(value).__name__}")
     if not isinstance(value, Tensor):
         value = Q.new_full((), float(value))  # a fill on the device, not a host-to-device copy (no sync)
     elif value.dtype != Q.dtype or value.device != Q.device:
         raise ValueError(f"{name} is {value.dtype} on {value.device} but the frame is {Q.dtype} on {Q.device}")
-    if value.ndim > 2:
-        raise ValueError(f"{name} must be a scalar, [N] or [B, N] = [{B}, {N}], got shape {tuple(value.shape)}")
+    if value.ndim > len(shape):
+        raise ValueError(f"{name} must be a scalar, [N] or {layout} = {list(shape)}, got shape {tuple(value.shape)}")
     try:
-        return torch.broadcast_to(value, (B, N))
+        return torch.broadcast_to(value, shape)
     except RuntimeError:
-        raise ValueError(f"{name} of shape {tuple(value.shape)} does not broadcast to [B, N] = [{B}, {N}]") from None
+        raise ValueError(f"{name} of shape {tuple(value.shape)} does not broadcast to {layout} = "
+                         f"{list(shape)}") from None
 
 
 def _resolved_triton(backend: str, device: str) -> bool:
@@ -285,15 +316,17 @@ def dense_tangent(W: Tensor, d: Coef, a: Coef, Q: Tensor, c: Optional[Coef] = No
     """``c * (W @ (d * Q) + a * Q)`` for a frame ``Q: [B, N, k]``, differentiable in every tensor.
 
     Args:
-        W: ``[N, N]`` recurrent matrix (shared by the batch).
-        d: row scaling of ``Q`` before ``W``: number, ``[N]`` or ``[B, N]``.
+        W: ``[N, N]`` recurrent matrix (shared by the batch); for an ensemble ``[E, N, N]`` (member e's
+            frames use ``W[e]``).
+        d: row scaling of ``Q`` before ``W``: number, ``[N]`` or ``[B, N]`` (ensemble: anything that
+            broadcasts to ``[E, B, N]``, e.g. the member views ``[E, 1, 1]`` / ``[E, 1, N]``).
         a: diagonal term, same shapes.
-        Q: the frame ``[B, N, k]``.
+        Q: the frame ``[B, N, k]`` (ensemble ``[E, B, N, k]``).
         c: optional outer row factor (``None`` = 1), same shapes.
         backend: ``"auto"`` (Triton for CUDA tensors), ``"torch"`` or ``"triton"``.
 
     Returns:
-        ``[B, N, k]`` in ``Q``'s dtype (Triton accumulates in float32, float64 for float64).
+        ``[B, N, k]`` (``[E, B, N, k]``) in ``Q``'s dtype (Triton accumulates in float32, float64 for float64).
     """
     _check_frame("Q", Q)
     _check_weight(W, Q)
@@ -310,7 +343,8 @@ def block_tangent(W: Tensor, d: Coef, a_s: Coef, a_m: Coef, c: Coef, Qs: Tensor,
         dmem = a_m * Qm + c * dsyn
 
     ``Qs``, ``Qm``, ``Qw``: ``[B, N, k]`` blocks (views of one frame are fine); coefficients as in
-    :func:`dense_tangent`. With ``Qw = Qm`` this is the Jacobian of ``cuba``/``RSynaptic``
+    :func:`dense_tangent`. For an ensemble: ``W [E, N, N]``, blocks ``[E, B, N, k]``, result ``[E, B, 2N, k]``.
+    With ``Qw = Qm`` this is the Jacobian of ``cuba``/``RSynaptic``
     (``a_s = alpha``, ``a_m = c beta`` or ``beta - theta d``, ...); Norse's recurrent LIF uses
     ``Qw = Qz`` and ``d = 1`` to get ``(dj, du)``.
     """
@@ -361,7 +395,7 @@ def _make_cuba(backend: str) -> TangentFn:
             c = 1.0 - spk
             a_m = c * p.beta
             if not p.detach_reset:
-                pre = p.beta * mem + p.alpha * syn + x @ p.weight_in.T + spk @ p.weight_rec.T + p.bias
+                pre = p.beta * mem + p.alpha * syn + x @ p.weight_in.mT + spk @ p.weight_rec.mT + p.bias
                 a_m = a_m - pre * d
         return block_tangent(p.weight_rec, d, p.alpha, a_m, c, Qs, Qm, backend=backend)
     return cuba_tangent_fused
@@ -482,6 +516,11 @@ def fused_tangent_function(model: Any, backend: str = "triton") -> Optional[Tang
     :class:`surroflos.norse.LIFRecurrentCell`. A model with a ``backend_tangent_function(backend)``
     method (e.g. :class:`~surroflos.BalancedNetwork`) decides itself. Anything else gives ``None``:
     use the model's own ``tangent_function``.
+
+    Ensembles (``RateRNN`` / ``SpikingRNN`` built with ``ensemble=E``, :mod:`surroflos.ensemble`) get the same
+    fused functions: their parameters are ``[E, ...]`` (member views for beta, alpha, threshold and bias),
+    states ``[E, B, D]`` and frames ``[E, B, D, k]``, and the ops take ``W [E, N, N]`` natively (one batched
+    GEMM / one Triton launch for all members).
 
     The returned function reads the same ``params`` bundle as the model's own (``model.params()``)
     and runs the ops with ``backend`` (``"triton"`` by default; ``"torch"`` gives the same numbers
