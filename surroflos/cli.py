@@ -215,6 +215,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--lyap-every", type=at.nonneg_int, default=d.lyap_every, help="epochs between lambda_1 estimates")
     o.add_argument("--spectrum-T", type=at.positive_int, default=d.spectrum_T)
     o.add_argument("--spectrum-k", type=at.positive_int, default=d.spectrum_k)
+    o.add_argument("--ensemble", type=at.positive_int, default=None, metavar="E",
+                   help="train E networks as one, with seeds seed .. seed+E-1 (each as its solo run would); "
+                        "result.json reports every member and their mean, std and success rate")
+    o.add_argument("--success", type=at.finite_float, default=None,
+                   help="metric value counted as a success in an ensemble's summary")
     o.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
     o.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")

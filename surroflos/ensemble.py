@@ -31,7 +31,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-__all__ = ["stack", "stack_into", "member", "ensemble_size", "member_view", "check_generators", "draw_per_member"]
+__all__ = ["stack", "stack_into", "member", "ensemble_size", "member_view", "check_generators", "draw_per_member",
+           "MemberUpdates"]
 
 # Attributes that may differ between members (kept per member as a tuple); the rest must be equal.
 _PER_MEMBER_ATTRS = ("g",)
@@ -153,3 +154,68 @@ def member(model: nn.Module, index: int) -> nn.Module:
         if isinstance(getattr(solo, attr, None), tuple):
             setattr(solo, attr, getattr(solo, attr)[index])
     return solo
+
+
+class MemberUpdates:
+    """Per-member gradient clipping and stopping around an optimiser of ensemble parameters.
+
+    Optimisers such as Adam act element by element, so on stacked parameters ``[E, ...]`` they update each
+    member exactly as a solo optimiser would; what couples members is gradient-norm clipping (done here
+    per member, as ``torch.nn.utils.clip_grad_norm_`` does for one network) and a member that diverges
+    (stopped here: its gradients are zeroed and its parameters put back after every step, so the others
+    go on undisturbed).
+
+    Args:
+        params: the ensemble's parameters being optimised, each with a leading member axis.
+        members: E.
+    """
+
+    def __init__(self, params, members: int) -> None:
+        self.params = [p for p in params]
+        for p in self.params:
+            if p.ndim == 0 or p.shape[0] != members:
+                raise ValueError(f"every parameter needs a leading member axis of size {members}, got {tuple(p.shape)}")
+        self.members = members
+        self._saved: dict[int, list[torch.Tensor]] = {}
+        self.reasons: dict[int, str] = {}
+
+    @property
+    def stopped(self) -> list[int]:
+        return sorted(self._saved)
+
+    @property
+    def active(self) -> torch.Tensor:
+        """``[E]`` bool: members still being updated."""
+        mask = torch.ones(self.members, dtype=torch.bool)
+        mask[self.stopped] = False
+        return mask
+
+    def stop(self, member: int, reason: str) -> None:
+        """Freeze ``member`` at its current parameters (call before the update that would move it)."""
+        if member not in self._saved:
+            self._saved[member] = [p.detach()[member].clone() for p in self.params]
+            self.reasons[member] = reason
+
+    def clip_(self, max_norm: Optional[float]) -> None:
+        """Zero the stopped members' gradients, then clip each member's gradient norm to ``max_norm``."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return
+        if self._saved:
+            idx = self.stopped
+            for g in grads:
+                g[idx] = 0
+        if max_norm is None:
+            return
+        norms = torch.stack([torch.linalg.vector_norm(g.reshape(self.members, -1), dim=1) for g in grads])
+        total = torch.linalg.vector_norm(norms, dim=0)  # [E], as clip_grad_norm_ combines per-tensor norms
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        for g in grads:
+            g.mul_(coef.view(-1, *([1] * (g.ndim - 1))))
+
+    def restore_(self) -> None:
+        """Put the stopped members' parameters back (after the optimiser's step)."""
+        with torch.no_grad():
+            for member, saved in self._saved.items():
+                for p, v in zip(self.params, saved):
+                    p[member] = v

@@ -16,6 +16,7 @@ import torch
 from ._random import randn
 from .kernels.backend import check_backend
 from .lyapunov import QR_METHODS, lyapunov_spectrum
+from .ensemble import MemberUpdates, check_generators
 from .models.layered import as_model
 
 __all__ = ["flossing_loss", "floss", "FlossingHistory", "FlossingSchedule"]
@@ -28,32 +29,42 @@ def flossing_loss(exponents: torch.Tensor, target: Target = 0.0) -> torch.Tensor
     """Sum over the k exponents of ``(lambda_i - target_i)^2``, averaged over trajectories.
 
     Args:
-        exponents: ``[B, k]`` (or ``[k]`` for a single spectrum).
-        target: a scalar or one value per exponent (``[k]``), finite.
+        exponents: ``[B, k]`` (or ``[k]`` for a single spectrum); ``[E, B, k]`` for an ensemble gives one
+            loss per member, ``[E]`` (their sum has each member's own gradient).
+        target: a scalar or one value per exponent (``[k]``), finite; for an ensemble also one per member
+            (``[E, 1]``) or per member and exponent (``[E, k]``).
 
     Raises:
         ValueError: ``exponents`` is empty or holds NaN/inf (a diverged estimate would otherwise give a
             NaN loss, or an empty one a silent 0), or ``target`` has the wrong shape or is not finite.
     """
-    if not isinstance(exponents, torch.Tensor) or exponents.ndim not in (1, 2):
-        raise ValueError(f"exponents must be a tensor [B, k] or [k], got {getattr(exponents, 'shape', exponents)!r}")
+    if not isinstance(exponents, torch.Tensor) or exponents.ndim not in (1, 2, 3):
+        raise ValueError(f"exponents must be a tensor [B, k], [k] or [E, B, k], got "
+                         f"{getattr(exponents, 'shape', exponents)!r}")
     if exponents.numel() == 0:
         raise ValueError(f"exponents is empty (shape {tuple(exponents.shape)}); flossing needs k >= 1 exponents "
                          "of at least one trajectory")
-    lam = exponents if exponents.ndim == 2 else exponents.unsqueeze(0)
-    tgt = _check_target(target, lam.shape[-1]).to(dtype=lam.dtype, device=lam.device)
+    lam = exponents if exponents.ndim >= 2 else exponents.unsqueeze(0)
+    members = lam.shape[0] if lam.ndim == 3 else None
+    tgt = _check_target(target, lam.shape[-1], members).to(dtype=lam.dtype, device=lam.device)
+    if tgt.ndim == 2:  # per member: [E, k] against [E, B, k]
+        tgt = tgt.unsqueeze(-2)
     # One host sync per loss; skipped under torch.compile, where it would break the graph.
     if not torch.compiler.is_compiling() and not bool(torch.isfinite(lam.detach()).all()):
         raise ValueError("exponents contain NaN or inf (the spectrum estimate diverged); lower the learning "
                          "rate or the gain, or clip gradients")
-    return ((lam - tgt) ** 2).sum(dim=-1).mean()
+    return ((lam - tgt) ** 2).sum(dim=-1).mean(dim=-1)
 
 
-def _check_target(target: Target, k: int) -> torch.Tensor:
-    """``target`` as a tensor, after checking its shape against ``k`` exponents and that it is finite."""
+def _check_target(target: Target, k: int, members: Optional[int] = None) -> torch.Tensor:
+    """``target`` as a tensor, after checking its shape against ``k`` exponents (and ``members`` for an
+    ensemble) and that it is finite."""
     tgt = torch.as_tensor(target.detach() if isinstance(target, torch.Tensor) else target, dtype=torch.float64)
-    if tgt.ndim > 1 or (tgt.ndim == 1 and tgt.shape[0] != k):
-        raise ValueError(f"target must be a scalar or have one value per exponent ({k}), got shape {tuple(tgt.shape)}")
+    per_member = members is not None and tgt.ndim == 2 and tgt.shape[0] == members and tgt.shape[1] in (1, k)
+    if not per_member and (tgt.ndim > 1 or (tgt.ndim == 1 and tgt.shape[0] != k)):
+        raise ValueError(f"target must be a scalar or have one value per exponent ({k})"
+                         + (f" or per member [E={members}, 1 or k]" if members is not None else "")
+                         + f", got shape {tuple(tgt.shape)}")
     if not bool(torch.isfinite(tgt).all()):
         raise ValueError(f"target must be finite, got {target!r} (a NaN target makes every flossing loss NaN)")
     return target if isinstance(target, torch.Tensor) else tgt  # numbers in float64: exact before the cast
@@ -61,12 +72,18 @@ def _check_target(target: Target, k: int) -> torch.Tensor:
 
 @dataclass
 class FlossingHistory:
-    """What :func:`floss` did: per step the batch-mean exponents ``[steps, k]`` and the loss ``[steps]``."""
+    """What :func:`floss` did: per step the batch-mean exponents ``[steps, k]`` and the loss ``[steps]``
+    (an ensemble: ``[steps, E, k]`` and ``[steps, E]``, NaN for a member after it diverged).
+
+    ``stopped`` (ensembles): ``{member: "reason"}`` for members that diverged and were frozen; the others
+    went on.
+    """
 
     exponents: torch.Tensor
     loss: torch.Tensor
     target: Target = 0.0
     extra: dict = field(default_factory=dict)
+    stopped: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.loss.shape[0])
@@ -104,6 +121,17 @@ class FlossingSchedule:
         return [self.every * i for i in range(1, self.times + 1)] if self.times else []
 
 
+def _member_inputs(draw, members: Optional[int]):
+    """For an ensemble, ``draw(i, g)`` per member with its own generator, stacked as ``[T, E, B, n_in]``."""
+    if members is None:
+        return draw
+
+    def draw_all(i: int, gens: list) -> torch.Tensor:
+        return torch.stack([draw(i, g) for g in gens], dim=1)
+
+    return draw_all
+
+
 def _input_source(inputs: InputSource, T: int, batch: int, n_in: int, input_std: float, like: torch.Tensor):
     if inputs is None:
         def draw(i: int, g: torch.Generator) -> torch.Tensor:
@@ -137,11 +165,15 @@ def floss(model, steps: int, *, k: int, T: int = 100, batch: int = 16, lr: float
         params: parameters to update; default ``model.flossing_parameters()`` (recurrent, input
             weights and bias, not the readout).
         inputs: ``None`` draws fresh ``N(0, input_std^2)`` inputs ``[T, batch, n_in]`` every step; a
-            tensor is reused; a callable ``(step, generator) -> [T, B, n_in]`` (e.g. task samples).
+            tensor is reused; a callable ``(step, generator) -> [T, B, n_in]`` (e.g. task samples). For an
+            ensemble a tensor is ``[T, E, B, n_in]``, and draws are made per member with its generator.
         local: detach the recurrent state so updates use local information only (seed 003).
         callback: ``callback(step, exponents [k], loss)`` after each update; return True to stop early.
-        max_grad_norm: clip the flossing gradient norm.
-        generator: seeds inputs, initial states and frames (reproducible runs).
+        max_grad_norm: clip the flossing gradient norm (per member for an ensemble).
+        generator: seeds inputs, initial states and frames (reproducible runs). For an ensemble
+            (:mod:`surroflos.ensemble`) a list of E generators makes member e floss exactly as a solo run with
+            the e-th generator; a member that diverges is frozen and reported (``history.stopped``) while
+            the others go on.
         progress: show a progress bar.
         backend, qr: passed to :func:`surroflos.lyapunov_spectrum` (``"auto"``: the fused Triton
             tangent maps and CholeskyQR2 for CUDA tensors, PyTorch and Householder otherwise).
@@ -155,11 +187,12 @@ def floss(model, steps: int, *, k: int, T: int = 100, batch: int = 16, lr: float
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if isinstance(T, bool) or not isinstance(T, int) or T < 2:
         raise ValueError(f"T must be an int >= 2, got {T!r}")
-    _check_target(target, k)
     check_backend(backend)
     if qr not in QR_METHODS:
         raise ValueError(f"qr must be one of {QR_METHODS}, got {qr!r}")
     model = as_model(model)
+    members = getattr(model, "ensemble", None)
+    _check_target(target, k, members)
     transient = T // 4 if transient is None else transient
     frame_warmup = T // 4 if frame_warmup is None else frame_warmup
     plist = list(model.flossing_parameters() if params is None else params)
@@ -168,33 +201,65 @@ def floss(model, steps: int, *, k: int, T: int = 100, batch: int = 16, lr: float
     like = plist[0]
     opt = torch.optim.Adam(plist, lr=lr)
     draw = _input_source(inputs, T, batch, model.n_in, input_std, like)
-    g = generator if generator is not None else torch.Generator(device="cpu").manual_seed(
-        int(torch.randint(0, 2**62, (1,)).item()))
+    new_generator = lambda: torch.Generator(device="cpu").manual_seed(int(torch.randint(0, 2**62, (1,)).item()))  # noqa: E731
+    if members is None:
+        g = generator if generator is not None else new_generator()
+        guard = None
+    else:
+        g = check_generators(generator, members) or [generator or new_generator() for _ in range(members)]
+        draw = draw if isinstance(inputs, torch.Tensor) else _member_inputs(draw, members)
+        guard = MemberUpdates(plist, members)
     exps, losses = [], []
     bar = _progress(steps, progress, "flossing")
     for i in range(steps):
         x = draw(i, g)
         res = lyapunov_spectrum(model, x, k, qr_every=qr_every, transient=transient, frame_warmup=frame_warmup,
                                 generator=g, detach_state=local, backend=backend, qr=qr)
-        loss = flossing_loss(res.exponents, target)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(plist, max_grad_norm)
-        opt.step()
-        mean = res.exponents.detach().mean(0)
+        if guard is None:
+            loss = flossing_loss(res.exponents, target)
+            loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(plist, max_grad_norm)
+            opt.step()
+            mean = res.exponents.detach().mean(0)
+            loss_value: Union[float, torch.Tensor] = float(loss.detach())
+        else:
+            for e in res.diverged.nonzero().flatten().tolist():
+                guard.stop(e, f"the flossing spectrum diverged at flossing step {i}")
+            active = guard.active
+            # Only the members still going enter the loss: a diverged one has NaN exponents.
+            per_member = torch.full((members,), float("nan"), dtype=res.exponents.dtype)
+            if bool(active.any()):
+                tgt = torch.as_tensor(target, dtype=res.exponents.dtype)
+                tgt = tgt[active] if tgt.ndim == 2 else tgt
+                member_loss = flossing_loss(res.exponents[active.to(res.exponents.device)], tgt)
+                member_loss.sum().backward()
+                per_member[active] = member_loss.detach().cpu()
+            guard.clip_(max_grad_norm)
+            opt.step()
+            guard.restore_()
+            mean = res.exponents.detach().mean(-2)
+            loss_value = per_member
         exps.append(mean)
-        losses.append(float(loss.detach()))
+        losses.append(loss_value)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(lambda1=f"{float(mean[0]):+.4f}", loss=f"{losses[-1]:.3g}")
-        if callback is not None and callback(i, mean, losses[-1]):
+            lam1 = mean[..., 0] if guard is None else mean[..., 0][guard.active.to(mean.device)]
+            bar.set_postfix(lambda1=f"{float(lam1.mean()) if lam1.numel() else float('nan'):+.4f}",
+                            loss=f"{float(torch.as_tensor(loss_value).nanmean()):.3g}")
+        if callback is not None and callback(i, mean, loss_value):
             break
     if bar is not None:
         bar.close()
-    k_out = exps[0].shape[0] if exps else k
-    return FlossingHistory(torch.stack(exps) if exps else torch.empty(0, k_out),
-                           torch.tensor(losses, dtype=torch.float64), target)
+    if guard is None:
+        k_out = exps[0].shape[0] if exps else k
+        return FlossingHistory(torch.stack(exps) if exps else torch.empty(0, k_out),
+                               torch.tensor(losses, dtype=torch.float64), target)
+    return FlossingHistory(torch.stack(exps) if exps else torch.empty(0, members, k),
+                           torch.stack(losses).to(torch.float64) if losses else torch.empty(0, members,
+                                                                                           dtype=torch.float64),
+                           target, stopped=dict(guard.reasons))
 
 
 def _progress(total: int, enabled: bool, desc: str):

@@ -58,6 +58,7 @@ import torch
 
 from ._random import randn
 from .lyapunov import NonFiniteError, _check_int, _check_model, _prepare
+from .ensemble import check_generators, member
 from .models.base import check_inputs
 
 __all__ = ["GradientPropagationResult", "gradient_propagation"]
@@ -212,7 +213,8 @@ def _check_state(state: torch.Tensor, where: str) -> None:
 def gradient_propagation(model, inputs: torch.Tensor, lags: Union[int, Iterable[int], torch.Tensor], *,
                          state0: Optional[torch.Tensor] = None, transient: int = 0, n_probe: int = 8,
                          n_times: Optional[int] = 16,
-                         generator: Optional[torch.Generator] = None) -> GradientPropagationResult:
+                         generator: Optional[torch.Generator] = None
+                         ) -> Union[GradientPropagationResult, list[GradientPropagationResult]]:
     """Typical norm of the error gradient sent back ``lag`` steps, ``||dL_t/dh_{t-lag}||``, per lag.
 
     Backpropagates random unit error vectors ``e`` at end times ``t`` (``L_t = <e, h_t>``) through the
@@ -232,9 +234,13 @@ def gradient_propagation(model, inputs: torch.Tensor, lags: Union[int, Iterable[
             ``[transient - 1 + max(lags), T - 1]`` (fewer if the range is shorter); ``None``: all of them.
         generator: seeds the random initial state and the error directions.
 
+    An ensemble of E members (:mod:`surroflos.ensemble`, inputs ``[T, E, B, n_in]``, ``state0 [E, B, D]``,
+    ``generator`` a list of E generators or one) is measured member by member.
+
     Returns:
         :class:`GradientPropagationResult` (``lags``, ``log_norm``, ``growth_rate()``, ``plot()``, ...),
-        detached.
+        detached; for an ensemble a list of E of them, member ``e``'s equal to the solo measurement of
+        ``surroflos.ensemble.member(model, e)`` on ``inputs[:, e]`` with the e-th generator.
 
     Raises:
         ValueError: bad shapes, arguments or NaN/inf inputs. :class:`~surroflos.NonFiniteError` (a
@@ -243,6 +249,16 @@ def gradient_propagation(model, inputs: torch.Tensor, lags: Union[int, Iterable[
         underflows below ~1e-38, use float64 for strongly contracting networks and long lags).
     """
     model = _check_model(model)  # (a layer stack is wrapped, as in lyapunov_spectrum)
+    E = getattr(model, "ensemble", None)
+    if E is not None:
+        check_inputs(inputs, model.n_in, finite=True, ensemble=E)
+        gens = check_generators(generator, E) or [generator] * E
+        if state0 is not None and (not isinstance(state0, torch.Tensor) or state0.ndim != 3 or state0.shape[0] != E):
+            raise ValueError(f"state0 of an ensemble must be [E, B, D] with E={E}, got "
+                             f"{getattr(state0, 'shape', type(state0).__name__)}")
+        return [gradient_propagation(member(model, e), inputs[:, e], lags,
+                                     state0=None if state0 is None else state0[e], transient=transient,
+                                     n_probe=n_probe, n_times=n_times, generator=gens[e]) for e in range(E)]
     transient = _check_int("transient", transient, 0)
     n_probe = _check_int("n_probe", n_probe, 1)
     if n_times is not None:

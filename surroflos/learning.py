@@ -71,7 +71,7 @@ Usage::
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +83,7 @@ from .models.rate import RateRNN, _dphi, _phi
 from .models.spiking import SpikingRNN, _fire
 from .tasks.base import Task
 
-__all__ = ["RULES", "FEEDBACKS", "IMPLEMENTATIONS", "LearningRule", "BPTT", "EProp", "make_rule"]
+__all__ = ["RULES", "FEEDBACKS", "IMPLEMENTATIONS", "LearningRule", "BPTT", "EProp", "MemberRules", "make_rule"]
 
 RULES = ("bptt", "eprop", "rflo")
 FEEDBACKS = ("symmetric", "random")
@@ -478,6 +478,46 @@ def _step_loss_grad(task, y_hat: torch.Tensor, target: torch.Tensor, mask_t: tor
         (g,) = torch.autograd.grad(loss_t, out)
     w = n.to(y_hat.dtype) / total.to(y_hat.dtype)  # in the outputs' precision (int / int is float32)
     return loss_t.detach() * w, g[0] * w
+
+
+class MemberRules(LearningRule):
+    """A local learning rule for each member of an ensemble (:mod:`surroflos.ensemble`), applied member by
+    member: e-prop and RFLO keep per-network eligibility traces and feedback, so each member runs its own
+    solo rule on its own slice of the batch, and the gradients are stacked on the member axis. (BPTT needs
+    no such wrapper: an ensemble's loss summed over members backpropagates member by member.)
+
+    Args:
+        model: the ensemble.
+        make: ``make(solo_model, e) -> LearningRule``, the rule member ``e`` would have on its own (e.g. with
+            the feedback matrix its solo run draws).
+    """
+
+    def __init__(self, model: nn.Module, make: Callable[[nn.Module, int], LearningRule]) -> None:
+        from .ensemble import member
+
+        E = getattr(model, "ensemble", None)
+        if E is None:
+            raise ValueError(f"MemberRules is for ensembles; {type(model).__name__} is a solo network")
+        self.model = model
+        self.members = [member(model, e) for e in range(E)]
+        self.rules = [make(m, e) for e, m in enumerate(self.members)]
+        self.name = self.rules[0].name
+
+    def gradients(self, x, y, mask, task, *, state0=None):
+        losses, grads = [], {}
+        ensemble_params = dict(self.model.named_parameters())
+        for e, (solo, rule) in enumerate(zip(self.members, self.rules)):
+            with torch.no_grad():  # the member's current weights
+                for n, p in solo.named_parameters():
+                    p.copy_(ensemble_params[n][e])
+            loss, g = rule.gradients(x[:, e], y[:, e], mask[:, e], task, state0=None if state0 is None else state0[e])
+            losses.append(loss)
+            for n, v in g.items():
+                grads.setdefault(n, []).append(v)
+        return torch.stack(losses), {n: torch.stack(v) for n, v in grads.items()}
+
+    def __repr__(self) -> str:
+        return f"MemberRules({self.rules[0]!r} x {len(self.rules)})"
 
 
 def make_rule(name: str, model: nn.Module, *, generator: Optional[torch.Generator] = None,

@@ -10,6 +10,9 @@ Phases over the input sequence ``x: [T, B, n_in]`` (DynamicalSystems.jl style, a
    summed. ``lambda_i = sum log|R_ii| / (steps * dt)`` (per unit time). A last QR closes the window
    when its length is not a multiple of ``qr_every``.
 
+An ensemble (:mod:`surroflos.ensemble`) adds a member axis in front of the batch: inputs ``[T, E, B, n_in]``,
+frames ``[E, B, D, k]``, exponents ``[E, B, k]``; each member is estimated exactly as it would be alone.
+
 Gradients flow through phase 3 (state trajectory, tangent maps and ``torch.linalg.qr``), and with
 ``grad_through_transient=True`` through phases 1-2 as well, so the exponents can be used in a loss
 (:mod:`surroflos.flossing`). With ``detach_state=True`` the state is simulated without gradient and only the explicit dependence of the tangent maps on the parameters is
@@ -32,6 +35,7 @@ from typing import Any
 import torch
 
 from ._random import orthonormal_frame, randn
+from .ensemble import draw_per_member
 from .kernels.backend import check_backend, resolve_backend
 from .kernels.qr import cholesky_qr2
 from .kernels.tangent import fused_tangent_function
@@ -81,12 +85,16 @@ class LyapunovResult:
     """Result of :func:`lyapunov_spectrum`.
 
     Attributes:
-        exponents: ``[B, k]``, one spectrum per trajectory, descending, per unit time.
+        exponents: ``[B, k]``, one spectrum per trajectory, descending, per unit time (``[E, B, k]`` for an
+            ensemble of E members).
         dt: time per step.
         steps: number of accumulated steps.
         qr_every: re-orthonormalisation interval used.
-        history: ``[n_qr, B, k]`` running estimates after each QR of the accumulation window
+        history: ``[n_qr, B, k]`` (``[n_qr, E, B, k]``) running estimates after each QR of the accumulation window
             (detached; for convergence plots), and ``history_times`` their times.
+        diverged: ensembles only, ``[E]`` bool: the members whose state or frame stopped being finite
+            (their exponents are NaN; the other members' are unaffected). ``None`` for a solo model, where a
+            divergence raises :class:`NonFiniteError`.
     """
 
     exponents: torch.Tensor
@@ -95,23 +103,24 @@ class LyapunovResult:
     qr_every: int
     history: torch.Tensor = field(repr=False)
     history_times: torch.Tensor = field(repr=False)
+    diverged: torch.Tensor | None = None
 
     def mean(self) -> torch.Tensor:
-        """Spectrum averaged over trajectories, ``[k]``."""
-        return self.exponents.mean(dim=0)
+        """Spectrum averaged over trajectories, ``[k]`` (``[E, k]``: per member)."""
+        return self.exponents.mean(dim=-2)
 
     def std(self) -> torch.Tensor:
-        """Standard deviation over trajectories, ``[k]`` (zero for a single trajectory)."""
-        if self.exponents.shape[0] < 2:
-            return torch.zeros_like(self.exponents[0])
-        return self.exponents.std(dim=0)
+        """Standard deviation over trajectories, ``[k]`` (``[E, k]``; zero for a single trajectory)."""
+        if self.exponents.shape[-2] < 2:
+            return torch.zeros_like(self.exponents.select(-2, 0))
+        return self.exponents.std(dim=-2)
 
     def kaplan_yorke_dimension(self) -> torch.Tensor:
-        """Kaplan-Yorke dimension of each trajectory's spectrum, ``[B]``."""
+        """Kaplan-Yorke dimension of each trajectory's spectrum, ``[B]`` (``[E, B]``)."""
         return kaplan_yorke_dimension(self.exponents)
 
     def ks_entropy(self) -> torch.Tensor:
-        """Sum of positive exponents of each trajectory, ``[B]``."""
+        """Sum of positive exponents of each trajectory, ``[B]`` (``[E, B]``)."""
         return ks_entropy(self.exponents)
 
 
@@ -146,9 +155,9 @@ def _resolve_engine(inputs: Any, backend: str, qr: str) -> tuple[str, str]:
 
 
 def _prepare(model, inputs, state0, generator, backend: str = "torch"):
-    check_inputs(inputs, model.n_in, finite=True)
+    check_inputs(inputs, model.n_in, finite=True, ensemble=getattr(model, "ensemble", None))
     check_state_and_model(model, inputs, state0)
-    batch = inputs.shape[1]
+    batch = inputs.shape[-2]
     if state0 is None:
         state0 = model.initial_state(batch, random=True, generator=generator, device=inputs.device, dtype=inputs.dtype)
     elif not bool(torch.isfinite(state0).all()):
@@ -165,21 +174,43 @@ def _prepare(model, inputs, state0, generator, backend: str = "torch"):
 
 
 class _FiniteGuard:
-    """Checks state and QR diagonal for NaN/inf; immediately on CPU, deferred on accelerators (no sync)."""
+    """Checks state and QR diagonal for NaN/inf; immediately on CPU, deferred on accelerators (no sync).
 
-    def __init__(self, device: torch.device, qr_every: int, method: str = "householder") -> None:
+    For an ensemble (``members=E``) the check is per member: a member that diverges is recorded (its
+    estimate becomes NaN, the others are untouched, as every operation acts member by member) and only a
+    divergence of every member raises.
+    """
+
+    def __init__(self, device: torch.device, qr_every: int, method: str = "householder",
+                 members: int | None = None) -> None:
         self.eager = device.type == "cpu"
         self.method = method
         self.qr_every = qr_every
+        self.members = members
         self.flags: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         self.min_kept: torch.Tensor | None = None
+        self.diverged: torch.Tensor | None = None  # [E] bool, ensembles only
+
+    def _ok(self, x: torch.Tensor) -> torch.Tensor:
+        """Finite everywhere: a scalar, or one flag per member for an ensemble."""
+        if self.members is None:
+            return torch.isfinite(x).all()
+        return torch.isfinite(x).reshape(self.members, -1).all(dim=1)
 
     def check(self, t: int, state: torch.Tensor, logdiag: torch.Tensor) -> None:
-        s_ok, r_ok = torch.isfinite(state).all(), torch.isfinite(logdiag).all()
-        if self.eager:
+        s_ok, r_ok = self._ok(state), self._ok(logdiag)
+        if self.members is not None:
+            self._record(t, s_ok & r_ok, s_ok)
+        elif self.eager:
             self._raise_if_bad(t, bool(s_ok), bool(r_ok))
         else:
             self.flags.append((t, s_ok, r_ok))
+
+    def _record(self, t: int, ok: torch.Tensor, s_ok: torch.Tensor) -> None:
+        bad = ~ok
+        self.diverged = bad if self.diverged is None else self.diverged | bad
+        if self.eager and bool(self.diverged.all()):
+            self._raise_all_diverged(t)
 
     def qr(self, t: int, state: torch.Tensor, Q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Re-orthonormalise ``Q``; return the new frame and ``log|R_ii|`` after checking both.
@@ -196,19 +227,24 @@ class _FiniteGuard:
         logdiag = R.diagonal(dim1=-2, dim2=-1).abs().log()
         self.check(t, state, logdiag)
         with torch.no_grad():
-            kept = (logdiag - Q.norm(dim=-2).log()).min()
+            kept = (logdiag - Q.norm(dim=-2).log())
+            kept = kept[torch.isfinite(kept)].min() if self.members is not None and kept.isfinite().any() else kept.min()
         self.min_kept = kept if self.min_kept is None else torch.minimum(self.min_kept, kept)
         return Qn, logdiag
 
     def check_state(self, t: int, state: torch.Tensor) -> None:
         """State-only check, run every step so that the reported step is the one where it diverged."""
-        s_ok = torch.isfinite(state).all()
-        if self.eager:
+        s_ok = self._ok(state)
+        if self.members is not None:
+            self._record(t, s_ok, s_ok)
+        elif self.eager:
             self._raise_if_bad(t, bool(s_ok), True)
         else:
             self.flags.append((t, s_ok, torch.ones_like(s_ok)))
 
     def finish(self) -> None:
+        if self.members is not None and self.diverged is not None and bool(self.diverged.all()):
+            self._raise_all_diverged(None)
         if self.min_kept is not None:
             limit = 0.5 * math.log(torch.finfo(self.min_kept.dtype).eps)
             if float(self.min_kept) < limit:
@@ -225,6 +261,10 @@ class _FiniteGuard:
             if len(bad):
                 i = int(bad[0])
                 self._raise_if_bad(self.flags[i][0], bool(ok[i, 0]), bool(ok[i, 1]))
+
+    def _raise_all_diverged(self, t: int | None) -> None:
+        raise NonFiniteError(f"every member's state or tangent frame became NaN/inf{'' if t is None else f' by step {t}'}:"
+                             " the dynamics diverged (check the coupling gain, input scale, dt and the initial state)")
 
     def _raise_if_bad(self, t: int, state_ok: bool, r_ok: bool) -> None:
         if not state_ok:
@@ -249,15 +289,19 @@ def lyapunov_spectrum(model, inputs: torch.Tensor, k: int, *, qr_every: int = 1,
             :mod:`surroflos.models.base`); without a ``tangent_function`` its tangent map comes from
             forward-mode AD of its step function.
         inputs: ``[T, B, n_in]``, time first; each batch element is one trajectory. Use
-            ``torch.zeros(T, B, n_in)`` for an autonomous network.
+            ``torch.zeros(T, B, n_in)`` for an autonomous network. An ensemble of E members
+            (:mod:`surroflos.ensemble`) takes ``[T, E, B, n_in]`` and gives one spectrum per member and
+            trajectory.
         k: number of exponents, ``1 <= k <= D`` (the state dimension).
         qr_every: re-orthonormalise every this many steps (1..10 is typical; large values overflow
             or lose the small directions).
         transient: initial steps that only move the state.
         frame_warmup: further steps that settle the frame before accumulation starts (an unsettled
             frame biases the estimate).
-        state0: initial state ``[B, D]``; default ``model.initial_state(B, random=True, generator=...)``.
-        generator: seeds the random initial state and frame.
+        state0: initial state ``[B, D]`` (``[E, B, D]``); default ``model.initial_state(B, random=True,
+            generator=...)``.
+        generator: seeds the random initial state and frame. For an ensemble, a list of E generators
+            gives member e the initial state and frame a solo estimate with the e-th generator draws.
         detach_state: simulate the state without gradient (local flossing).
         grad_through_transient: also differentiate through the transient and the frame warm-up. By
             default they run without gradient: the state and frame at the start of the accumulation
@@ -272,11 +316,12 @@ def lyapunov_spectrum(model, inputs: torch.Tensor, k: int, *, qr_every: int = 1,
             ill-conditioned) or ``"auto"`` (CholeskyQR2 with the Triton backend, else Householder).
 
     Returns:
-        :class:`LyapunovResult` with ``exponents [B, k]`` (descending, per unit time).
+        :class:`LyapunovResult` with ``exponents [B, k]`` (``[E, B, k]``; descending, per unit time).
 
     Raises:
         ValueError: bad shapes or arguments, NaN inputs; :class:`NonFiniteError` (a ValueError) when
-        the state or the frame stops being finite, naming the step.
+        the state or the frame stops being finite, naming the step (for an ensemble: when every member's
+        does; single members are reported in ``result.diverged``).
     """
     model = _check_model(model)
     k = _check_int("k", k, 1)
@@ -287,20 +332,21 @@ def lyapunov_spectrum(model, inputs: torch.Tensor, k: int, *, qr_every: int = 1,
         raise ValueError(f"k={k} exponents asked for, but the state has only D={model.state_dim} dimensions")
     be, qr_method = _resolve_engine(inputs, backend, qr)
     state, params, step, tangent = _prepare(model, inputs, state0, generator, be)
-    T, batch = inputs.shape[0], inputs.shape[1]
+    T, batch, E = inputs.shape[0], inputs.shape[-2], getattr(model, "ensemble", None)
     start = transient + frame_warmup
     n_acc = T - start
     if n_acc < 1:
         raise ValueError(f"inputs have T={T} steps but transient + frame_warmup = {start}: "
                          "nothing is left to accumulate")
-    guard = _FiniteGuard(inputs.device, qr_every, qr_method)
+    guard = _FiniteGuard(inputs.device, qr_every, qr_method, members=E)
     dt = float(model.dt)
 
     with contextlib.nullcontext() if grad_through_transient else torch.no_grad():
         for t in range(transient):
             state = step(inputs[t], state, params)[1]
             guard.check_state(t, state)
-        Q = orthonormal_frame(batch, model.state_dim, k, generator=generator, dtype=inputs.dtype, device=inputs.device)
+        Q = draw_per_member(lambda g: orthonormal_frame(batch, model.state_dim, k, generator=g, dtype=inputs.dtype,
+                                                        device=inputs.device), generator, E)
         for j, t in enumerate(range(transient, start)):
             Q = tangent(inputs[t], state, params, Q)
             state = step(inputs[t], state, params)[1]
@@ -308,7 +354,7 @@ def lyapunov_spectrum(model, inputs: torch.Tensor, k: int, *, qr_every: int = 1,
             if (j + 1) % qr_every == 0 or t == start - 1:
                 Q, logdiag = guard.qr(t, state, Q)
 
-    log_sum = torch.zeros(batch, k, dtype=inputs.dtype, device=inputs.device)
+    log_sum = torch.zeros(*Q.shape[:-2], k, dtype=inputs.dtype, device=inputs.device)
     history, times = [], []
     for j, t in enumerate(range(start, T)):
         Q = tangent(inputs[t], state, params, Q)
@@ -326,7 +372,12 @@ def lyapunov_spectrum(model, inputs: torch.Tensor, k: int, *, qr_every: int = 1,
     guard.finish()
     exponents = torch.sort(log_sum / (n_acc * dt), dim=-1, descending=True).values
     hist = torch.sort(torch.stack(history), dim=-1, descending=True).values
-    return LyapunovResult(exponents, dt, n_acc, qr_every, hist, torch.tensor(times, dtype=torch.float64))
+    diverged = None
+    if E is not None:  # a member whose state or frame stopped being finite: its exponents are NaN
+        diverged = guard.diverged.detach() if guard.diverged is not None else torch.zeros(E, dtype=torch.bool)
+        exponents = torch.where(diverged.to(exponents.device).view(E, 1, 1), torch.nan, exponents)
+    return LyapunovResult(exponents, dt, n_acc, qr_every, hist, torch.tensor(times, dtype=torch.float64),
+                          diverged)
 
 
 def max_lyapunov_bruteforce(model, inputs: torch.Tensor, *, eps: float | None = None, transient: int = 0,
@@ -336,7 +387,8 @@ def max_lyapunov_bruteforce(model, inputs: torch.Tensor, *, eps: float | None = 
 
     An oracle independent of tangent maps and QR: it runs the model's own step function twice. For
     spiking networks it measures the true (Heaviside) dynamics, which matches the surrogate spectrum
-    only for ``smooth=True`` networks. Returns ``[B]`` exponents per unit time.
+    only for ``smooth=True`` networks. Returns ``[B]`` exponents per unit time (``[E, B]`` for an ensemble,
+    whose ``generator`` may be a list with one per member).
 
     Args:
         eps: perturbation size (default 1e-8 in float64, 1e-4 in float32).
@@ -357,9 +409,10 @@ def max_lyapunov_bruteforce(model, inputs: torch.Tensor, *, eps: float | None = 
     with torch.no_grad():
         for t in range(transient):
             state = step(inputs[t], state, params)[1]
-        delta = randn(*state.shape, generator=generator, dtype=state.dtype, device=state.device)
+        delta = draw_per_member(lambda g: randn(*state.shape[-2:], generator=g, dtype=state.dtype,
+                                                device=state.device), generator, getattr(model, "ensemble", None))
         other = state + eps * delta / delta.norm(dim=-1, keepdim=True)
-        log_sum = torch.zeros(state.shape[0], dtype=state.dtype, device=state.device)
+        log_sum = torch.zeros(state.shape[:-1], dtype=state.dtype, device=state.device)
         for t in range(transient, T):
             state = step(inputs[t], state, params)[1]
             other = step(inputs[t], other, params)[1]

@@ -36,7 +36,8 @@ from ._io import atomic_json, atomic_write, ensure_writable_folder
 from .checkpoint import CheckpointError, check_finite_state, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .errors import UsageError
 from .flossing import FlossingSchedule, floss
-from .learning import RULES, make_rule
+from .ensemble import MemberUpdates
+from .learning import RULES, MemberRules, make_rule
 from .lyapunov import lyapunov_spectrum
 
 __all__ = ["TrainConfig", "TrainResult", "ConfigError", "train", "build_model", "MODELS", "FLOSSING_MODES", "RULES"]
@@ -87,6 +88,11 @@ class TrainConfig:
     Monitoring: validation on ``eval_batch`` fixed trials every epoch; lambda_1 every
     ``lyap_every`` epochs (0: never) from ``spectrum_T`` steps; spectra of ``spectrum_k`` exponents
     (default ``k``) before and after training.
+    Ensembles: ``ensemble = E`` trains E networks as one (:mod:`surroflos.ensemble`), member ``e`` with seed
+    ``seed + e`` and every random stream (weights, batches, validation set, flossing inputs, spectra)
+    that a solo run with that seed uses; optimiser state and gradient clipping are per member, and a
+    member whose loss or spectrum diverges is stopped and reported while the others go on. ``success``:
+    the metric value counted as a success in the ensemble's summary (reporting only).
     """
 
     task: str = "xor"
@@ -131,6 +137,8 @@ class TrainConfig:
     spectrum_T: int = 200
     spectrum_k: Optional[int] = None
     out: str = "outputs/train"
+    ensemble: Optional[int] = None
+    success: Optional[float] = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -244,6 +252,15 @@ def validate(cfg: TrainConfig):
     _check(cfg.reset in ("subtract", "zero"), f"reset must be 'subtract' or 'zero', got {cfg.reset!r}")
     _check_device(cfg.device, cfg.backend)
     _check(isinstance(cfg.task_params, dict), f"task_params must be a dict, got {cfg.task_params!r}")
+    _check(cfg.ensemble is None or (isinstance(cfg.ensemble, int) and not isinstance(cfg.ensemble, bool)
+                                    and cfg.ensemble >= 1),
+           f"ensemble must be a positive int (the number of members) or None, got {cfg.ensemble!r}")
+    if cfg.ensemble is not None:
+        _check(cfg.seed + cfg.ensemble - 1 <= MAX_SEED, f"seed + ensemble - 1 must be at most {MAX_SEED}")
+        _check(cfg.model in ("rate", "lif", "cuba"), f"ensemble trains rate, lif and cuba networks, not "
+               f"{cfg.model!r} (the balanced network's sparse weights have no member axis yet)")
+    _check(cfg.success is None or (_is_real(cfg.success) and math.isfinite(cfg.success)),
+           f"success must be a finite number or None, got {cfg.success!r}")
     for name in ("delay", "T"):
         given, field_value = cfg.task_params.get(name), getattr(cfg, name)
         _check(name not in cfg.task_params or field_value is None or given == field_value,
@@ -298,12 +315,36 @@ def build_model(cfg: TrainConfig, task, device: torch.device, dtype: torch.dtype
                            surrogate=cfg.surrogate, generator=gen, device=device, dtype=dtype)
 
 
+def member_seeds(cfg: TrainConfig) -> Optional[list[int]]:
+    """The seeds of an ensemble's members, ``seed .. seed + E - 1`` (``None`` for a solo run)."""
+    return None if cfg.ensemble is None else [cfg.seed + e for e in range(cfg.ensemble)]
+
+
+def member_config(cfg: TrainConfig, index: int) -> TrainConfig:
+    """The solo configuration that member ``index`` of an ensemble run reproduces."""
+    return dataclasses.replace(cfg, seed=cfg.seed + index, ensemble=None)
+
+
+def _generators(cfg: TrainConfig, stream: int, offset: int = 0):
+    """The generator of a random stream: one for a solo run, one per member (its solo run's) for an ensemble."""
+    seeds = member_seeds(cfg)
+    if seeds is None:
+        return torch.Generator().manual_seed(_seed(cfg.seed, stream) + offset)
+    return [torch.Generator().manual_seed(_seed(s, stream) + offset) for s in seeds]
+
+
 def build_initialized_model(cfg: TrainConfig, task, device: torch.device, dtype: torch.dtype):
     """:func:`build_model`, then the recurrent weights replaced by ``cfg.init`` (seeded) if one is named.
 
     ``g`` is the gain of the ``gaussian`` and ``orthogonal`` schemes and ``J0`` of ``balanced``;
-    ``limit_cycle`` takes no gain (its ranges are in :mod:`surroflos.init`).
+    ``limit_cycle`` takes no gain (its ranges are in :mod:`surroflos.init`). For an ensemble, the stack
+    (:func:`surroflos.ensemble.stack`) of its members' solo networks.
     """
+    if cfg.ensemble is not None:
+        from .ensemble import stack
+
+        return stack([build_initialized_model(member_config(cfg, e), task, device, dtype)
+                      for e in range(cfg.ensemble)])
     model = build_model(cfg, task, device, dtype)
     if cfg.init is not None:
         from . import init as inits
@@ -343,14 +384,21 @@ def _seed(seed: int, stream: int) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def _sample(task, batch: int, gen: torch.Generator, device, dtype):
-    """A batch drawn on the CPU generator, then moved: identical data on every device."""
+def _sample(task, batch: int, gen, device, dtype):
+    """A batch drawn on the CPU generator, then moved: identical data on every device. With a list of
+    generators (an ensemble), each member's batch from its own, stacked on a member axis after time."""
+    if isinstance(gen, list):
+        parts = [_sample(task, batch, g, device, dtype) for g in gen]
+        return tuple(torch.stack(p, dim=1) for p in zip(*parts))
     x, y, m = task.sample(batch, generator=gen, dtype=dtype)
     return x.to(device), y.to(device), m.to(device)
 
 
-def _long_inputs(task, T: int, batch: int, gen: torch.Generator, device, dtype) -> torch.Tensor:
-    """``[T, batch, n_in]`` task inputs: consecutive trials concatenated in time (for spectra)."""
+def _long_inputs(task, T: int, batch: int, gen, device, dtype) -> torch.Tensor:
+    """``[T, batch, n_in]`` task inputs: consecutive trials concatenated in time (for spectra);
+    ``[T, E, batch, n_in]`` for a list of member generators."""
+    if isinstance(gen, list):
+        return torch.stack([_long_inputs(task, T, batch, g, device, dtype) for g in gen], dim=1)
     chunks, n = [], 0
     while n < T:
         x = task.sample(batch, generator=gen, dtype=dtype)[0]
@@ -359,14 +407,39 @@ def _long_inputs(task, T: int, batch: int, gen: torch.Generator, device, dtype) 
     return torch.cat(chunks)[:T].to(device)
 
 
-def _spectrum(model, task, cfg: TrainConfig, k: int, tag: int, device, dtype) -> list[float]:
-    """Batch-mean spectrum of ``k`` exponents on task inputs (deterministic given ``tag``)."""
-    gen = torch.Generator().manual_seed(_seed(cfg.seed, _SEED_SPECTRUM) + tag)
+def _spectrum(model, task, cfg: TrainConfig, k: int, tag: int, device, dtype) -> list:
+    """Batch-mean spectrum of ``k`` exponents on task inputs (deterministic given ``tag``); for an ensemble
+    one per member (``None`` entries for a member whose estimate diverged)."""
+    gen = _generators(cfg, _SEED_SPECTRUM, tag)
     x = _long_inputs(task, cfg.spectrum_T, 4, gen, device, dtype)
     with torch.no_grad():
         res = lyapunov_spectrum(model, x, k, transient=cfg.spectrum_T // 4, frame_warmup=cfg.spectrum_T // 4,
                                 generator=gen)
-    return [float(v) for v in res.mean().cpu()]
+    return _values(res.mean())
+
+
+def _values(t: torch.Tensor):
+    """A tensor as JSON values: floats (NaN as ``None``), nested per member for ``[E, ...]``."""
+    values = t.detach().cpu().tolist()
+
+    def clean(v):
+        return [clean(u) for u in v] if isinstance(v, list) else (None if math.isnan(v) else float(v))
+
+    return clean(values)
+
+
+def _losses(task, out: torch.Tensor, y: torch.Tensor, m: torch.Tensor, members: Optional[int]) -> torch.Tensor:
+    """The task loss of a solo run (a scalar), or ``[E]``: each member's on its own slice."""
+    if members is None:
+        return task.loss(out, y, m)
+    return torch.stack([task.loss(out[:, e], y[:, e], m[:, e]) for e in range(members)])
+
+
+def _scores(task, out: torch.Tensor, y: torch.Tensor, m: torch.Tensor, members: Optional[int]):
+    """The task metric (a float), or one per member."""
+    if members is None:
+        return float(task.score(out, y, m))
+    return [float(task.score(out[:, e], y[:, e], m[:, e])) for e in range(members)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,7 +453,7 @@ def _write_metrics(path: str, metrics: list) -> None:
 
 # Keys that may differ between a checkpoint and a resumed run without changing what was computed
 # (``epochs`` may only grow: more epochs continue the same run).
-_RESUMABLE_CHANGES = {"epochs", "out", "device", "backend"}
+_RESUMABLE_CHANGES = {"epochs", "out", "device", "backend", "success"}
 _CHECKPOINT_KEYS = ("config", "model", "optimizer", "g_data", "g_floss", "torch_rng", "state")
 _STATE_KEYS = {"epoch", "metrics", "spectrum_before", "preflossed", "preflossing"}
 
@@ -435,17 +508,25 @@ def load_weights(model: torch.nn.Module, weights: object, path: str) -> None:
     model.load_state_dict(weights)
 
 
-def _restore(ck: dict, path: str, model, opt, g_data: torch.Generator, g_floss: torch.Generator) -> None:
-    """Load a checkpoint's weights, optimiser and RNG states, or raise :class:`CheckpointError` naming
-    what does not fit."""
-    for name in ("g_data", "g_floss", "torch_rng"):
-        if not (isinstance(ck[name], torch.Tensor) and ck[name].dtype == torch.uint8):
-            raise CheckpointError(f"{path}: {name!r} is not a random-generator state (a uint8 tensor)")
+def _restore(ck: dict, path: str, model, opt, g_data, g_floss) -> None:
+    """Load a checkpoint's weights, optimiser and RNG states (one generator per stream, or one per member
+    of an ensemble), or raise :class:`CheckpointError` naming what does not fit."""
+    def is_state(v) -> bool:
+        return isinstance(v, torch.Tensor) and v.dtype == torch.uint8
+
+    for name, gen in (("g_data", g_data), ("g_floss", g_floss), ("torch_rng", None)):
+        v = ck[name]
+        ok = (isinstance(v, list) and isinstance(gen, list) and len(v) == len(gen) and all(map(is_state, v))) \
+            or (not isinstance(gen, list) and is_state(v))
+        if not ok:
+            raise CheckpointError(f"{path}: {name!r} is not the random-generator state"
+                                  + (f" of {len(gen)} members" if isinstance(gen, list) else " (a uint8 tensor)"))
     load_weights(model, ck["model"], path)
     try:
         opt.load_state_dict(ck["optimizer"])
-        g_data.set_state(ck["g_data"])
-        g_floss.set_state(ck["g_floss"])
+        for gen, st in ((g_data, ck["g_data"]), (g_floss, ck["g_floss"])):
+            for g, v in zip(gen, st) if isinstance(gen, list) else ((gen, st),):
+                g.set_state(v)
         torch.set_rng_state(ck["torch_rng"])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
         raise CheckpointError(f"{path} cannot be restored: {str(e).splitlines()[0]}") from None
@@ -483,19 +564,28 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         remove_stale_temporaries(cfg.out)  # leftovers of a write that a kill interrupted
         ck = load_checkpoint(ckpt_path, required=_CHECKPOINT_KEYS, map_location=device)
         _check_resume(ck, cfg, ckpt_path)
+    E = cfg.ensemble
     model = build_initialized_model(cfg, task, device, dtype)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     # The random feedback of e-prop/RFLO is drawn from its own seeded stream: rebuilt identically on resume.
-    rule = make_rule(cfg.rule, model, generator=torch.Generator().manual_seed(_seed(cfg.seed, _SEED_FEEDBACK)))
-    g_data = torch.Generator().manual_seed(_seed(cfg.seed, _SEED_DATA))
-    g_floss = torch.Generator().manual_seed(_seed(cfg.seed, _SEED_FLOSS))
+    if E is None:
+        rule = make_rule(cfg.rule, model, generator=torch.Generator().manual_seed(_seed(cfg.seed, _SEED_FEEDBACK)))
+    else:  # each member's own rule and feedback (BPTT runs vectorised below and needs none)
+        rule = None if cfg.rule == "bptt" else MemberRules(model, lambda solo, e: make_rule(
+            cfg.rule, solo, generator=torch.Generator().manual_seed(_seed(cfg.seed + e, _SEED_FEEDBACK))))
+    g_data = _generators(cfg, _SEED_DATA)
+    g_floss = _generators(cfg, _SEED_FLOSS)
+    # Ensembles: per-member clipping, and members that diverge are frozen while the others go on.
+    members = None if E is None else MemberUpdates(list(model.parameters()), E)
     schedule = cfg.schedule()
     k_spec = cfg.spectrum_k or cfg.k
     state: dict[str, Any] = {"epoch": 0, "metrics": [], "spectrum_before": None, "preflossed": False,
-                             "preflossing": None}
+                             "preflossing": None, "stopped": {}}
     if resume:
         _restore(ck, ckpt_path, model, opt, g_data, g_floss)
         state = ck["state"]
+        for e, reason in state.get("stopped", {}).items():  # frozen at the weights they were saved with
+            members.stop(int(e), reason)
         log(f"resumed {cfg.out} at epoch {state['epoch']}")
     else:
         torch.manual_seed(_seed(cfg.seed, _SEED_MODEL))
@@ -504,28 +594,48 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     metrics_path = os.path.join(cfg.out, "metrics.jsonl")
     _write_metrics(metrics_path, state["metrics"])  # drops lines of epochs after the checkpoint
 
-    g_eval = torch.Generator().manual_seed(_seed(cfg.seed, _SEED_EVAL))
+    g_eval = _generators(cfg, _SEED_EVAL)
     x_val, y_val, m_val = _sample(task, cfg.eval_batch, g_eval, device, dtype)
 
     def floss_inputs(i: int, g: torch.Generator) -> torch.Tensor:
         return _long_inputs(task, cfg.floss_T, cfg.floss_batch, g, device, dtype)
 
+    def stop(e: int, reason: str) -> None:
+        members.stop(e, reason)
+        state["stopped"][str(e)] = reason
+        log(f"member {e} (seed {cfg.seed + e}) stopped: {reason}")
+        if len(members.stopped) == E:
+            raise FloatingPointError(f"every member of the ensemble diverged ({reason}); lower --lr, set "
+                                     "--grad-clip, or lower --g")
+
     def floss_bout(steps: int) -> dict:
         t0 = time.perf_counter()
+        if members is not None:  # floss the members still training; frozen ones stay as they are
+            saved = [p.detach().clone() for p in model.parameters()]
         hist = floss(model, steps, k=cfg.k, T=cfg.floss_T, batch=cfg.floss_batch, lr=cfg.floss_lr,
                      target=cfg.target, inputs=floss_inputs, generator=g_floss, progress=progress,
                      max_grad_norm=cfg.grad_clip, local=cfg.local_flossing)
+        if members is not None:
+            members.restore_()
+            for e, reason in hist.stopped.items():
+                with torch.no_grad():  # its weights before the bout: the update that diverged is undone
+                    for p, v in zip(model.parameters(), saved):
+                        p[e] = v[e]
+                stop(e, reason)
         lam = hist.exponents
-        return {"steps": len(hist), "lambda_first": lam[0].tolist() if len(hist) else None,
-                "lambda_last": lam[-1].tolist() if len(hist) else None,
-                "loss_last": float(hist.loss[-1]) if len(hist) else None, "seconds": time.perf_counter() - t0}
+        return {"steps": len(hist), "lambda_first": _values(lam[0]) if len(hist) else None,
+                "lambda_last": _values(lam[-1]) if len(hist) else None,
+                "loss_last": _values(hist.loss[-1]) if len(hist) else None, "seconds": time.perf_counter() - t0}
 
     def save() -> None:
         save_checkpoint(snapshot(), ckpt_path)
 
+    def gen_state(g):
+        return [x.get_state() for x in g] if isinstance(g, list) else g.get_state()
+
     def snapshot() -> dict:
         return {"config": cfg.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "g_data": g_data.get_state(), "g_floss": g_floss.get_state(), "torch_rng": torch.get_rng_state(),
+                "g_data": gen_state(g_data), "g_floss": gen_state(g_floss), "torch_rng": torch.get_rng_state(),
                 "state": state, "versions": _versions()}
 
     interrupted = False
@@ -542,7 +652,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                 f"{_fmt(state['preflossing']['lambda_last'])}")
             save()
         if cfg.lyap_every and state.get("lambda1_start") is None:
-            state["lambda1_start"] = _spectrum(model, task, cfg, 1, 0, device, dtype)[0]
+            lam = _spectrum(model, task, cfg, 1, 0, device, dtype)
+            state["lambda1_start"] = lam[0] if E is None else [None if v is None else v[0] for v in lam]
         bar = _progress_bar(cfg.epochs, state["epoch"], progress)
         done_this_call = 0
         while state["epoch"] < cfg.epochs:
@@ -558,30 +669,47 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             losses = []
             for _ in range(cfg.steps_per_epoch):
                 x, y, m = _sample(task, cfg.batch, g_data, device, dtype)
+                opt.zero_grad(set_to_none=True)
                 if cfg.rule == "bptt":
                     out, _ = model(x)
-                    loss = task.loss(out, y, m)
-                    _check_finite(loss, epoch)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    loss = _losses(task, out, y, m, E)
                 else:  # e-prop / RFLO: the rule sets .grad (no backward through time)
-                    opt.zero_grad(set_to_none=True)
                     loss = rule.step(x, y, m, task)
+                if members is None:
                     _check_finite(loss, epoch)
-                if cfg.grad_clip is not None:
+                    if cfg.rule == "bptt":
+                        loss.backward()
+                else:
+                    for e in (~torch.isfinite(loss.detach())).nonzero().flatten().tolist():
+                        if e not in members.stopped:
+                            stop(e, f"training loss became {float(loss[e])} at epoch {epoch + 1}")
+                    if cfg.rule == "bptt":
+                        loss[members.active.to(loss.device)].sum().backward()
+                if members is not None:
+                    members.clip_(cfg.grad_clip)
+                elif cfg.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
-                losses.append(float(loss.detach()))
+                if members is not None:
+                    members.restore_()
+                losses.append(loss.detach().cpu())
             model.eval()
             with torch.no_grad():
                 out, states = model(x_val)
-                row["train_loss"] = sum(losses) / len(losses)
-                row["val_loss"] = float(task.loss(out, y_val, m_val))
-                row[task.metric] = float(task.score(out, y_val, m_val))
+                train_loss = sum(float(v) for v in losses) / len(losses) if E is None else \
+                    torch.stack(losses).mean(dim=0)
+                row["train_loss"] = train_loss if E is None else _values(train_loss)
+                row["val_loss"] = _values(_losses(task, out, y_val, m_val, E))
+                row[task.metric] = _scores(task, out, y_val, m_val, E)
                 if hasattr(model, "spikes"):
-                    row["rate"] = float(model.spikes(states).mean())
+                    spikes = model.spikes(states)
+                    row["rate"] = float(spikes.mean()) if E is None else _values(spikes.transpose(0, 1).reshape(E, -1)
+                                                                                 .mean(dim=1))
             if cfg.lyap_every and ((epoch + 1) % cfg.lyap_every == 0 or epoch + 1 == cfg.epochs):
-                row["lambda1"] = _spectrum(model, task, cfg, 1, epoch + 1, device, dtype)[0]
+                lam = _spectrum(model, task, cfg, 1, epoch + 1, device, dtype)
+                row["lambda1"] = lam[0] if E is None else [None if v is None else v[0] for v in lam]
+            if members is not None and members.stopped:
+                row["stopped"] = members.stopped
             row["seconds"] = time.perf_counter() - t0
             state["metrics"].append(row)
             state["epoch"] = epoch + 1
@@ -591,9 +719,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             save()
             if bar is not None:
                 bar.update(1)
-                post = {"loss": f"{row['train_loss']:.3g}", task.metric[:3]: f"{row[task.metric]:.3f}"}
+                post = {"loss": f"{_mean(row['train_loss']):.3g}", task.metric[:3]: f"{_mean(row[task.metric]):.3f}"}
                 if "lambda1" in row:
-                    post["lambda1"] = f"{row['lambda1']:+.3f}"
+                    post["lambda1"] = f"{_mean(row['lambda1']):+.3f}"
                 bar.set_postfix(post)
     except KeyboardInterrupt:
         # The checkpoint on disk is the last completed epoch (written at its end); say how to go on.
@@ -610,18 +738,69 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     final = {task.metric: last.get(task.metric), "val_loss": last.get("val_loss"), "metric": task.metric,
              "higher_is_better": task.higher_is_better, "epochs": state["epoch"], "rule": cfg.rule,
              "local_flossing": cfg.local_flossing}
-    atomic_json({"config": cfg.to_dict(), "final": final, "spectrum_before": state["spectrum_before"],
-                  "spectrum_after": after, "preflossing": state["preflossing"],
-                  "lambda1_start": state.get("lambda1_start"), "versions": _versions()},
-                 os.path.join(cfg.out, "result.json"))
+    result = {"config": cfg.to_dict(), "final": final, "spectrum_before": state["spectrum_before"],
+              "spectrum_after": after, "preflossing": state["preflossing"],
+              "lambda1_start": state.get("lambda1_start"), "versions": _versions()}
+    if E is not None:
+        result["members"] = _member_results(cfg, task, state, after)
+        result["aggregate"] = _aggregate(cfg, task, result["members"])
+        final[task.metric], final["val_loss"] = result["aggregate"]["mean"], _mean(last.get("val_loss"))
+    atomic_json(result, os.path.join(cfg.out, "result.json"))
     _plots(cfg, task, model, state, after, x_val, device)
     log(f"{cfg.task} (delay {cfg.delay}), {cfg.model} N={cfg.N}, rule={cfg.rule}, flossing={cfg.flossing}"
         f"{' (local)' if cfg.local_flossing else ''}: "
-        f"{task.metric} {final[task.metric]:.3f} after {state['epoch']} epochs")
-    log("spectrum before: " + _fmt(state["spectrum_before"]))
-    log("spectrum after:  " + _fmt(after))
+        + (f"{task.metric} {final[task.metric]:.3f} after {state['epoch']} epochs" if E is None else
+           f"{task.metric} {_aggregate_line(result['aggregate'])} over {E} members after {state['epoch']} epochs"))
+    if E is None:
+        log("spectrum before: " + _fmt(state["spectrum_before"]))
+        log("spectrum after:  " + _fmt(after))
     log(f"wrote {cfg.out}/ (config.json, metrics.jsonl, checkpoint.pt, result.json, plots)")
     return TrainResult(cfg, state["metrics"], final, state["spectrum_before"], after, cfg.out)
+
+
+def _mean(v) -> float:
+    """A float, or the mean of a per-member list ignoring ``None`` (stopped members)."""
+    if not isinstance(v, list):
+        return float("nan") if v is None else float(v)
+    vals = [float(u) for u in v if u is not None]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _member_results(cfg: TrainConfig, task, state: dict, after: list) -> list[dict]:
+    """``result.json``'s ``members``: each member's seed and final values, as its solo run reports them."""
+    last = state["metrics"][-1] if state["metrics"] else {}
+    out = []
+    for e, seed in enumerate(member_seeds(cfg)):
+        stopped = state["stopped"].get(str(e))
+        final = {task.metric: None if stopped else (last.get(task.metric) or [None] * cfg.ensemble)[e],
+                 "val_loss": None if stopped else (last.get("val_loss") or [None] * cfg.ensemble)[e],
+                 "metric": task.metric, "higher_is_better": task.higher_is_better, "epochs": state["epoch"],
+                 "rule": cfg.rule, "local_flossing": cfg.local_flossing}
+        out.append({"seed": seed, "final": final, "stopped": stopped,
+                    "spectrum_before": state["spectrum_before"][e], "spectrum_after": after[e]})
+    return out
+
+
+def _aggregate(cfg: TrainConfig, task, members: list[dict]) -> dict:
+    """Mean, standard deviation and (given ``cfg.success``) success rate of the members' final metric;
+    stopped members count as failures and are left out of mean and std."""
+    values = [m["final"][task.metric] for m in members if m["stopped"] is None]
+    n = len(values)
+    mean = sum(values) / n if n else None
+    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else (0.0 if n else None)
+    succ = None
+    if cfg.success is not None:
+        ok = [v >= cfg.success if task.higher_is_better else v <= cfg.success for v in values]
+        succ = sum(ok) / len(members)
+    return {"metric": task.metric, "mean": mean, "std": std, "members": len(members), "completed": n,
+            "stopped": len(members) - n, "success": cfg.success, "success_rate": succ}
+
+
+def _aggregate_line(agg: dict) -> str:
+    text = "n/a" if agg["mean"] is None else f"{agg['mean']:.3f} +- {agg['std']:.3f}"
+    if agg["success_rate"] is not None:
+        text += f", success rate {agg['success_rate']:.2f} at {agg['success']:g}"
+    return text + (f", {agg['stopped']} stopped" if agg["stopped"] else "")
 
 
 def _check_finite(loss: torch.Tensor, epoch: int) -> None:
@@ -631,7 +810,13 @@ def _check_finite(loss: torch.Tensor, epoch: int) -> None:
 
 
 def _fmt(values, n: int = 6) -> str:
-    return " ".join(f"{v:+.3f}" for v in (values or [])[:n])
+    """Leading values ``+0.123 ...``; per-member lists as their mean over members (``None`` left out)."""
+    values = values or []
+    if values and isinstance(values[0], list) or (values and values[0] is None):
+        cols = [[m[i] for m in values if m is not None and m[i] is not None] for i in range(len(next(
+            (m for m in values if m is not None), [])))]
+        return " ".join(f"{sum(c) / len(c):+.3f}" if c else "nan" for c in cols[:n]) + f" (mean of {len(values)} members)"
+    return " ".join(f"{v:+.3f}" for v in values[:n])
 
 
 def _versions() -> dict:
@@ -651,25 +836,31 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 
 
 def _plots(cfg: TrainConfig, task, model, state: dict, after: list, x_val: torch.Tensor, device) -> None:
-    """learning_curve.png, spectrum.png, lambda1.png and (spiking models) raster.png."""
+    """learning_curve.png, spectrum.png, lambda1.png and (spiking models) raster.png; an ensemble's show
+    every member (one line each; spectra: one curve per member)."""
     rows = state["metrics"]
     ep = [r["epoch"] for r in rows]
+    E = cfg.ensemble
+    lw = 1.5 if E is None else 0.8
     fig, (a1, a2) = plotting.figure(2)
-    a1.plot(ep, [r["train_loss"] for r in rows], label="train")
-    a1.plot(ep, [r["val_loss"] for r in rows], label="validation")
+    for key, color, label in (("train_loss", "C0", "train"), ("val_loss", "C1", "validation")):
+        lines = a1.plot(ep, _series(rows, key), color=color, lw=lw)
+        lines[0].set_label(label)
     a1.set_xlabel("epoch")
     a1.set_ylabel("loss")
     a1.set_yscale("log")
     a1.legend()
-    a2.plot(ep, [r[task.metric] for r in rows], color="C2")
+    a2.plot(ep, _series(rows, task.metric), color="C2", lw=lw)
     a2.set_xlabel("epoch")
     a2.set_ylabel(task.metric)
-    a2.set_title(f"{cfg.task}, delay {cfg.delay}, flossing {cfg.flossing}")
+    a2.set_title(f"{cfg.task}, delay {cfg.delay}, flossing {cfg.flossing}"
+                 + ("" if E is None else f", {E} members (seeds {cfg.seed}-{cfg.seed + E - 1})"))
     plotting.save_figure(fig, os.path.join(cfg.out, "learning_curve.png"))
 
     fig, (ax,) = plotting.figure(1)
-    plotting.plot_spectra(ax, {"before training": torch.tensor([state["spectrum_before"]]),
-                               "after training": torch.tensor([after])},
+    as_rows = (lambda v: torch.tensor([v])) if E is None else (lambda v: torch.tensor(_nan(v)))  # noqa: E731
+    plotting.plot_spectra(ax, {"before training": as_rows(state["spectrum_before"]),
+                               "after training": as_rows(after)},
                           title=f"{cfg.model} N={cfg.N}: Lyapunov spectrum", unit="1/step")
     plotting.save_figure(fig, os.path.join(cfg.out, "spectrum.png"))
 
@@ -678,7 +869,7 @@ def _plots(cfg: TrainConfig, task, model, state: dict, after: list, x_val: torch
         lam.insert(0, (0, state["lambda1_start"]))  # after preflossing, before the first epoch
     if lam:
         fig, (ax,) = plotting.figure(1)
-        ax.plot([e for e, _ in lam], [v for _, v in lam], marker=".")
+        ax.plot([e for e, _ in lam], _nan([v for _, v in lam]), marker=".", lw=lw)
         ax.axhline(cfg.target if cfg.flossing != "none" else 0.0, color="gray", lw=0.8, ls="--")
         for r in rows:
             if "flossing" in r:
@@ -693,7 +884,20 @@ def _plots(cfg: TrainConfig, task, model, state: dict, after: list, x_val: torch
         from .models.balanced import plot_raster
 
         with torch.no_grad():
-            _, states = model(x_val[:, :1])
+            _, states = model(x_val[:, :1] if E is None else x_val[:, :, :1])
+        spikes = model.spikes(states) if E is None else model.spikes(states)[:, 0]  # (member 0's)
         unit = "s" if cfg.model == "balanced" else "steps"  # SpikingRNN counts time in steps (dt = 1)
-        plot_raster(model.spikes(states).cpu(), float(model.dt), os.path.join(cfg.out, "raster.png"),
-                    title=f"{cfg.model}: spikes on one validation trial", time_unit=unit)
+        plot_raster(spikes.cpu(), float(model.dt), os.path.join(cfg.out, "raster.png"),
+                    title=f"{cfg.model}: spikes on one validation trial" + ("" if E is None else
+                                                                            f" (member 0, seed {cfg.seed})"),
+                    time_unit=unit)
+
+
+def _nan(v):
+    """JSON values (``None`` for missing) as floats with NaN, nested lists kept."""
+    return [_nan(u) for u in v] if isinstance(v, list) else (float("nan") if v is None else v)
+
+
+def _series(rows: list, key: str) -> list:
+    """Per-epoch values of ``key``: floats, or per-member lists (NaN where a member has none)."""
+    return [_nan(r.get(key)) for r in rows]

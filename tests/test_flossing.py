@@ -83,7 +83,7 @@ def test_loss_bad_target_shape(target):
         sf.flossing_loss(torch.zeros(2, 3), target)
 
 
-@pytest.mark.parametrize("bad", [torch.zeros(()), torch.zeros(2, 3, 4), [0.1, 0.2], None])
+@pytest.mark.parametrize("bad", [torch.zeros(()), torch.zeros(2, 3, 4, 5), [0.1, 0.2], None])
 def test_loss_bad_exponents(bad):
     with pytest.raises(ValueError, match="exponents"):
         sf.flossing_loss(bad)
