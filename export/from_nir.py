@@ -692,6 +692,11 @@ def from_nir(graph_or_path: Union[nir.NIRGraph, str, os.PathLike], dt: float):
     meta = metadata_of(graph)
     if meta is None:
         return _build_foreign(graph, dt)
+    if meta.get("consumer"):
+        c = meta["consumer"]["consumer"]
+        raise ValueError(f"this graph is the form written for consumer={c!r} (time constants for its dt "
+                         f"{meta['consumer']['consumer_dt']:g}, its reset and recurrence layout); from_nir rebuilds "
+                         "models from the spec-exact file: export with consumer=None")
     kind = meta.get("model_class")
     if kind == "SpikingRNN":
         return _build_spiking_rnn(graph, dt, meta)

@@ -91,6 +91,7 @@ from torch import nn
 
 import nir
 
+from . import consumers as cons
 from . import reference as ref
 
 __all__ = ["to_nir", "write", "metadata_of", "fold_r", "run_model", "graph_inputs", "to_float64", "NIRExportWarning",
@@ -726,7 +727,8 @@ def _probe(model: Any, graph: nir.NIRGraph, dt: float, spec: dict) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def to_nir(model: Any, dt: float, *, metadata: Optional[dict] = None) -> nir.NIRGraph:
+def to_nir(model: Any, dt: float, *, metadata: Optional[dict] = None, consumer: Optional[str] = None
+           ) -> nir.NIRGraph:
     """Export ``model`` as a NIR graph for time step ``dt`` (seconds per step); see the module docstring.
 
     Args:
@@ -735,11 +737,17 @@ def to_nir(model: Any, dt: float, *, metadata: Optional[dict] = None) -> nir.NIR
         dt: the step the discrete model takes, in seconds (``BalancedNetwork``: must equal ``model.dt``).
         metadata: extra JSON-serialisable information stored with the graph (e.g.
             ``{"training_config": cfg}``); read it back as ``metadata_of(graph)["user"]``.
+        consumer: ``None`` (default): the spec-exact graph of NIR's continuous-time equations. ``"nir"``,
+            ``"norse"``, ``"snntorch"``, ``"spyx"``, ``"rockpool"``, ``"sinabs"``: the graph that consumer runs
+            exactly (its dt, r, reset, recurrence layout, drive as a bias; see :mod:`surroflos.export.consumers`),
+            or :class:`~surroflos.export.consumers.ConsumerRefusal` (a ValueError) with the reason and the
+            nearest exact alternative.
 
     Returns the graph; warns :class:`NIRExportWarning` with the measured mismatch where NIR cannot express the
-    model exactly.
+    model exactly (``consumer=None`` only: a consumer form is exact or refused).
     """
     dt = _check_dt(dt)
+    consumer = cons.check_consumer(consumer)
     kind = _model_kind(model)
     user = {} if metadata is None else metadata
     if not isinstance(user, dict):
@@ -752,11 +760,13 @@ def to_nir(model: Any, dt: float, *, metadata: Optional[dict] = None) -> nir.NIR
         spec = _export_balanced(model, dt, b)
     else:
         spec = _export_stack(model, dt, b)
-    graph = nir.NIRGraph(nodes=b.nodes, edges=b.edges, metadata={})
-    ref.validate(graph)  # our own output must pass our own checks
     exact = not b.inexact
     spec.update(model_class=kind, dt=dt, surroflos_version=_version(), exact=exact, inexact=b.inexact, user=user,
                 mismatch=None)
+    if consumer is not None:
+        return _consumer_graph(model, b, spec, dt, consumer)
+    graph = nir.NIRGraph(nodes=b.nodes, edges=b.edges, metadata={})
+    ref.validate(graph)  # our own output must pass our own checks
     if not exact:
         spec["mismatch"] = _probe(model, graph, dt, spec)
     graph.metadata = {
@@ -766,6 +776,23 @@ def to_nir(model: Any, dt: float, *, metadata: Optional[dict] = None) -> nir.NIR
     }
     if not exact:
         _warn_mismatch(kind, spec, dt)
+    return graph
+
+
+def _consumer_graph(model: Any, b: _Builder, spec: dict, dt: float, consumer: str) -> nir.NIRGraph:
+    """The form of the graph that ``consumer`` runs exactly (or ConsumerRefusal)."""
+    form = cons.convert(b.nodes, b.edges, spec, model, dt, consumer)
+    graph = nir.NIRGraph(nodes=b.nodes, edges=b.edges, metadata={})
+    ref.validate(graph)
+    norse_leak = spec.get("initial_membrane") == "leak" and consumer == "norse"
+    spec.update(consumer=form, exact=True, discretisation="euler",
+                initial_membrane="leak" if norse_leak else "zero")
+    graph.metadata = {
+        "generator": _GENERATOR, "surroflos_version": spec["surroflos_version"], "dt": form["consumer_dt"],
+        "export_dt": dt, "model_class": spec["model_class"], "consumer": consumer,
+        "discretisation": spec["discretisation"], "initial_membrane": spec["initial_membrane"], "exact": True,
+        "surroflos": _json(spec, "the export metadata"),
+    }
     return graph
 
 
@@ -792,7 +819,8 @@ def metadata_of(graph: nir.NIRGraph) -> Optional[dict]:
     Keys: ``model_class``, ``dt``, ``surroflos_version``, ``discretisation``, ``initial_membrane``, ``exact``,
     ``inexact`` (the reasons), ``mismatch`` (the measured one, or None), ``surrogate`` (SpikingRNN /
     BalancedNetwork: ``{"name", "scale"}``), ``model`` (constructor settings) or ``layers`` (stacks; each with
-    its ``surrogate``), and ``user`` (the ``metadata`` given to :func:`to_nir`).
+    its ``surrogate``), ``user`` (the ``metadata`` given to :func:`to_nir`), and for a consumer form
+    ``consumer`` (``{"consumer", "consumer_dt", "consumer_version", "run", "spike_shift"}``).
     """
     md = getattr(graph, "metadata", None) or {}
     raw = md.get("surroflos")
@@ -807,21 +835,22 @@ def metadata_of(graph: nir.NIRGraph) -> Optional[dict]:
 
 
 def write(path: Union[str, os.PathLike], model: Any, dt: Optional[float] = None, *,
-          metadata: Optional[dict] = None) -> nir.NIRGraph:
+          metadata: Optional[dict] = None, consumer: Optional[str] = None) -> nir.NIRGraph:
     """Export ``model`` (or write a ``nir.NIRGraph`` as is) to the NIR file ``path``, atomically.
 
     The file appears complete or not at all (written to a temporary file in the same folder, then renamed).
-    Returns the graph written. ``dt`` is required for a model and ignored for a graph.
+    Returns the graph written. ``dt`` is required for a model and ignored for a graph. ``consumer``: as in
+    :func:`to_nir` (the form one consumer runs exactly; a refusal raises before anything is written).
     """
     if isinstance(model, nir.NIRGraph):
-        if metadata is not None:
-            raise ValueError("metadata is set by to_nir; pass a model, or put it in the graph's metadata")
+        if metadata is not None or consumer is not None:
+            raise ValueError("metadata and consumer are set by to_nir; pass a model, or write the graph as it is")
         graph = model
         ref.validate(graph)
     else:
         if dt is None:
             raise ValueError("dt (seconds per step) is required to export a model")
-        graph = to_nir(model, dt, metadata=metadata)
+        graph = to_nir(model, dt, metadata=metadata, consumer=consumer)
     path = Path(path)
     if not path.parent.exists():
         raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist")

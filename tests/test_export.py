@@ -302,9 +302,11 @@ def test_ours_vs_reference_exact_lif_zero_recurrent():
     with warnings.catch_warnings():
         warnings.simplefilter("error", NIRExportWarning)  # an exact export must not warn
         report = verify(model, 1e-3, torch.randn(50, 4, 3, generator=gen(8), dtype=F64) * 2,
-                        simulators=("ours", "reference", "nirtorch"))
+                        simulators=("ours", "reference", "nirtorch-euler", "nirtorch"))
     assert report.exact and report.export_warnings == []
-    for name in ("reference", "nirtorch"):
+    # nirtorch on its own (its default mapping) has no neuron modules: it cannot run a spiking graph.
+    assert report["nirtorch"].status.startswith("not applicable") and "LIF" in report["nirtorch"].status
+    for name in ("reference", "nirtorch-euler"):
         r = report[name]
         assert r.spike_agreement == 1.0 and r.first_divergence_step is None and r.output_error < 1e-12, r
     assert report["ours"].spikes > 0.05 * 50 * 4 * 16  # the comparison is not vacuous
@@ -312,10 +314,11 @@ def test_ours_vs_reference_exact_lif_zero_recurrent():
 
 def test_ours_vs_reference_exact_balanced():
     model = surroflos.BalancedNetwork(N=40, K=6, n_in=2, n_out=2, dt=1e-4, generator=gen(5), dtype=F64)
-    report = verify(model, 1e-4, torch.randn(200, 2, 2, generator=gen(9), dtype=F64) * 5)
+    report = verify(model, 1e-4, torch.randn(200, 2, 2, generator=gen(9), dtype=F64) * 5,
+                    simulators=("ours", "reference", "nirtorch", "nirtorch-euler"))
     assert report["reference"].spike_agreement == 1.0 and report["reference"].output_error < 1e-12
     assert report["ours"].spikes > 20
-    for name in ("snntorch", "norse", "nirtorch"):
+    for name in ("nirtorch", "nirtorch-euler"):
         assert report[name].status.startswith("not applicable"), report[name].status
     # Euler is a different discretisation of the same graph: it does not reproduce the balanced network.
     graph = to_nir(model, 1e-4)
@@ -378,7 +381,7 @@ def test_snntorch_feedforward_exact_at_its_dt_and_predicted_elsewhere():
 def test_snntorch_recurrent_routes_input_through_w_rec():
     model = rnn(6, neuron="lif", reset="zero")
     x = torch.randn(40, 4, 3, generator=gen(11))
-    report = verify(model, 1e-4, x, simulators=("ours", "snntorch"))
+    report = verify(model, 1e-4, x, simulators=("ours", "snntorch"), form="spec")
     assert report["snntorch"].ok and report["snntorch"].spike_agreement < 1.0
     # The divergence is the importer's rewiring Input -> w_rec -> lif: the reference on that graph reproduces it.
     graph = to_nir(model, 1e-4)
@@ -395,7 +398,7 @@ def test_norse_ignores_r_and_agrees_after_fold_r():
     x = torch.randn(40, 4, 3, generator=gen(12))
     dt = 1e-3
     graph = to_nir(model, dt)
-    report = verify(model, dt, x, simulators=("ours", "norse"))
+    report = verify(model, dt, x, simulators=("ours", "norse"), form="spec")
     assert report["norse"].ok and report["norse"].spike_agreement < 1.0
     # Norse's LIF is NIR's LIF with r = 1 and membranes starting at v_leak:
     r_one = copy.deepcopy(graph)
@@ -417,11 +420,14 @@ def test_norse_layers_agree_in_norse():
     seq = nn.Sequential(nn.Linear(3, 8), LIFRecurrentCell(8, 10), nn.Linear(10, 2))
     x = torch.randn(40, 4, 3, generator=gen(13)) * 3
     tol = float32_output_tol(seq, x, 3 + 8 + 10 + 6, 10)
-    report = verify(seq, 1e-3, x, simulators=("ours", "reference", "norse", "snntorch"))
+    report = verify(seq, 1e-3, x, simulators=("ours", "reference", "norse", "snntorch"), form="spec")
     assert report.exact and report["ours"].spikes > 0
     for name in ("reference", "norse"):
         assert report[name].spike_agreement == 1.0 and report[name].output_error < tol, report.table()
     assert report["snntorch"].status.startswith("not applicable")  # snnTorch needs r = tau_mem / 1e-4
+    # Its own form (dt 1e-4, r = tau_mem/1e-4, the cycle through an identity) runs in snnTorch too.
+    report = verify(seq, 1e-3, x, simulators=("ours", "snntorch"))
+    assert report["snntorch"].form == "snntorch" and report["snntorch"].spike_agreement == 1.0, report.table()
 
 
 def test_nirtorch_delays_the_edge_into_the_neuron():
@@ -430,26 +436,35 @@ def test_nirtorch_delays_the_edge_into_the_neuron():
     with torch.no_grad():
         seq[1].recurrent.bias.fill_(0.6)
     x = torch.randn(40, 4, 3, generator=gen(14))
-    report = verify(seq, 1e-3, x, simulators=("ours", "reference", "nirtorch"))
+    report = verify(seq, 1e-3, x, simulators=("ours", "reference", "nirtorch-euler"))
     assert report["reference"].spike_agreement == 1.0
     # nirtorch feeds zeros, not the recurrent Affine's output (its bias), into the neuron at the first step.
-    assert report["nirtorch"].first_divergence_step == 0
+    assert report["nirtorch-euler"].first_divergence_step == 0
     # With the recurrent bias moved to the input bias (the same network) nirtorch agrees exactly.
     moved = copy.deepcopy(seq)
     with torch.no_grad():
         moved[0].bias += moved[1].recurrent.bias
         moved[1].recurrent.bias.zero_()
-    report = verify(moved, 1e-3, x, simulators=("ours", "nirtorch"))
-    assert report["nirtorch"].spike_agreement == 1.0 and report["ours"].spikes > 0
+    report = verify(moved, 1e-3, x, simulators=("ours", "nirtorch-euler"))
+    assert report["nirtorch-euler"].spike_agreement == 1.0 and report["ours"].spikes > 0
 
 
-def test_report_table_and_dict():
+def test_report_table_and_dict(tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.setenv("SURROFLOS_INTEROP_DIR", str(tmp_path))  # no consumer environments here
     report = verify(rnn(8, reset="subtract", readout="leaky"), 1e-3, torch.randn(20, 2, 3, generator=gen(15)))
     text = report.table()
-    for name in ("ours", "reference", "snntorch", "norse", "nirtorch", "NOT exact", "export warning"):
+    for name in ("ours", "reference", "snntorch", "norse", "nirtorch", "spyx", "NOT exact", "export warning",
+                 "form refused"):
         assert name in text
     d = json.loads(json.dumps(report.to_dict()))
     assert d["results"]["snntorch"]["status"].startswith("not applicable")  # the LI readout
+    assert "subtract reset" in d["results"]["norse"]["refusal"]  # its form is refused: it ran the spec file
+    for name in ("spyx", "rockpool", "sinabs"):
+        if importlib.util.find_spec(name) is None:
+            assert d["results"][name]["status"].startswith("not installed") and "make interop" in \
+                d["results"][name]["status"]
     assert 0 < d["results"]["reference"]["spike_agreement"] < 1
     with pytest.raises(ValueError, match="unknown simulators"):
         verify(rnn(8), 1e-3, torch.randn(5, 1, 3), simulators=("brian",))
