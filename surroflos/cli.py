@@ -247,6 +247,10 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _pack_size(s: str):
+    return "auto" if s == "auto" else at.positive_int(s)
+
+
 def cmd_sweep(args) -> int:
     import shlex
 
@@ -254,7 +258,7 @@ def cmd_sweep(args) -> int:
 
     command = "surroflos sweep " + " ".join(shlex.quote(a) for a in args._argv)
     rows = run_sweep(spec_from_args(args), args.out, workers=args.workers, progress=not args.no_progress,
-                     command=command)
+                     command=command, ensemble=args.ensemble)
     with open(os.path.join(args.out, "results.md")) as f:
         print(f.read())
     failed = sum(r["status"] == "error" for r in rows)
@@ -334,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--pre-steps", type=at.nonneg_int)
     w.add_argument("--success", type=at.finite_float, help="metric threshold counted as success")
     w.add_argument("--workers", type=at.positive_int, default=2, help="worker processes (default 2)")
+    w.add_argument("--ensemble", type=_pack_size, default="auto", metavar="auto|E",
+                   help="train runs that differ only in their seeds as one ensemble: auto (default: all seeds "
+                        "of a grid cell), E (at most E per ensemble) or 1 (every run alone); results are the same")
     w.add_argument("--out", default="outputs/sweep")
     w.add_argument("--no-progress", action="store_true")
     w.set_defaults(func=cmd_sweep)

@@ -67,7 +67,7 @@ def spectrum_bytes(state_dim: int, n_hidden: int, k: int, batch: int, itemsize: 
 def train_bytes(cfg, task) -> int:
     """Lower bound for a :func:`surroflos.train.train` run of ``cfg`` on ``task``: weights with gradient and
     two Adam moments, the states of a training batch kept for backpropagation through time, the
-    validation batch, and the flossing and spectrum frames."""
+    validation batch, and the flossing and spectrum frames (times E for an ensemble)."""
     itemsize = torch.empty((), dtype=getattr(torch, cfg.dtype)).element_size()
     N, n_in, n_out = cfg.N, task.n_in, task.n_out
     state_dim = N if cfg.model in ("rate", "lif") else 2 * N
@@ -82,4 +82,4 @@ def train_bytes(cfg, task) -> int:
     k = max(cfg.k, cfg.spectrum_k or cfg.k)
     frames = itemsize * cfg.floss_T * cfg.floss_batch * state_dim * (k + 1) if cfg.flossing != "none" else 0
     spectrum = spectrum_bytes(state_dim, N, k, 4, itemsize, n_weights=0)
-    return weights + activations + frames + spectrum
+    return (weights + activations + frames + spectrum) * (cfg.ensemble or 1)  # an ensemble holds E of each

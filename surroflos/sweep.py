@@ -22,6 +22,14 @@ rate, the test loss, and the mean lambda_1 at initialisation, at the end of pref
 estimate of its last step) and after training) and one plot per task and model (metric, success rate
 and test loss against delay, one line per flossing mode) are written.
 
+New runs that differ only in their (consecutive) seeds train as one ensemble (:mod:`surroflos.ensemble`,
+``--ensemble auto|E``, ``auto`` by default): the ensemble run lives in ``OUT/packs/<first run>-E<size>-<hash>/``
+(checkpoint, its metrics with every member, plots of all members) and, when it finishes, each member's
+results are written into its own ``OUT/runs/<name>/`` (config.json, metrics.jsonl, result.json, with the
+member's share of the pack's time as ``seconds``), so tables, per-run records and resumption are what
+solo runs give; an interrupted pack resumes from its checkpoint. A member that diverges is reported as a
+failed run, as its solo run would be. Runs with a solo checkpoint are resumed solo.
+
 Grids may also vary the initial gain, the learning rule and local flossing (:class:`SweepSpec`
 ``gains``, ``rules``, ``local``; CLI ``--gains``, ``--rules``, ``--local``). Then the tables get the
 columns g, rule and local (after delay) and the test loss averaged over the epochs (learning speed),
@@ -43,7 +51,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 from ._argtypes import MAX_SEED
 from .train import ConfigError, TrainConfig, check_memory, validate
@@ -389,6 +397,8 @@ def _run_one(cfg_dict: dict) -> dict:
             train(cfg, resume=resume, progress=False, log=lambda s: None)
         with open(result_path) as f:
             res = json.load(f)
+        if res.get("stopped"):  # a member of an ensemble pack that diverged (its solo run would have failed)
+            raise FloatingPointError(res["stopped"])
         diff = _differences(res["config"], cfg)
         if diff:  # checked before the sweep started; this catches a folder changed while it ran
             raise ConfigError(f"{result_path} is of another configuration ({', '.join(diff)})")
@@ -490,6 +500,130 @@ def _stop_workers(pool) -> None:
                 p.join(1.0)
 
 
+# ----------------------------------------------------------------------------------------------
+# Ensemble packs: runs that differ only in their seeds train as one ensemble
+# ----------------------------------------------------------------------------------------------
+
+PACK_DIR = "packs"  # OUT/packs/<name>: the ensemble runs (checkpoints); results are unpacked into OUT/runs
+
+
+def pack_runs(cfgs: Sequence[TrainConfig], ensemble: Union[str, int] = "auto") -> list[list[TrainConfig]]:
+    """Group runs into ensemble packs: runs whose configurations differ only in ``seed`` (and ``out``) with
+    consecutive seeds, at most ``ensemble`` per pack (``"auto"``: as many as there are, up to
+    :data:`MAX_PACK`; ``1``: no packing). Single runs stay packs of one. Order is kept."""
+    if ensemble != "auto" and (isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1):
+        raise ConfigError(f"ensemble must be 'auto' or a positive int, got {ensemble!r}")
+    cap = MAX_PACK if ensemble == "auto" else ensemble
+    groups: dict[str, list[TrainConfig]] = {}
+    for cfg in cfgs:
+        key = json.dumps({k: _canonical(v) for k, v in cfg.to_dict().items() if k not in ("seed", "out")},
+                         sort_keys=True)
+        groups.setdefault(key, []).append(cfg)
+    packs = []
+    for members in groups.values():
+        members = sorted(members, key=lambda c: c.seed)
+        current: list[TrainConfig] = []
+        for cfg in members:
+            if current and (cfg.seed != current[-1].seed + 1 or len(current) >= cap):
+                packs.append(current)
+                current = []
+            current.append(cfg)
+        packs.append(current)
+    return packs
+
+
+MAX_PACK = 64
+
+
+def pack_config(pack: Sequence[TrainConfig], out: str) -> TrainConfig:
+    """The ensemble run of a pack: the first member's configuration with ``ensemble = len(pack)``, in
+    ``out/packs/<first run>-E<size>-<hash>`` (the hash: settings changed later give another folder)."""
+    first = pack[0]
+    ens = dataclasses.replace(first, ensemble=len(pack), out="")
+    name = f"{os.path.basename(first.out)}-E{len(pack)}-{config_hash(ens)[:8]}"
+    return dataclasses.replace(ens, out=os.path.join(out, PACK_DIR, name))
+
+
+def _member_value(v, e: int):
+    """Member ``e``'s entry of an ensemble record: per-member lists indexed, dicts recursed."""
+    if isinstance(v, dict):
+        return {k: _member_value(u, e) for k, u in v.items()}
+    return v[e] if isinstance(v, list) else v
+
+
+def _unpack(ens_cfg: TrainConfig, members: Sequence[TrainConfig]) -> None:
+    """Write each member's run folder (config.json, metrics.jsonl, result.json) from the finished ensemble
+    run, as its solo run would have written them; ``seconds`` are the member's share of the pack's time.
+    A member that was stopped gets a result.json saying why (the sweep reports it as failed)."""
+    from ._io import atomic_json, atomic_write
+
+    with open(os.path.join(ens_cfg.out, "result.json")) as f:
+        res = json.load(f)
+    rows = [json.loads(line) for line in open(os.path.join(ens_cfg.out, "metrics.jsonl")) if line.strip()]
+    E = len(members)
+    for e, cfg in enumerate(members):
+        os.makedirs(cfg.out, exist_ok=True)
+        pack = {"pack": os.path.abspath(ens_cfg.out), "member": e, "members": E}
+        member_rows = []
+        for row in rows:
+            r = {k: _member_value(v, e) for k, v in row.items() if k not in ("stopped", "seconds")}
+            r["seconds"] = row.get("seconds", 0.0) / E
+            member_rows.append(r)
+        atomic_write(os.path.join(cfg.out, "metrics.jsonl"),
+                     lambda fh: fh.writelines(json.dumps(r) + "\n" for r in member_rows))
+        atomic_json({"config": cfg.to_dict(), "versions": res.get("versions"), "ensemble": pack},
+                    os.path.join(cfg.out, "config.json"))
+        m = res["members"][e]
+        pre = _member_value(res.get("preflossing"), e) if res.get("preflossing") else None
+        if pre is not None and pre.get("seconds") is not None:
+            pre["seconds"] = res["preflossing"]["seconds"] / E
+        atomic_json({"config": cfg.to_dict(), "final": m["final"], "stopped": m["stopped"],
+                     "spectrum_before": m["spectrum_before"], "spectrum_after": m["spectrum_after"],
+                     "preflossing": pre, "lambda1_start": _member_value(res.get("lambda1_start"), e),
+                     "versions": res.get("versions"), "ensemble": pack}, os.path.join(cfg.out, "result.json"))
+
+
+def _run_pack(job: dict) -> list[dict]:
+    """Worker: train (or resume) one ensemble pack, unpack its members' results, return their rows."""
+    from .train import train
+
+    members = [TrainConfig.from_dict(d) for d in job["members"]]
+    ens_cfg = TrainConfig.from_dict(job["ensemble"])
+    t0 = time.perf_counter()
+    try:
+        resume = os.path.exists(os.path.join(ens_cfg.out, "checkpoint.pt"))
+        if not os.path.exists(os.path.join(ens_cfg.out, "result.json")):
+            train(ens_cfg, resume=resume, progress=False, log=lambda s: None)
+        _unpack(ens_cfg, members)
+    except Exception as e:  # the pack failed: each of its runs is reported (rerunning resumes the pack)
+        return [dict(_key(cfg), status="error", error=f"{type(e).__name__}: {e}", out=cfg.out) for cfg in members]
+    rows = []
+    for cfg in members:
+        row = _run_one(cfg.to_dict())
+        if row["status"] == "done":
+            row["status"] = "resumed" if resume else "ran"
+            row["call_seconds"] = round((time.perf_counter() - t0) / len(members), 2)
+        rows.append(row)
+    return rows
+
+
+def _run_job(job: dict) -> list[dict]:
+    """Worker: a solo run (a TrainConfig dict) or an ensemble pack (``{"ensemble": ..., "members": [...]}``)."""
+    return _run_pack(job) if "members" in job else [_run_one(job)]
+
+
+def _jobs(planned, out: str, ensemble: Union[str, int]) -> list[dict]:
+    """The work of a sweep: runs to resume stay solo (their checkpoint is a solo run's); new runs are
+    packed (:func:`pack_runs`) into ensembles, packs of one run solo."""
+    jobs = [cfg.to_dict() for cfg, status in planned if status == "resume"]
+    for pack in pack_runs([cfg for cfg, status in planned if status == "new"], ensemble):
+        if len(pack) == 1:
+            jobs.append(pack[0].to_dict())
+        else:
+            jobs.append({"ensemble": pack_config(pack, out).to_dict(), "members": [c.to_dict() for c in pack]})
+    return jobs
+
+
 def _run_pool(jobs: list[dict], workers: int, done) -> None:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -498,13 +632,15 @@ def _run_pool(jobs: list[dict], workers: int, done) -> None:
                                initializer=_worker_init, initargs=(os.getpid(),))
     try:
         with _sigint_blocked():
-            futures = {pool.submit(_run_one, job): job for job in jobs}
+            futures = {pool.submit(_run_job, job): job for job in jobs}
         for fut in as_completed(futures):
             try:
-                row = fut.result()
+                rows = fut.result()
             except Exception as e:  # the worker died (killed, out of memory): the run failed, rerunning resumes it
-                row = _error_row(futures[fut], e)
-            done(row)
+                job = futures[fut]
+                rows = [_error_row(d, e) for d in (job["members"] if "members" in job else [job])]
+            for row in rows:
+                done(row)
     except BaseException:  # Ctrl-C (or an error here): no worker outlives this call
         _stop_workers(pool)
         raise
@@ -512,8 +648,13 @@ def _run_pool(jobs: list[dict], workers: int, done) -> None:
 
 
 def run_sweep(spec: SweepSpec, out: str, *, workers: int = 1, progress: bool = True,
-              command: Optional[str] = None) -> list[dict]:
+              command: Optional[str] = None, ensemble: Union[str, int] = "auto") -> list[dict]:
     """Run every configuration of ``spec`` not yet done, then write the tables and plots; returns the rows.
+
+    ``ensemble``: new runs that differ only in their (consecutive) seeds train as one ensemble
+    (:func:`pack_runs`, :mod:`surroflos.ensemble`; ``"auto"``: as many as the grid has, an int caps the pack
+    size, 1 runs every run alone). Each member computes what its solo run would and is unpacked into the
+    same run folder, so tables, plots and resumption are the same either way.
 
     Raises :class:`~surroflos.train.ConfigError` before anything runs or is written when ``spec`` is not
     valid, when a run folder in ``out`` holds results or a checkpoint of another configuration (see
@@ -522,6 +663,9 @@ def run_sweep(spec: SweepSpec, out: str, *, workers: int = 1, progress: bool = T
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     cfgs = expand(spec, out)
+    for pack in pack_runs(cfgs, ensemble):  # an ensemble holds all its members at once: check it fits
+        if len(pack) > 1:
+            check_memory(dataclasses.replace(pack[0], ensemble=len(pack)), validate(pack[0]))
     os.makedirs(out, exist_ok=True)
     with _exclusive(out):
         planned = _plan(cfgs, out)
@@ -542,7 +686,7 @@ def run_sweep(spec: SweepSpec, out: str, *, workers: int = 1, progress: bool = T
             for cfg, status in planned:  # finished runs are only reloaded: here, without a worker
                 if status == "done":
                     done(_run_one(cfg.to_dict()))
-            jobs = [cfg.to_dict() for cfg, status in planned if status != "done"]
+            jobs = _jobs(planned, out, ensemble)
             if jobs and workers == 1:
                 import torch
 
@@ -550,7 +694,8 @@ def run_sweep(spec: SweepSpec, out: str, *, workers: int = 1, progress: bool = T
                 torch.set_num_threads(1)
                 try:
                     for job in jobs:
-                        done(_run_one(job))
+                        for row in _run_job(job):
+                            done(row)
                 finally:
                     torch.set_num_threads(threads)
             elif jobs:

@@ -682,7 +682,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                 else:
                     for e in (~torch.isfinite(loss.detach())).nonzero().flatten().tolist():
                         if e not in members.stopped:
-                            stop(e, f"training loss became {float(loss[e])} at epoch {epoch + 1}")
+                            stop(e, f"training loss became {float(loss[e].detach())} at epoch {epoch + 1}")
                     if cfg.rule == "bptt":
                         loss[members.active.to(loss.device)].sum().backward()
                 if members is not None:
