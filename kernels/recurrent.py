@@ -147,7 +147,7 @@ def _forward_torch(x_in: Tensor, W: Tensor, state0: Tensor, beta: Tensor, alpha:
         else:
             torch.mul(beta, mem, out=mem_new).add_(drive).addcmul_(s, theta, value=-1.0)
         mem, s = mem_new, spikes[t]
-        s.copy_(mem_new > theta)
+        torch.gt(mem_new, theta, out=s)  # 0/1 written as floats (a bool tensor's copy_ costs ~10x)
     return spikes.to(x_in.dtype), states.to(x_in.dtype)
 
 
@@ -175,7 +175,13 @@ def _backward_torch(gspk: Tensor, gst: Tensor, W: Tensor, state0: Tensor, spikes
     mem = states[..., D - N:]
     mem0 = state0[..., D - N:].to(ad)
     syn0 = state0[..., :N].to(ad) if cuba else None
-    s_prev = torch.cat([(mem0 > theta).to(ad).unsqueeze(0), spikes[:-1].to(ad)])  # R[t] = S[t-1]
+    if ens:  # R[t] = S[t-1], stored member-major [E, T, B, N] so that the dW GEMM reads it without a copy
+        s_prev = torch.empty(lead[0], T, *lead[1:], N, dtype=ad, device=dev)
+        s_prev[:, 0] = mem0 > theta
+        s_prev[:, 1:] = spikes[:-1].transpose(0, 1)
+        s_prev = s_prev.transpose(0, 1)  # the [T, E, B, N] view the scan reads
+    else:
+        s_prev = torch.cat([(mem0 > theta).to(ad).unsqueeze(0), spikes[:-1].to(ad)])  # R[t] = S[t-1]
     sd = sg.surrogate_derivative(mem - theta, sid, scale)
     sd0 = sg.surrogate_derivative(mem0 - theta, sid, scale)
     G0 = torch.addcmul(gst[..., D - N:], sd, gspk)  # the parts of gmem[t] known before the scan
@@ -281,9 +287,11 @@ def _rnn_bwd(grad_spikes: Tensor, grad_states: Tensor, W: Tensor, state0: Tensor
         dW = torch.mm(dI.reshape(T * B, N).t(), s_prev.reshape(T * B, N).to(dI.dtype)).to(W.dtype)
     elif need_w:  # ensemble: dW[e] = sum_{t, b} dI[t, e, b]^T S[t-1, e, b], one batched GEMM over the members
         T, E, B, N = spikes.shape
-        dI_e = dI.permute(1, 3, 0, 2).reshape(E, N, T * B)
+        # [E, T * B, N] copies keep the rows contiguous (a transposing copy to [E, N, T * B] is slower); the GEMM
+        # reads dI's transpose as a view
+        dI_e = dI.permute(1, 0, 2, 3).reshape(E, T * B, N)
         s_e = s_prev.to(dI.dtype).permute(1, 0, 2, 3).reshape(E, T * B, N)
-        dW = torch.bmm(dI_e, s_e).to(W.dtype)
+        dW = torch.bmm(dI_e.transpose(1, 2), s_e).to(W.dtype)
     else:
         dW = W.new_empty(0)
     # (custom ops may not return one tensor twice: a fresh empty for every unneeded gradient)
