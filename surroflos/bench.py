@@ -12,6 +12,10 @@ whole run takes seconds, for tests):
          B=64, T=500, with the peak memory of each implementation.
 ``4``    Surrogate Lyapunov spectrum of that network, k=64, 8 trajectories, T=1000, qr_every=10:
          forward (no gradient) and forward+backward of the flossing loss (one flossing step).
+``ensemble``  A training step (task batches, forward, loss, backward, clipping, Adam) of E networks of
+         the xor-lif preset (LIF N=64, T=60, B=32) as E solo networks one after another against one
+         ensemble (:mod:`surroflos.ensemble`), E = 1, 4, 16, 64: network-epochs per second (20 steps an
+         epoch) and the activation memory saved for the backward. Runs on the CPU and on a GPU.
 
 Configs 1-4 are GPU configurations: without CUDA they are reported as skipped (``--device cpu`` runs
 them on the CPU anyway, meant for ``--quick`` smoke tests; their targets are H100 targets).
@@ -72,7 +76,7 @@ __all__ = ["SCHEMA", "CONFIGS", "GPU_CONFIGS", "Context", "Impl", "Built", "add_
            "main", "run_config", "format_table", "time_callable", "lif_floor_bytes", "evaluate_target"]
 
 SCHEMA = "surroflos.bench/1"
-CONFIGS = ("cpu", "1", "2", "3", "4")
+CONFIGS = ("cpu", "1", "2", "3", "4", "ensemble")
 GPU_CONFIGS = ("1", "2", "3", "4")
 TARGET_DEVICE = "H100"
 
@@ -1178,6 +1182,96 @@ def _lyap_case(ctx: Context, name: str, sizes: Dict[str, int], with_grad: bool, 
     return case
 
 
+def _ensemble_case(ctx: Context, E: int, sizes: Dict[str, int], targets: Sequence[Dict[str, Any]] = ()
+                   ) -> Dict[str, Any]:
+    """One training step of E networks: E solo networks in turn (each its own Adam, as E runs in one
+    process) against one ensemble of E members (surroflos.ensemble), with the trainer's own pieces: task
+    batches per member, forward, task loss, backward, per-network clipping, Adam."""
+    from . import tasks
+    from .ensemble import MemberUpdates, stack
+    from .models import SpikingRNN
+    from .train import _losses, _sample
+
+    T, B, N = sizes["T"], sizes["B"], sizes["N"]
+    task = tasks.make("xor", delay=sizes["delay"], T=T, encoding="current")
+    dev = ctx.device
+
+    def nets():
+        return [SpikingRNN(task.n_in, N, task.n_out, beta=0.7, reset="zero", g=1.0, device=dev,
+                           generator=torch.Generator().manual_seed(ctx.seed + e)) for e in range(E)]
+
+    def solo_build():
+        models = nets()
+        opts = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in models]
+        gens = [torch.Generator().manual_seed(100 + e) for e in range(E)]
+
+        def run():
+            for m, opt, g in zip(models, opts, gens):
+                x, y, mask = _sample(task, B, g, dev, torch.float32)
+                opt.zero_grad(set_to_none=True)
+                task.loss(m(x)[0], y, mask).backward()
+                torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+                opt.step()
+        return Built(run=run)
+
+    def ensemble_build():
+        model = stack(nets())
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        upd = MemberUpdates(list(model.parameters()), E)
+        gens = [torch.Generator().manual_seed(100 + e) for e in range(E)]
+
+        def run():
+            x, y, mask = _sample(task, B, gens, dev, torch.float32)
+            opt.zero_grad(set_to_none=True)
+            _losses(task, model(x)[0], y, mask, E).sum().backward()
+            upd.clip_(1.0)
+            opt.step()
+        return Built(run=run)
+
+    impls = [Impl("solo", f"{E} solo networks, one after another", solo_build),
+             Impl("ensemble", f"one ensemble of {E} members", ensemble_build)]
+    n_in, n_out = task.n_in, task.n_out
+    item = 4
+    nbytes = E * item * (T * B * n_in + 2 * 4 * (N * n_in + N * N + N * n_out) + 2 * T * B * N + 2 * T * B * n_out)
+    flops = E * 3 * 2.0 * T * B * (N * n_in + N * N + N * n_out)  # forward and the two backward products
+    floor = _floor(ctx, nbytes, flops, torch.float32)
+    _progress_case(ctx, f"E{E}")
+    rows = _run_impls(ctx, impls, lambda bt: bt.run)
+    for r in rows:
+        if r["status"] == "ok":
+            r["network_steps_per_s"] = E / (r["median_ms"] * 1e-3)
+            r["network_epochs_per_s"] = r["network_steps_per_s"] / sizes["steps_per_epoch"]
+    saved = {}
+    for impl in impls:  # activation memory kept for the backward pass, summed over the step's graphs
+        try:
+            saved[impl.name] = _saved_mib(impl.build().run)
+        except Exception as e:  # noqa: BLE001
+            saved[impl.name] = f"unavailable: {_reason(e)}"
+    case = {"name": f"E{E}", "title": f"training step of {E} recurrent LIF networks N={N}, B={B}, T={T} "
+                                      f"(xor-lif preset network) float32",
+            "measure": "task batches, forward, loss, backward, clipping and Adam for all E networks",
+            "dtype": "float32", "shapes": dict(sizes, E=E), "baseline": "solo", "floor": floor,
+            "implementations": rows, "saved_activation_mib": saved}
+    _finish_case(case)
+    case["targets"] = [evaluate_target(case, t) for t in targets]
+    _cleanup(ctx)
+    return case
+
+
+def _saved_mib(run: Callable[[], Any]) -> float:
+    """MiB of tensors autograd saves for the backward during one call of ``run`` (the activation memory
+    that grows with sequence length and ensemble size; weights and optimiser state come on top)."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return total[0] / 2**20
+
+
 # --------------------------------------------------------------------------------------------------
 # Configurations
 # --------------------------------------------------------------------------------------------------
@@ -1228,13 +1322,27 @@ def _config_4(ctx: Context) -> List[Dict[str, Any]]:
             _lyap_case(ctx, "forward_backward", sizes, True, gpu=True, targets=targets)]
 
 
-_RUNNERS = {"cpu": _config_cpu, "1": _config_1, "2": _config_2, "3": _config_3, "4": _config_4}
+def _config_ensemble(ctx: Context) -> List[Dict[str, Any]]:
+    sizes = (dict(T=12, B=4, N=16, delay=2, steps_per_epoch=20) if ctx.quick
+             else dict(T=60, B=32, N=64, delay=6, steps_per_epoch=20))
+    Es = (1, 4) if ctx.quick else (1, 4, 16, 64)
+    want = 50.0 if ctx.cuda else 10.0
+    return [_ensemble_case(ctx, E, sizes, [_target(f">= {want:g}x the solo throughput at E = 16 "
+                                                   f"({'GPU' if ctx.cuda else 'CPU'})", "speedup", "ensemble",
+                                                   want, "solo")] if E == 16 else [])
+            for E in Es]
+
+
+_RUNNERS = {"cpu": _config_cpu, "1": _config_1, "2": _config_2, "3": _config_3, "4": _config_4,
+            "ensemble": _config_ensemble}
 _TITLES = {
     "cpu": "CPU: LIF [200, 32, 512] fwd+bwd; scaled-down recurrent training step and Lyapunov spectrum",
     "1": "LIF neuron forward+backward [500, 64, 4096], float32 and bfloat16",
     "2": "Linear + LIF layer, B=16, T=500, N=4096 and 16384 (Open Neuromorphic configuration)",
     "3": "Recurrent LIF network training step, N=1024, n_in=128, B=64, T=500, and peak memory",
     "4": "Surrogate Lyapunov spectrum, k=64, 8 trajectories, T=1000, qr_every=10",
+    "ensemble": "E networks of the xor-lif preset (N=64, T=60, B=32) trained as one ensemble vs one by one, "
+                "E = 1, 4, 16, 64",
 }
 
 
@@ -1315,7 +1423,7 @@ def run_config(config: str, ctx: Context) -> Dict[str, Any]:
         "interleaved": ctx.interleave and not ctx.cuda,
         "seed": ctx.seed, "versions": _versions(), "git": _git_commit(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": _device_info(ctx),
-        "target_device": TARGET_DEVICE if config != "cpu" else None,
+        "target_device": TARGET_DEVICE if config in GPU_CONFIGS else None,
     }
     if config in GPU_CONFIGS and not ctx.cuda:
         if ctx.forced_cpu:
@@ -1382,6 +1490,12 @@ def format_table(payload: Dict[str, Any]) -> str:
         for r in case["implementations"]:
             if r.get("note"):
                 lines.append(f"   note [{r['name']}]: {r['note']}")
+        if "saved_activation_mib" in case:  # the ensemble config
+            rate = ", ".join(f"{r['name']} {r['network_epochs_per_s']:.2f}" for r in case["implementations"]
+                             if "network_epochs_per_s" in r)
+            mem = ", ".join(f"{k} {_fmt(v, '.1f') if isinstance(v, float) else v}"
+                            for k, v in case["saved_activation_mib"].items())
+            lines.append(f"   network-epochs/s: {rate}; activations saved for backward (MiB): {mem}")
         for t in case.get("targets", []):
             val = t["value"]
             shown = "" if val is None else (f" ({100 * val:.1f}%)" if t["kind"] == "fraction" else f" ({val:.2f}x)")

@@ -253,3 +253,23 @@ def test_cli_wiring_and_driver(tmp_path, capsys):
         assert run_all.main(["--configs", "3", "--results", str(tmp_path), "--tag", "t"]) == 0
         assert (tmp_path / "t" / "bench_3.json").exists()
         assert "$ surroflos bench --config 3 --out" in capsys.readouterr().out
+
+
+def test_ensemble_config_quick(tmp_path, capsys):
+    """--config ensemble: both implementations run, throughput and saved activation memory are reported,
+    and the memory an ensemble saves for the backward grows linearly with E (it is E networks' worth)."""
+    args = _parse(["--config", "ensemble", "--quick", "--out", str(tmp_path), "--budget", "0.2"])
+    assert bench.run_bench(args) == 0
+    payload = json.loads((tmp_path / "bench_ensemble.json").read_text())
+    assert payload["status"] == "ok" and payload["target_device"] is None
+    cases = {c["name"]: c for c in payload["cases"]}
+    assert set(cases) == {"E1", "E4"}
+    for case in cases.values():
+        rows = {r["name"]: r for r in case["implementations"]}
+        assert rows["solo"]["status"] == rows["ensemble"]["status"] == "ok"
+        E = case["shapes"]["E"]
+        assert rows["ensemble"]["network_steps_per_s"] == pytest.approx(E / (rows["ensemble"]["median_ms"] * 1e-3))
+    m1, m4 = cases["E1"]["saved_activation_mib"], cases["E4"]["saved_activation_mib"]
+    assert 3.5 <= m4["ensemble"] / m1["ensemble"] <= 4.5
+    assert 3.5 <= m4["solo"] / m1["solo"] <= 4.5
+    assert "network-epochs/s" in capsys.readouterr().out
