@@ -3,13 +3,17 @@
 ::
 
     surroflos export RUN_DIR --dt DT [--out model.nir] [--target generic|loihi2|spinnaker2|xylo|speck]
-                     [--verify] [--quantize] [--bits B] [--trials N] [--via auto|model|nir] [--strict]
+                     [--consumer nir|norse|snntorch|spyx|rockpool|sinabs] [--verify] [--quantize] [--bits B]
+                     [--trials N] [--via auto|model|nir] [--strict]
 
 Loads ``config.json`` and ``checkpoint.pt`` of a ``surroflos train`` run (the network rebuilt with
 :func:`surroflos.train.build_model`, the checkpoint's weights loaded), writes the NIR graph (its
 metadata holds the training configuration), reads the file back and prints a summary: nodes, shapes
 and parameter ranges; the target check (:func:`surroflos.export.targets.check_graph`); with
 ``--verify`` the agreement of each simulator with the model (:func:`surroflos.export.verify`); with
+``--consumer NAME`` the file is the form that consumer runs exactly (:mod:`surroflos.export.consumers`; a
+consumer that cannot run the network exactly is a usage error naming the reason and the nearest exact
+alternative, and nothing is written); with
 ``--quantize`` accuracy and spike agreement after weight quantisation
 (:func:`~surroflos.export.targets.evaluate_quantized`) and the quantised graph as a second file
 ``<out>.<target>.q<bits>.nir``. Everything printed also goes to a JSON report beside the ``.nir`` file
@@ -35,6 +39,7 @@ from .._argtypes import positive_float as _positive_float
 from .._io import atomic_json, ensure_writable_folder
 from ..errors import UsageError
 from .._argtypes import positive_int as _positive_int
+from .consumers import CONSUMERS, ConsumerRefusal
 from .targets import TARGETS, _flow_order, check_graph, format_issues, get_target
 
 __all__ = ["add_export_parser", "cmd_export", "graph_summary", "format_graph_table", "report_path"]
@@ -54,6 +59,9 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
                    help="seconds per simulation step (NIR stores time constants in seconds), e.g. 1e-3")
     p.add_argument("--target", choices=list(TARGETS), default="generic",
                    help="hardware profile to check against and quantise for (default generic)")
+    p.add_argument("--consumer", choices=list(CONSUMERS), default=None,
+                   help="write the form of the graph this NIR consumer runs exactly (its dt, r, reset and "
+                        "recurrence layout); default: the spec-exact file of NIR's equations")
     p.add_argument("--verify", action="store_true", help="simulate the exported graph in the supported "
                    "simulators and report spike agreement with the model")
     p.add_argument("--quantize", action="store_true", help="quantise the weights for --target; report "
@@ -180,8 +188,12 @@ def cmd_export(args) -> int:
 
     metadata = {"source": "surroflos train run", "run_dir": os.path.abspath(run_dir), "task": cfg.task,
                 "model": cfg.model, "training_config": cfg.to_dict()}
+    consumer = getattr(args, "consumer", None)
     try:
-        write(out, model, args.dt, metadata=metadata)
+        kw = {} if consumer is None else {"consumer": consumer}
+        write(out, model, args.dt, metadata=metadata, **kw)
+    except ConsumerRefusal as e:
+        raise UsageError(f"--consumer {consumer}: {e}") from None
     except (TypeError, NotImplementedError, ValueError, KeyError, AttributeError) as e:
         raise UsageError(f"cannot export the {cfg.model!r} network of {run_dir!r}: {e}") from None
     graph = read(out)
@@ -190,7 +202,10 @@ def cmd_export(args) -> int:
                               "target": target.name, "training_config": cfg.to_dict(),
                               "graph": {"nodes": rows, "edges": [list(e) for e in graph.edges]},
                               "target_profile": target.to_dict()}
-    print(f"exported {cfg.model} network (N={cfg.N}, task {cfg.task}) of {run_dir} to {out} (dt = {args.dt:g} s)")
+    report["consumer"] = consumer
+    form = "" if consumer is None else f", the form {consumer} runs exactly: {CONSUMERS[consumer].run}"
+    print(f"exported {cfg.model} network (N={cfg.N}, task {cfg.task}) of {run_dir} to {out} (dt = {args.dt:g} s"
+          f"{form})")
     print(format_graph_table(rows, graph.edges))
 
     issues = check_graph(graph, target)

@@ -496,7 +496,8 @@ def test_cli_writes_nir_report_and_table(run, tmp_path, export_api, capsys):
 
 @pytest.mark.skipif(not _export_api_available(("to_nir", "write", "read", "verify")),
                     reason="surroflos.export.verify not available yet")
-def test_cli_verify(run, tmp_path, capsys):
+def test_cli_verify(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SURROFLOS_INTEROP_DIR", str(tmp_path / "none"))  # the interop consumers: tests/test_interop.py
     rc = _cli([run, "--out", tmp_path / "m.nir", "--dt", DT, "--verify", "--trials", 4])
     assert rc == 0
     rep = json.loads((tmp_path / "m.export.json").read_text())
@@ -524,3 +525,26 @@ def test_cli_unsupported_model(tmp_path, export_api, capsys):
     train(TrainConfig(model="rate", out=str(out), **dict(TINY, epochs=1)), progress=False, log=lambda s: None)
     assert _cli([out, "--dt", DT, "--out", tmp_path / "r.nir"]) == 2
     assert "cannot export the 'rate' network" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not _export_api_available(("to_nir", "write", "read")), reason="surroflos.export not available")
+def test_cli_consumer_form_and_refusal(run, tmp_path, capsys):
+    """--consumer writes the form that consumer runs exactly; a consumer that cannot is a one-line usage error
+    (status 2) naming the reason and the nearest exact alternative, and nothing is written."""
+    from surroflos.export import metadata_of, read
+
+    out = tmp_path / "norse.nir"
+    assert _cli([run, "--out", out, "--dt", DT, "--consumer", "norse"]) == 0
+    text = capsys.readouterr().out
+    g = read(out)
+    assert g.metadata["consumer"] == "norse" and metadata_of(g)["consumer"]["consumer_dt"] == 1e-3
+    assert "norse.torch.from_nir(graph)" in text
+    assert json.loads((tmp_path / "norse.export.json").read_text())["consumer"] == "norse"
+    bad = tmp_path / "spyx.nir"
+    assert _cli([run, "--out", bad, "--dt", DT, "--consumer", "spyx"]) == 2  # the run resets to zero
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("surroflos export: error: --consumer spyx:")
+    assert "zero reset cannot be expressed" in err[0] and "Nearest exact alternative: train with reset='subtract'" in err[0]
+    assert not bad.exists()
+    with pytest.raises(SystemExit):
+        _cli([run, "--dt", DT, "--consumer", "brian"])
