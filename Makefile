@@ -21,6 +21,11 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q
 
+# NIR consumers that need environments of their own (spyx/JAX, Rockpool, sinabs with nir<=1.0.4) in .interop/:
+# build them, run the interop tests and print the measured table (docs/INTEROP.md).
+interop: $(STAMP)
+	bash scripts/interop.sh
+
 # Create the virtualenv if missing and (re)install the package in editable
 # mode whenever pyproject.toml or constraints.txt change.
 $(STAMP): pyproject.toml constraints.txt
