@@ -676,11 +676,147 @@ def _foreign_spiking_rnn(nodes: dict, layers: list, rec: dict, dt: float, dtype:
 # ----------------------------------------------------------------------------------------------
 
 
-def from_nir(graph_or_path: Union[nir.NIRGraph, str, os.PathLike], dt: float):
+# ----------------------------------------------------------------------------------------------
+# Graphs written by snnTorch's and Norse's own exporters
+# ----------------------------------------------------------------------------------------------
+
+PRODUCERS = ("snntorch", "norse")
+
+
+def _broadcast(a: Any, n: int) -> np.ndarray:
+    a = _f(a).reshape(-1)
+    return np.full(n, a[0]) if a.size == 1 else a
+
+
+def _producer_chain(graph: nir.NIRGraph) -> tuple[dict, list, dict]:
+    nodes, edges = ref.flatten(graph)
+    rec: dict[str, str] = {}
+    for a, b in edges:
+        if isinstance(nodes[a], (nir.LIF, nir.CubaLIF)) and isinstance(nodes[b], (nir.Affine, nir.Linear)) and \
+                (b, a) in edges:
+            rec[a] = b
+    rest = [(a, b) for a, b in edges if rec.get(a) != b and rec.get(b) != a]
+    succ: dict[str, str] = {}
+    for a, b in rest:
+        if a in succ:
+            raise NotImplementedError(f"from_nir(producer=...) rebuilds chains of layers; {a!r} feeds several nodes")
+        succ[a] = b
+    start = [k for k, v in nodes.items() if isinstance(v, nir.Input)]
+    if len(start) != 1:
+        raise NotImplementedError("from_nir(producer=...) rebuilds graphs with one Input node")
+    chain, cur = [], start[0]
+    while cur in succ:
+        cur = succ[cur]
+        if not isinstance(nodes[cur], (nir.Output, ref._Pass)):
+            chain.append(cur)
+    return nodes, chain, rec
+
+
+def _linear_from(node: Any, dtype: torch.dtype) -> nn.Linear:
+    w = _t(node.weight, dtype)
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=isinstance(node, nir.Affine), dtype=dtype)
+    _copy(lin.weight, w)
+    if lin.bias is not None:
+        _copy(lin.bias, _t(node.bias, dtype))
+    return lin
+
+
+def _build_producer(graph: nir.NIRGraph, dt: float, producer: str, reset: Optional[str],
+                    reset_delay: Optional[bool]) -> nn.Sequential:
+    """Rebuild the network an snnTorch 1.0 / Norse 1.1 exporter wrote, in its own conventions."""
+    nodes, chain, rec = _producer_chain(graph)
+    dtype = torch.float32
+    modules: list[nn.Module] = []
+    width = None
+    for name in chain:
+        node = nodes[name]
+        if isinstance(node, (nir.Affine, nir.Linear)):
+            lin = _linear_from(node, dtype)
+            modules.append(lin)
+            width = lin.out_features
+            continue
+        if not isinstance(node, (nir.LIF, nir.CubaLIF)):
+            raise NotImplementedError(f"from_nir(producer={producer!r}) cannot rebuild node {name!r} "
+                                      f"({type(node).__name__})")
+        n = width if width is not None else _f(node.v_threshold).size
+        if producer == "snntorch":
+            from surroflos import snntorch as sn
+
+            opts = dict(reset_mechanism=reset or "subtract")
+            tau = node.tau if isinstance(node, nir.LIF) else node.tau_mem
+            beta = _scalar_or_vector(1.0 - 1e-4 / _broadcast(tau, n), dtype)
+            theta = _scalar_or_vector(_broadcast(node.v_threshold, n), dtype)
+            if isinstance(node, nir.CubaLIF):
+                alpha = _scalar_or_vector(1.0 - 1e-4 / _broadcast(node.tau_syn, n), dtype)
+                if name in rec:
+                    raise NotImplementedError("from_nir(producer='snntorch'): RSynaptic graphs are not rebuilt")
+                layer = sn.Synaptic(alpha=alpha, beta=beta, threshold=theta, reset_delay=bool(
+                    True if reset_delay is None else reset_delay), **opts)
+            elif name in rec:
+                w = nodes[rec[name]]
+                layer = sn.RLeaky(beta=beta, threshold=theta, linear_features=n, reset_delay=bool(
+                    True if reset_delay is None else reset_delay), **opts)
+                _copy(layer.recurrent.weight, _t(w.weight, dtype))
+                _copy(layer.recurrent.bias, _t(w.bias, dtype) if isinstance(w, nir.Affine) else
+                      torch.zeros(n, dtype=dtype))
+            else:
+                layer = sn.Leaky(beta=beta, threshold=theta, **opts)
+        else:
+            from surroflos import norse as dn
+
+            if name in rec:
+                raise NotImplementedError("from_nir(producer='norse'): Norse's exporter writes no recurrence")
+            common = dict(v_leak=_scalar_or_vector(_broadcast(node.v_leak, n), dtype),
+                          v_th=_scalar_or_vector(_broadcast(node.v_threshold, n), dtype),
+                          v_reset=_scalar_or_vector(_broadcast(getattr(node, "v_reset", 0.0) if
+                                                               getattr(node, "v_reset", None) is not None else 0.0, n),
+                                                    dtype))
+            if isinstance(node, nir.LIF):  # Norse writes tau = dt / tau_mem_inv
+                layer = dn.LIFBoxCell(dn.LIFBoxParameters(tau_mem_inv=_scalar_or_vector(dt / _broadcast(node.tau, n),
+                                                                                         dtype), **common), dt=dt)
+            else:
+                layer = dn.LIFCell(dn.LIFParameters(tau_syn_inv=_scalar_or_vector(dt / _broadcast(node.tau_syn, n),
+                                                                                  dtype),
+                                                    tau_mem_inv=_scalar_or_vector(dt / _broadcast(node.tau_mem, n),
+                                                                                  dtype), **common), dt=dt)
+        modules.append(layer)
+    return nn.Sequential(*modules)
+
+
+def from_nir(graph_or_path: Union[nir.NIRGraph, str, os.PathLike], dt: float, *, producer: Optional[str] = None,
+             reset: Optional[str] = None, reset_delay: Optional[bool] = None):
     """Rebuild a model from a NIR graph or file for time step ``dt`` (seconds); see the module docstring.
 
     Returns a :class:`~surroflos.SpikingRNN`, :class:`~surroflos.BalancedNetwork` or ``nn.Sequential``.
+
+    ``producer``: a graph written by another library's exporter, read in that exporter's conventions, so that the
+    rebuilt network reproduces the exported network's spikes:
+
+    - ``"snntorch"`` (``snntorch.export_nir.export_to_nir``, snnTorch 1.0): time constants for its fixed
+      ``dt = 1e-4`` (``beta = 1 - 1e-4/tau``), ``Leaky``/``Synaptic`` nodes and ``RLeaky``'s recurrent subgraph
+      (``<i>.lif <-> <i>.w_rec``) become surroflos's snnTorch drop-ins. NIR stores no reset: ``reset`` /
+      ``reset_delay`` give the exported layers' (default: snnTorch's defaults, ``"subtract"`` and ``True``).
+    - ``"norse"`` (``norse.torch.to_nir``, Norse 1.1): Norse writes ``tau = dt / tau_inv`` and one value per
+      layer; ``dt`` must be the step the Norse network ran with (its default 1e-3). ``LIF`` -> ``LIFBoxCell``,
+      ``CubaLIF`` -> ``LIFCell`` (surroflos's Norse drop-ins, membranes starting at ``v_leak``).
     """
+    if producer is not None:
+        if producer not in PRODUCERS:
+            raise ValueError(f"unknown producer {producer!r}; choose None or one of {PRODUCERS}")
+        if reset is not None and reset not in ("subtract", "zero", "none"):
+            raise ValueError(f"reset must be 'subtract', 'zero' or 'none', got {reset!r}")
+        if producer == "norse" and (reset is not None or reset_delay is not None):
+            raise ValueError("reset/reset_delay describe snnTorch layers; Norse's LIF resets to v_reset")
+        graph = nir.read(str(graph_or_path)) if isinstance(graph_or_path, (str, os.PathLike)) else graph_or_path
+        if not isinstance(graph, nir.NIRGraph):
+            raise TypeError(f"from_nir expects a nir.NIRGraph or a path, got {type(graph_or_path).__name__}")
+        dt = _check_dt(dt)
+        if producer == "snntorch" and not math.isclose(dt, 1e-4, rel_tol=1e-12):
+            warnings.warn(f"snnTorch's exporter writes time constants for dt = 1e-4 s; the rebuilt layers step with "
+                          f"snnTorch's beta = 1 - 1e-4/tau whatever dt={dt} says", NIRImportWarning, stacklevel=2)
+        return _build_producer(graph, dt, producer, reset, reset_delay)
+    if reset is not None or reset_delay is not None:
+        raise ValueError("reset/reset_delay apply with producer='snntorch' only")
     if isinstance(graph_or_path, (str, os.PathLike)):
         graph = read(graph_or_path)
     elif isinstance(graph_or_path, nir.NIRGraph):

@@ -601,3 +601,82 @@ def test_read_errors_unknown_node_and_bad_shapes(tmp_path):
                      edges=[("input", "d"), ("d", "output")], metadata={}, type_check=False)
     with pytest.raises(ValueError, match=r"node 'd' has type Delay"):
         simulate(g, torch.zeros(2, 1, 3), 1e-3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Graphs written by snnTorch's and Norse's own exporters, in their conventions (issue 15)
+# ----------------------------------------------------------------------------------------------
+
+
+def _snn_run(net, x):
+    """snnTorch's own network stepped on x [T, B, n] (init_hidden layers reset first): the hidden spikes."""
+    for mod in net.modules():
+        if hasattr(mod, "reset_mem"):
+            mod.reset_mem()
+    out = []
+    with torch.no_grad():
+        for t in range(x.shape[0]):
+            s = net[1](net[0](x[t]))
+            out.append(s[0] if isinstance(s, tuple) else s)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("layer", ["rleaky-subtract", "rleaky-zero", "leaky-subtract", "synaptic-subtract"])
+def test_from_nir_producer_snntorch_reproduces_the_exported_network(layer):
+    import snntorch
+    from snntorch.export_nir import export_to_nir
+
+    torch.manual_seed(3)
+    reset = layer.split("-")[1]
+    n = 10
+    if layer.startswith("rleaky"):
+        lay = snntorch.RLeaky(beta=0.85, linear_features=n, init_hidden=True, reset_mechanism=reset)
+    elif layer.startswith("leaky"):
+        lay = snntorch.Leaky(beta=torch.full((n,), 0.85), threshold=torch.ones(n), init_hidden=True,
+                             reset_mechanism=reset)
+    else:
+        lay = snntorch.Synaptic(alpha=torch.full((n,), 0.6), beta=torch.full((n,), 0.85), threshold=torch.ones(n),
+                                init_hidden=True, reset_mechanism=reset)
+    net = nn.Sequential(nn.Linear(3, n), lay, nn.Linear(n, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        graph = export_to_nir(net, torch.randn(3))
+    x = torch.randn(60, 3, 3, generator=gen(20)) * 2
+    theirs = _snn_run(net, x)
+    model = from_nir(graph, 1e-4, producer="snntorch", reset=reset)
+    _, ours = run_model(model, x)
+    assert torch.equal(ours["layer1"], theirs) and theirs.sum() > 20
+    if layer == "rleaky-subtract":  # read as a plain NIR graph, NIR's immediate zero reset does not reproduce it
+        with pytest.warns(NIRImportWarning):
+            plain = from_nir(graph, 1e-4)
+        assert not torch.equal(run_model(plain, x)[1]["lif"], theirs)
+
+
+def test_from_nir_producer_norse_reproduces_the_exported_network():
+    import norse.torch as nt
+
+    torch.manual_seed(4)
+    p_box = nt.LIFBoxParameters(tau_mem_inv=torch.tensor(80.0), v_th=torch.tensor(0.6))
+    p_cuba = nt.LIFParameters(tau_syn_inv=torch.tensor(150.0), tau_mem_inv=torch.tensor(90.0), v_th=torch.tensor(0.4))
+    net = nt.SequentialState(nn.Linear(3, 10), nt.LIFBoxCell(p_box), nn.Linear(10, 6), nt.LIFCell(p_cuba),
+                             nn.Linear(6, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = nt.to_nir(net, torch.randn(1, 3))  # Norse writes tau = dt / tau_inv, one value per layer
+    assert np.allclose(graph.nodes["1"].tau, 1e-3 / 80.0)
+    x = torch.randn(80, 3, 3, generator=gen(21)) * 3
+    state, spk1, spk3 = None, [], []
+    with torch.no_grad():
+        for t in range(x.shape[0]):
+            h = net[0](x[t])
+            s1, st1 = net[1](h, None if state is None else state[0])
+            s3, st3 = net[3](net[2](s1), None if state is None else state[1])
+            state = (st1, st3)
+            spk1.append(s1)
+            spk3.append(s3)
+    model = from_nir(graph, 1e-3, producer="norse")
+    _, ours = run_model(model, x)
+    assert torch.equal(ours["layer1"], torch.stack(spk1)) and torch.equal(ours["layer3"], torch.stack(spk3))
+    assert torch.stack(spk1).sum() > 20 and torch.stack(spk3).sum() > 5
+    with pytest.raises(ValueError, match="unknown producer"):
+        from_nir(graph, 1e-3, producer="lava")
