@@ -14,8 +14,10 @@ limit we found no documentation for says ``"not documented"`` instead of a guess
 ``loihi2``
     Intel Loihi 2 through Lava / lava-dl: 8-bit weight mantissas with one power-of-two exponent per
     layer (Lava ``Dense``: ``num_weight_bits`` 8, ``weight_exp``), fixed-point neuron parameters,
-    reset to zero, no biases and no ``v_leak``, one threshold and one set of decays per layer
-    (the NIR paper's importers ``paper/nir_to_lava.py``).
+    reset to zero, no biases and no ``v_leak``, one threshold and one set of decays per layer.
+    No released package reads NIR for Loihi: neither lava-nc 0.10 nor lava-dl 0.6 has a NIR importer;
+    the limits of the node set come from the NIR paper's conversion *script* ``paper/nir_to_lava.py``
+    (not a package), the numeric limits from Lava's processes.
 ``spinnaker2``
     SpiNNaker2 through py-spinnaker2's NIR import: the weights into each population are scaled
     so that the largest is 127 (int8 ``[-127, 127]``); threshold and bias are scaled by the same
@@ -23,9 +25,13 @@ limit we found no documentation for says ``"not documented"`` instead of a guess
 ``xylo``
     SynSense Xylo through Rockpool: 8-bit input, recurrent and readout weights, integer
     per-neuron thresholds, subtractive reset, up to 1000 hidden neurons, 16 input channels and 8
-    outputs (Xylo Audio 2), and the node set Rockpool's ``from_nir`` converts.
+    outputs (Xylo Audio 2), and the node set Rockpool 3.1.0's ``from_nir`` converts *without
+    crashing*: ``CubaLIF`` (alone or in a 4-node recurrent subgraph), ``Affine``, ``Linear`` and ``LI``
+    (whose ``tau`` it casts to an integer); a ``nir.LIF`` node crashes it (it reads ``tau_mem``).
 ``speck``
-    SynSense Speck through Sinabs: integrate-and-fire (``IF``) layers behind convolutions or dense
+    SynSense Speck through Sinabs (3.1.3, which pins ``nir<=1.0.4`` and cannot read files of nir 1.0.6+
+    that carry ``v_reset`` or ``Input.input_type``; its ``from_nir`` skips ``nir.Linear``, so dense layers must
+    be ``Affine``): integrate-and-fire (``IF``) layers behind convolutions or dense
     layers, 8-bit weights and biases, 16-bit state, one integer threshold per layer, reset to zero
     or subtract, feed-forward only, at most 1024 features per layer.
 
@@ -178,7 +184,7 @@ TARGETS: dict[str, HardwareTarget] = {
             "weight_bits": "floating point (HDF5 arrays)",
         }),
     "loihi2": HardwareTarget(
-        name="loihi2", description="Intel Loihi 2 via Lava / lava-dl (fixed point)",
+        name="loihi2", description="Intel Loihi 2 via Lava / lava-dl (fixed point; no released package reads NIR)",
         weight_bits=8, integer_weights=True, power_of_two_scale=True, integer_thresholds=True,
         single_threshold=True, shared_decays=True, bias="forbidden", bias_bits=None, v_leak_zero=True,
         node_types=frozenset({"Input", "Output", "Affine", "Linear", "Conv2d", "SumPool2d", "Flatten", "IF",
@@ -196,9 +202,10 @@ TARGETS: dict[str, HardwareTarget] = {
             "v_leak_zero": "NIR paper nir_to_lava.py (lava-dl CubaLIF): 'v_leak not supported'",
             "single_threshold": "NIR paper nir_to_lava.py: IF and CubaLIF 'v_thr must be same for all neurons'",
             "shared_decays": "NIR paper nir_to_lava.py: CubaLIF 'cur_decay/vol_decay must be same for all neurons'",
-            "node_types": "NIR paper nir_to_lava.py: Lava path Affine, LIF; lava-dl path Affine, Linear, Conv2d, "
-                          "SumPool2d, Flatten, IF, CubaLIF and recurrent CubaLIF subgraphs (LIF 'not implemented "
-                          "yet in lava-dl')",
+            "node_types": "the NIR paper's script paper/nir_to_lava.py (a script in the NIR paper's repository, "
+                          "not a package: lava-nc 0.10 and lava-dl 0.6 have no NIR importer): Lava path Affine, "
+                          "LIF; lava-dl path Affine, Linear, Conv2d, SumPool2d, Flatten, IF, CubaLIF and recurrent "
+                          "CubaLIF subgraphs (LIF 'not implemented yet in lava-dl')",
             "reset_modes": "Lava LIF process docstring: 'v[t] = 0  # reset at spike' (early Lava tutorials "
                            "subtracted vth); the lava-dl CUBA neuron's reset was not checked",
             "max_neurons_per_layer": _ND, "max_fan_in": _ND, "max_inputs": _ND, "max_outputs": _ND,
@@ -227,7 +234,7 @@ TARGETS: dict[str, HardwareTarget] = {
         name="xylo", description="SynSense Xylo via Rockpool (8-bit weights, subtractive reset)",
         weight_bits=8, integer_weights=True, power_of_two_scale=False, integer_thresholds=True,
         single_threshold=False, shared_decays=False, bias="warning", bias_bits=None, v_leak_zero=False,
-        node_types=frozenset({"Input", "Output", "Affine", "Linear", "LI", "LIF", "CubaLIF", "NIRGraph"}),
+        node_types=frozenset({"Input", "Output", "Affine", "Linear", "LI", "CubaLIF", "NIRGraph"}),
         reset_modes=("subtract",), reset_severity="error", recurrent=True,
         max_neurons_per_layer=1000, max_inputs=16, max_outputs=8, max_fan_in=None, max_layers=None,
         max_kernel=None,
@@ -240,9 +247,10 @@ TARGETS: dict[str, HardwareTarget] = {
             "reset_modes": "Rockpool docs: 'Subtractive reset'",
             "bias": "Rockpool nir.py from_nir: 'Affine biases are not supported in recurrent LIF modules' "
                     "(warned and dropped); neuron biases come from v_leak",
-            "node_types": "Rockpool rockpool/nn/modules/torch/nir.py from_nir: Input, Output, Affine, Linear, LI, "
-                          "LIF, CubaLIF and recurrent CubaLIF subgraphs (which of them Rockpool's Xylo mapper "
-                          "deploys was not checked)",
+            "node_types": "Rockpool 3.1.0 rockpool/nn/modules/torch/nir.py from_nir: Input, Output, Affine, Linear, "
+                          "LI (tau cast to int), CubaLIF and 4-node recurrent CubaLIF subgraphs; its nir.LIF branch "
+                          "reads node.tau_mem, which nir.LIF does not have, and crashes (measured: docs/INTEROP.md); "
+                          "which of these Rockpool's Xylo mapper deploys was not checked",
             "max_neurons_per_layer": "Rockpool docs: up to 1000 hidden neurons (Xylo Audio 2)",
             "max_inputs": "Rockpool docs: up to 16 input channels",
             "max_outputs": "Rockpool docs: up to 8 readout neurons (Xylo Audio 2)",
@@ -263,7 +271,9 @@ TARGETS: dict[str, HardwareTarget] = {
                                   "DYNAPCNN_STATE_PRECISION_BITS = 16",
             "single_threshold": "SCIENCE.md section 6; Sinabs DynapcnnConfigBuilder: one threshold_high per layer",
             "reset_modes": "Sinabs DynapcnnConfigBuilder: MembraneReset -> return_to_zero, MembraneSubtract",
-            "node_types": "Sinabs nir.py from_nir and discretize.py (spiking layers must be IAF)",
+            "node_types": "sinabs 3.1.3 nir.py from_nir (Affine, Conv1d/2d, LI, IF, LIF, SumPool2d, Flatten; "
+                          "nir.Linear is skipped) and discretize.py (spiking layers on the chip must be IAF); sinabs "
+                          "pins nir<=1.0.4, which cannot read nir 1.0.8 files (docs/INTEROP.md)",
             "v_leak_zero": "Sinabs nir.py from_nir: '`v_leak` must be 0'",
             "recurrent": "Sinabs maps a feed-forward chain of layers onto the CNN cores (DynapcnnConfigBuilder)",
             "max_neurons_per_layer": "samna Speck 2b: 'Max feature number 1024'",

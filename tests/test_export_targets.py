@@ -170,6 +170,14 @@ def test_speck_rejects_recurrence_and_lif():
     assert {("", "recurrent"), ("cell", "node_type"), ("w_rec", "node_type")} <= _rules(issues, "error")
 
 
+def test_xylo_profile_rejects_lif_which_rockpool_cannot_import():
+    """Rockpool 3.1.0's from_nir crashes on nir.LIF (it reads tau_mem): the Xylo profile must not accept it."""
+    assert "LIF" not in tg.TARGETS["xylo"].node_types and "CubaLIF" in tg.TARGETS["xylo"].node_types
+    assert ("cell", "node_type") in _rules(tg.check_graph(_rnn_graph(neuron="LIF"), "xylo"), "error")
+    assert ("cell", "node_type") not in _rules(tg.check_graph(_rnn_graph(neuron="CubaLIF"), "xylo"), "error")
+    assert "not a package" in tg.TARGETS["loihi2"].sources["node_types"]
+
+
 def test_loihi2_lava_dl_path_needs_zero_bias_and_leak():
     g = _compliant("loihi2")
     g.nodes["w_in"].bias = np.full(6, 0.5, dtype=np.float32)
