@@ -19,10 +19,10 @@ spikes no key changes (no O(N) work per spike):
 ``g[1] = t0``: the time at which the offset was last renormalised; the current time is ``t0 + tau log E``
 (LIF) or ``t0 + Omega / omega`` (theta).
 
-The keys live in an indexed binary min-heap: ``hkey[pos]`` (key at heap position ``pos``), ``hid[pos]``
-(its neuron) and ``hpos[i]`` (position of neuron ``i``). One spike costs one sift-down of the reset
-spiker from the root (``log2 N`` levels) and one sift of each of its targets (inhibition moves a target
-down, usually by few levels since most heap nodes sit near the leaves): ``O(K log N)`` at worst.
+The keys live in an indexed 4-ary min-heap: records ``h[pos + OFF] = (key, neuron)`` and the inverse map
+``hpos[i]`` (position of neuron ``i``); the four children of a node fill one cache line. One spike costs one
+sift-down of the reset spiker from the root (``log4 N`` levels) and one sift of each of its targets (a kick
+moves a target by few levels, since most heap nodes sit near the leaves): ``O(K log N)`` at worst.
 
 Tangent dynamics (``Q.shape[1] = k > 0``): perturbations of the phases are constant between spikes; at a
 spike of ``j`` each target ``i`` (voltage ``V -> V' = V + J``) gets
@@ -44,90 +44,157 @@ _LIF_RENORM = 1e100
 _THETA_RENORM = 64.0 * math.pi
 
 
+# Heap layout: a 4-ary min-heap of records ``h[p + OFF] = (key, neuron id as float)``, float64 ``[N + OFF, 2]``.
+# The children of position ``p`` are ``4p + 1 .. 4p + 4``, i.e. rows ``4p + 4 .. 4p + 7``: 64 contiguous bytes,
+# one cache line when the array is 64-byte aligned (``alloc_heap``), so a level of a sift costs one line.
+OFF = 3
+
+
+def alloc_heap(n: int) -> np.ndarray:
+    """A 64-byte aligned float64 ``[n + OFF, 2]`` heap array."""
+    raw = np.empty((n + OFF) * 2 + 8, dtype=np.float64)
+    skip = (-raw.ctypes.data % 64) // 8
+    return raw[skip:skip + (n + OFF) * 2].reshape(n + OFF, 2)
+
+
 @njit(cache=True, inline="always")
-def _sift_up(hkey, hid, hpos, p):
-    key = hkey[p]
-    i = hid[p]
+def _sift_up(h, hpos, p):
+    key = h[p + OFF, 0]
+    i = h[p + OFF, 1]
     while p > 0:
-        parent = (p - 1) >> 1
-        kp = hkey[parent]
+        parent = (p - 1) >> 2
+        kp = h[parent + OFF, 0]
         if kp <= key:
             break
-        hkey[p] = kp
-        ip = hid[parent]
-        hid[p] = ip
-        hpos[ip] = p
+        h[p + OFF, 0] = kp
+        ip = h[parent + OFF, 1]
+        h[p + OFF, 1] = ip
+        hpos[int(ip)] = p
         p = parent
-    hkey[p] = key
-    hid[p] = i
-    hpos[i] = p
+    h[p + OFF, 0] = key
+    h[p + OFF, 1] = i
+    hpos[int(i)] = p
 
 
 @njit(cache=True, inline="always")
-def _sift_down(hkey, hid, hpos, p):
-    n = hkey.shape[0]
-    key = hkey[p]
-    i = hid[p]
+def _sift_down(h, hpos, p):
+    n = hpos.shape[0]
+    key = h[p + OFF, 0]
+    i = h[p + OFF, 1]
     while True:
-        c = 2 * p + 1
+        c = 4 * p + 1
         if c >= n:
             break
-        kc = hkey[c]
-        if c + 1 < n:
-            k2 = hkey[c + 1]
-            if k2 < kc:
-                c += 1
-                kc = k2
-        if kc >= key:
+        best = c
+        kb = h[c + OFF, 0]
+        last = min(c + 4, n)
+        for cc in range(c + 1, last):
+            kc = h[cc + OFF, 0]
+            if kc < kb:
+                kb = kc
+                best = cc
+        if kb >= key:
             break
-        hkey[p] = kc
-        ic = hid[c]
-        hid[p] = ic
-        hpos[ic] = p
-        p = c
-    hkey[p] = key
-    hid[p] = i
-    hpos[i] = p
+        h[p + OFF, 0] = kb
+        ib = h[best + OFF, 1]
+        h[p + OFF, 1] = ib
+        hpos[int(ib)] = p
+        p = best
+    h[p + OFF, 0] = key
+    h[p + OFF, 1] = i
+    hpos[int(i)] = p
 
 
 @njit(cache=True)
-def heapify(keys, hkey, hid, hpos):
-    """Fill the heap arrays from per-neuron ``keys`` (Floyd's O(N) construction)."""
+def heapify(keys, h, hpos):
+    """Fill the heap from per-neuron ``keys`` (Floyd's O(N) construction)."""
     n = keys.shape[0]
     for i in range(n):
-        hkey[i] = keys[i]
-        hid[i] = i
+        h[i + OFF, 0] = keys[i]
+        h[i + OFF, 1] = i
         hpos[i] = i
-    for p in range((n - 2) // 2, -1, -1):
-        _sift_down(hkey, hid, hpos, p)
+    for p in range((n - 2) // 4, -1, -1):
+        _sift_down(h, hpos, p)
 
 
 @njit(cache=True)
-def keys_of(hkey, hpos, out):
-    """Per-neuron keys ``out[i] = hkey[hpos[i]]``."""
+def keys_of(h, hpos, out):
+    """Per-neuron keys ``out[i]``."""
     for i in range(hpos.shape[0]):
-        out[i] = hkey[hpos[i]]
+        out[i] = h[hpos[i] + OFF, 0]
 
 
 @njit(cache=True)
-def _renormalise(model, hkey, p, g):
+def _shift_offset(model, keys, start, p, g):
+    """Move the global offset back to ``E = 1`` / ``Omega = 0``; ``keys[start:, 0]`` change with it."""
+    n = keys.shape[0]
     if model == LIF:
         E = g[0]
         inv = 1.0 / E
-        for q in range(hkey.shape[0]):
-            hkey[q] *= inv
+        for q in range(start, n):
+            keys[q, 0] *= inv
         g[1] += p[1] * math.log(E)
         g[0] = 1.0
     else:
         Om = g[0]
-        for q in range(hkey.shape[0]):
-            hkey[q] -= Om
+        for q in range(start, n):
+            keys[q, 0] -= Om
         g[1] += Om / p[2]
         g[0] = 0.0
 
 
+@njit(cache=True, inline="always")
+def _spike_offset(model, kj, p, g):
+    """``(offset, time)`` at which the neuron with key ``kj`` reaches threshold (never before now)."""
+    if model == LIF:
+        off = kj / (p[0] - 1.0)
+        if off < g[0]:  # kicked above threshold by excitation: spikes now
+            off = g[0]
+        return off, g[1] + p[1] * math.log(off)
+    off = math.pi + kj
+    if off < g[0]:
+        off = g[0]
+    return off, g[1] + off / p[2]
+
+
+@njit(cache=True, inline="always")
+def _offset_at(model, t, p, g):
+    """The offset at time ``t``."""
+    if model == LIF:
+        return math.exp((t - g[1]) / p[1])
+    return (t - g[1]) * p[2]
+
+
+@njit(cache=True, inline="always")
+def _reset_key(model, off, p):
+    if model == LIF:
+        return p[0] * off  # V = 0
+    return off + math.pi  # theta = -pi
+
+
+@njit(cache=True, inline="always")
+def _kick(model, old, Jj, off, p):
+    """``(new key, 1 - D, D)`` of a target with key ``old`` kicked by ``Jj`` at offset ``off``."""
+    if model == LIF:
+        d = Jj * off
+        new = old - d
+        return new, -d / new, old / new  # D = (I - V) / (I - V')
+    a = Jj / p[0]
+    h = math.tan(0.5 * (off - old))
+    h2 = h + a
+    den = 1.0 + h2 * h2
+    return off - 2.0 * math.atan(h2), a * (h2 + h) / den, (1.0 + h * h) / den  # D = (1 + h^2) / (1 + h'^2)
+
+
+@njit(cache=True, inline="always")
+def _needs_shift(model, off):
+    if model == LIF:
+        return off > _LIF_RENORM
+    return off > _THETA_RENORM
+
+
 @njit(cache=True)
-def advance(model, n_events, t_stop, hkey, hid, hpos, indptr, indices, jump, p, g, out_t, out_i, Q, logdet):
+def advance(model, n_events, t_stop, h, hpos, indptr, indices, jump, p, g, out_t, out_i, Q, logdet):
     """Process up to ``n_events`` spikes, or stop at time ``t_stop`` (the offset then moves to ``t_stop``).
 
     Records spike times and ids into ``out_t``/``out_i`` when they are non-empty (they must then hold
@@ -140,79 +207,33 @@ def advance(model, n_events, t_stop, hkey, hid, hpos, indptr, indices, jump, p, 
     ld = 0.0
     done = 0
     while done < n_events:
-        j = hid[0]
-        kj = hkey[0]
+        kj = h[OFF, 0]
+        j = int(h[OFF, 1])
+        off, t = _spike_offset(model, kj, p, g)
+        if t > t_stop:
+            g[0] = _offset_at(model, t_stop, p, g)
+            break
+        g[0] = off
+        h[OFF, 0] = _reset_key(model, off, p)  # the spiker is not its own target: reset it first
+        _sift_down(h, hpos, 0)
         Jj = jump[j]
-        if model == LIF:
-            I = p[0]
-            tau = p[1]
-            E = kj / (I - 1.0)
-            if E < g[0]:  # kicked above threshold (excitation): spikes now
-                E = g[0]
-            t = g[1] + tau * math.log(E)
-            if t > t_stop:
-                g[0] = math.exp((t_stop - g[1]) / tau)
-                break
-            g[0] = E
-            hkey[0] = I * E  # reset to V = 0
-            _sift_down(hkey, hid, hpos, 0)
-            d = Jj * E
-            for q in range(indptr[j], indptr[j + 1]):
-                i = indices[q]
-                pos = hpos[i]
-                old = hkey[pos]
-                new = old - d
-                hkey[pos] = new
-                if k > 0 or track:
-                    c = -d / new  # 1 - D, D = old / new = (I - V) / (I - V')
-                    if track:
-                        ld += math.log1p(-c)
-                    if k > 0:
-                        D = old / new
-                        for m in range(k):
-                            Q[i, m] = D * Q[i, m] + c * Q[j, m]
-                if new > old:
-                    _sift_down(hkey, hid, hpos, pos)
-                else:
-                    _sift_up(hkey, hid, hpos, pos)
-            if E > _LIF_RENORM:
-                _renormalise(model, hkey, p, g)
-        else:
-            s = p[0]
-            Om = math.pi + kj
-            if Om < g[0]:
-                Om = g[0]
-            t = g[1] + Om / p[2]
-            if t > t_stop:
-                g[0] = (t_stop - g[1]) * p[2]
-                break
-            g[0] = Om
-            hkey[0] = Om + math.pi  # reset to theta = -pi
-            _sift_down(hkey, hid, hpos, 0)
-            a = Jj / s
-            for q in range(indptr[j], indptr[j + 1]):
-                i = indices[q]
-                pos = hpos[i]
-                old = hkey[pos]
-                h = math.tan(0.5 * (Om - old))
-                h2 = h + a
-                new = Om - 2.0 * math.atan(h2)
-                hkey[pos] = new
-                if k > 0 or track:
-                    den = 1.0 + h2 * h2
-                    c = a * (h2 + h) / den  # 1 - D, D = (1 + h^2) / (1 + h'^2)
-                    if track:
-                        ld += math.log1p(-c)
-                    if k > 0:
-                        D = (1.0 + h * h) / den
-                        for m in range(k):
-                            Q[i, m] = D * Q[i, m] + c * Q[j, m]
-                if new > old:
-                    _sift_down(hkey, hid, hpos, pos)
-                else:
-                    _sift_up(hkey, hid, hpos, pos)
-            if Om > _THETA_RENORM:
-                _renormalise(model, hkey, p, g)
+        for q in range(indptr[j], indptr[j + 1]):
+            i = indices[q]
+            pos = hpos[i]
+            old = h[pos + OFF, 0]
+            new, c, D = _kick(model, old, Jj, off, p)
+            h[pos + OFF, 0] = new
+            if track:
+                ld += math.log1p(-c)
+            if k > 0:
+                for m in range(k):
+                    Q[i, m] = D * Q[i, m] + c * Q[j, m]
+            if new > old:
+                _sift_down(h, hpos, pos)
+            else:
+                _sift_up(h, hpos, pos)
+        if _needs_shift(model, off):
+            _shift_offset(model, h, OFF, p, g)
         if record:
             out_t[done] = t
             out_i[done] = j
@@ -224,47 +245,27 @@ def advance(model, n_events, t_stop, hkey, hid, hpos, indptr, indices, jump, p, 
 
 @njit(cache=True)
 def naive_advance(model, n_events, keys, indptr, indices, jump, p, g, out_t, out_i):
-    """The same dynamics without a priority queue: every spike scans all N keys (O(N) per spike).
-
-    Same key representation and arithmetic as :func:`advance` (so the same spikes, bit for bit, as long as
-    no two keys tie); the benchmark's naive event loop.
-    """
+    """The same dynamics without a priority queue: every spike scans all N keys (``keys [N, 1]``), O(N) per
+    spike. Same representation and arithmetic as :func:`advance`, so the same spikes as long as no two keys
+    tie; the benchmark's naive event loop."""
     N = keys.shape[0]
     record = out_t.shape[0] > 0
     for done in range(n_events):
         j = 0
-        kj = keys[0]
+        kj = keys[0, 0]
         for i in range(1, N):
-            if keys[i] < kj:
-                kj = keys[i]
+            if keys[i, 0] < kj:
+                kj = keys[i, 0]
                 j = i
+        off, t = _spike_offset(model, kj, p, g)
+        g[0] = off
+        keys[j, 0] = _reset_key(model, off, p)
         Jj = jump[j]
-        if model == LIF:
-            I = p[0]
-            E = kj / (I - 1.0)
-            if E < g[0]:
-                E = g[0]
-            t = g[1] + p[1] * math.log(E)
-            g[0] = E
-            keys[j] = I * E
-            d = Jj * E
-            for q in range(indptr[j], indptr[j + 1]):
-                keys[indices[q]] -= d
-            if E > _LIF_RENORM:
-                _renormalise(model, keys, p, g)
-        else:
-            Om = math.pi + kj
-            if Om < g[0]:
-                Om = g[0]
-            t = g[1] + Om / p[2]
-            g[0] = Om
-            keys[j] = Om + math.pi
-            a = Jj / p[0]
-            for q in range(indptr[j], indptr[j + 1]):
-                i = indices[q]
-                keys[i] = Om - 2.0 * math.atan(math.tan(0.5 * (Om - keys[i])) + a)
-            if Om > _THETA_RENORM:
-                _renormalise(model, keys, p, g)
+        for q in range(indptr[j], indptr[j + 1]):
+            i = indices[q]
+            keys[i, 0] = _kick(model, keys[i, 0], Jj, off, p)[0]
+        if _needs_shift(model, off):
+            _shift_offset(model, keys, 0, p, g)
         if record:
             out_t[done] = t
             out_i[done] = j

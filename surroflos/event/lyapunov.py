@@ -70,9 +70,19 @@ class EventLyapunovResult:
     def k(self) -> int:
         return int(self.exponents.size)
 
-    def kaplan_yorke_dimension(self) -> float:
-        """Kaplan-Yorke (Lyapunov) dimension of the attractor (at least ``k`` when every partial sum is >= 0)."""
-        return kaplan_yorke_dimension(self.exponents)
+    def kaplan_yorke_dimension(self, neutral_tol: Optional[float] = None) -> float:
+        """Kaplan-Yorke (Lyapunov) dimension of the attractor (at least ``k`` when every partial sum is >= 0).
+
+        The time-shift direction is exactly neutral, but its estimate is zero only up to rounding and finite
+        time (``~1e-12`` of the spectrum for a stable network), and its sign decides whether a stable network's
+        dimension comes out 0 or 1. Exponents within ``neutral_tol`` of zero (default ``1e-6 max|lambda|``) are
+        therefore counted as 0, which gives 1 (the trajectory) for a stable network.
+        """
+        lam = self.exponents.copy()
+        tol = 1e-6 * float(np.abs(lam).max()) if neutral_tol is None else _number("neutral_tol", neutral_tol,
+                                                                                  allow_zero=True)
+        lam[np.abs(lam) <= tol] = 0.0
+        return kaplan_yorke_dimension(lam)
 
     def ks_entropy(self) -> float:
         """Sum of the positive exponents in 1/s (an upper bound of, and for SRB measures equal to, the KS entropy)."""

@@ -187,11 +187,9 @@ class _Engine:
         self.model = kern.LIF if net.neuron == "lif" else kern.THETA
         self.p = net._kernel_params()
         self.g = np.array([1.0 if self.model == kern.LIF else 0.0, 0.0])
-        N = net.N
-        self.hkey = np.empty(N, dtype=np.float64)
-        self.hid = np.empty(N, dtype=np.int32)
-        self.hpos = np.empty(N, dtype=np.int32)
-        kern.heapify(net._keys_from_phases(phases), self.hkey, self.hid, self.hpos)
+        self.h = kern.alloc_heap(net.N)
+        self.hpos = np.empty(net.N, dtype=np.int32)
+        kern.heapify(net._keys_from_phases(phases), self.h, self.hpos)
 
     def time(self) -> float:
         if self.model == kern.LIF:
@@ -202,14 +200,13 @@ class _Engine:
                 out_i: Optional[np.ndarray] = None, Q: Optional[np.ndarray] = None,
                 logdet: Optional[np.ndarray] = None) -> int:
         net = self.net
-        return int(kern.advance(self.model, n, t_stop, self.hkey, self.hid, self.hpos, net.indptr, net.indices,
-                                net.jump, self.p, self.g,
-                                _EMPTY_F if out_t is None else out_t, _EMPTY_I if out_i is None else out_i,
+        return int(kern.advance(self.model, n, t_stop, self.h, self.hpos, net.indptr, net.indices, net.jump, self.p,
+                                self.g, _EMPTY_F if out_t is None else out_t, _EMPTY_I if out_i is None else out_i,
                                 _EMPTY_Q if Q is None else Q, _EMPTY_F if logdet is None else logdet))
 
     def phases(self) -> np.ndarray:
         keys = np.empty(self.net.N, dtype=np.float64)
-        kern.keys_of(self.hkey, self.hpos, keys)
+        kern.keys_of(self.h, self.hpos, keys)
         return self.net._phases_from_keys(keys, self.g)
 
 
@@ -332,8 +329,13 @@ class EventNetwork:
 
     def _phases_from_keys(self, keys: np.ndarray, g: np.ndarray) -> np.ndarray:
         if self.neuron == "lif":
-            return np.log(self.I * g[0] / keys) / self._L
-        return ((g[0] - keys) + math.pi) / (2.0 * math.pi)
+            # A neuron kicked to or above threshold by excitation (key <= (I - 1) E) is due to spike at once:
+            # phase 1, which continues the same way (its voltage above threshold plays no further role).
+            with np.errstate(invalid="ignore", divide="ignore"):
+                u = np.log(self.I * g[0] / keys) / self._L
+            return np.where(keys <= (self.I - 1.0) * g[0], 1.0, u)
+        u = ((g[0] - keys) + math.pi) / (2.0 * math.pi)
+        return np.clip(u, 0.0, np.nextafter(1.0, 0.0))  # a neuron just reset can round to -1e-16
 
     def check_state(self, state: np.ndarray) -> np.ndarray:
         """``state`` as a float64 ``[N]`` array of valid phases (ValueError otherwise)."""
