@@ -76,7 +76,7 @@ __all__ = ["SCHEMA", "CONFIGS", "GPU_CONFIGS", "Context", "Impl", "Built", "add_
            "main", "run_config", "format_table", "time_callable", "lif_floor_bytes", "evaluate_target"]
 
 SCHEMA = "surroflos.bench/1"
-CONFIGS = ("cpu", "1", "2", "3", "4", "ensemble")
+CONFIGS = ("cpu", "1", "2", "3", "4", "ensemble", "event")
 GPU_CONFIGS = ("1", "2", "3", "4")
 TARGET_DEVICE = "H100"
 
@@ -1415,6 +1415,10 @@ def _device_info(ctx: Context) -> Dict[str, Any]:
 
 def run_config(config: str, ctx: Context) -> Dict[str, Any]:
     """Run one configuration and return its JSON payload (nothing is written or printed)."""
+    if config == "event":  # exact event-based simulation: its own cases and table (surroflos/event/bench.py)
+        from .event.bench import run_config as run_event
+
+        return run_event(ctx)
     if config not in _RUNNERS:
         raise ValueError(f"config must be one of {CONFIGS}, got {config!r}")
     payload: Dict[str, Any] = {
@@ -1454,6 +1458,10 @@ def _fmt(v: Optional[float], spec: str, suffix: str = "") -> str:
 
 def format_table(payload: Dict[str, Any]) -> str:
     """A plain-text table of one configuration's payload (as returned by :func:`run_config`)."""
+    if payload.get("config") == "event":
+        from .event.bench import format_table as event_table
+
+        return event_table(payload)
     dev = payload.get("device", {})
     lines = [f"== config {payload['config']}: {payload['title']}",
              f"   device: {dev.get('type')} {dev.get('name', '')}".rstrip()
