@@ -102,6 +102,11 @@ ParamLike = Union[float, int, Tensor]
 # ----------------------------------------------------------------------------------------------
 
 
+# An ensemble backward's per-chunk working set (elements of one [chunk, E, B, N] array): a few such arrays
+# stay in a CPU core's L2 cache, where whole [T, E, B, N] sequences would not.
+_CHUNK_ELEMS = 1 << 15
+
+
 def _member_views(ens: bool):
     """Parameter vectors as they broadcast against per-step slices: [N] as they are, [E, N] as [E, 1, N]."""
     return (lambda v: v.unsqueeze(-2)) if ens else (lambda v: v)
@@ -158,7 +163,9 @@ def _backward_torch(gspk: Tensor, gst: Tensor, W: Tensor, state0: Tensor, spikes
 
     Full-sequence work is done once up front (surrogate derivatives); the reverse scan then works on
     ``[B, N]`` (ensemble: ``[E, B, N]``) slices only and accumulates the parameter gradients per element,
-    summed over the batch at the end (ensemble: ``[E, N]`` gradients, one row per member).
+    summed over the batch at the end (ensemble: ``[E, N]`` gradients, one row per member). An ensemble's
+    sequences are E times larger and would no longer fit in cache: its "full-sequence" work is done per chunk
+    of time steps (``_CHUNK_ELEMS`` elements) as the scan reaches it.
     """
     ens = spikes.ndim == 4
     T, N = spikes.shape[0], spikes.shape[-1]
@@ -182,9 +189,14 @@ def _backward_torch(gspk: Tensor, gst: Tensor, W: Tensor, state0: Tensor, spikes
         s_prev = s_prev.transpose(0, 1)  # the [T, E, B, N] view the scan reads
     else:
         s_prev = torch.cat([(mem0 > theta).to(ad).unsqueeze(0), spikes[:-1].to(ad)])  # R[t] = S[t-1]
-    sd = sg.surrogate_derivative(mem - theta, sid, scale)
     sd0 = sg.surrogate_derivative(mem0 - theta, sid, scale)
-    G0 = torch.addcmul(gst[..., D - N:], sd, gspk)  # the parts of gmem[t] known before the scan
+    if ens:  # computed chunk by chunk in the scan: [c0, c1) = the chunk in sd_c, G0_c
+        chunk = max(1, _CHUNK_ELEMS // spikes[0].numel())
+        c0, sd_c, G0_c = T, None, None
+        acc_sg = torch.zeros(*lead, N, dtype=ad, device=dev) if need_theta else None  # sum_t sd[t] gS[t]
+    else:
+        sd = sg.surrogate_derivative(mem - theta, sid, scale)
+        G0 = torch.addcmul(gst[..., D - N:], sd, gspk)  # the parts of gmem[t] known before the scan
     need_alpha = need_alpha and cuba
     acc_b = torch.zeros(*lead, N, dtype=ad, device=dev) if need_beta else None
     acc_a = torch.zeros(*lead, N, dtype=ad, device=dev) if need_alpha else None
@@ -193,14 +205,24 @@ def _backward_torch(gspk: Tensor, gst: Tensor, W: Tensor, state0: Tensor, spikes
     gm, gm_next = torch.empty(*lead, N, dtype=ad, device=dev), torch.empty(*lead, N, dtype=ad, device=dev)
     gsp, gsp_next = torch.empty(*lead, N, dtype=ad, device=dev), torch.empty(*lead, N, dtype=ad, device=dev)
     for t in range(T - 1, -1, -1):
+        if ens:
+            if t < c0:  # the next chunk of time steps (in reverse)
+                c1, c0 = c0, max(0, c0 - chunk)
+                sd_c = sg.surrogate_derivative(mem[c0:c1] - theta, sid, scale)
+                G0_c = torch.addcmul(gst[c0:c1, ..., D - N:], sd_c, gspk[c0:c1])
+                if need_theta:
+                    acc_sg.add_((sd_c * gspk[c0:c1]).sum(0))
+            sd_t, G0_t = sd_c[t - c0], G0_c[t - c0]
+        else:
+            sd_t, G0_t = sd[t], G0[t]
         # gmem[t] = gU_mem[t] + sd[t] (gS[t] + gsp[t+1]) + K[t+1] gmem[t+1]
         if t == T - 1:
-            gm.copy_(G0[t])
+            gm.copy_(G0_t)
         else:
-            torch.addcmul(G0[t], sd[t], gsp_next, out=gm)
+            torch.addcmul(G0_t, sd_t, gsp_next, out=gm)
             gm.addcmul_(beta * (1.0 - s_prev[t + 1]) if zero else beta, gm_next)
             if need_theta:
-                acc_t.addcmul_(sd[t], gsp_next)
+                acc_t.addcmul_(sd_t, gsp_next)
         mem_prev = mem[t - 1] if t > 0 else mem0
         R = s_prev[t]
         d = dI[t]
@@ -240,7 +262,10 @@ def _backward_torch(gspk: Tensor, gst: Tensor, W: Tensor, state0: Tensor, spikes
     dtheta = None
     if need_theta:  # -sum sd (gS + gsp_next) over t >= -1, minus sum R gmem (subtract reset)
         acc_t.addcmul_(sd0, gsp_next)
-        dtheta = -(acc_t.sum(bdim) + (sd * gspk).sum((0, bdim + 1)))
+        if ens:
+            dtheta = -(acc_t.sum(bdim) + acc_sg.sum(bdim))
+        else:
+            dtheta = -(acc_t.sum(bdim) + (sd * gspk).sum((0, bdim + 1)))
     return dI, dstate0, dbeta, dalpha, dtheta, s_prev
 
 

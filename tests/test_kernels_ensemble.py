@@ -187,6 +187,19 @@ def test_sequence_edge_shapes(T, E, B, N, neuron):
         assert_exact_f64(r)
 
 
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("neuron,reset", [("lif", "subtract"), ("cuba", "zero")])
+def test_backward_time_chunks(neuron, reset, steps, monkeypatch):
+    # The PyTorch backward of an ensemble does its full-sequence work per chunk of time steps (cache-sized): with
+    # chunks of 1 and 3 steps over T = 7 (3 + 3 + 1) every chunk boundary must give the reference's numbers.
+    from surroflos.kernels import recurrent
+
+    E, B, N = 3, 2, 19
+    monkeypatch.setattr(recurrent, "_CHUNK_ELEMS", steps * E * B * N)
+    r = run_case(neuron, reset, False, KINDS[1], E, "torch", T=7, B=B, N=N, seed=steps, silent=1)
+    assert_exact_f64(r)
+
+
 def _float32_case(neuron, reset, detach_reset, kind, backend, seed):
     """A float32 ensemble against the float32 per-member reference, within the rounding bounds of the recurrence:
     per step the recurrent dot product (N terms) and <= 8 elementwise operations, the backward pass as many again
