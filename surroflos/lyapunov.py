@@ -222,8 +222,9 @@ class _FiniteGuard:
         if self.method == "householder":
             Qn, R = torch.linalg.qr(Q)
         else:  # computed in float32 for low-precision frames, float64 for float64 ones
-            Qn, R = cholesky_qr2(Q if Q.dtype in (torch.float32, torch.float64) else Q.float())
-            Qn, R = Qn.to(Q.dtype), R.to(Q.dtype)
+            flat = Q.reshape(-1, *Q.shape[-2:])  # CholeskyQR2 takes [B, D, k]: an ensemble's members in the batch
+            Qn, R = cholesky_qr2(flat if flat.dtype in (torch.float32, torch.float64) else flat.float())
+            Qn, R = Qn.to(Q.dtype).reshape(Q.shape), R.to(Q.dtype).reshape(*Q.shape[:-2], *R.shape[-2:])
         logdiag = R.diagonal(dim1=-2, dim2=-1).abs().log()
         self.check(t, state, logdiag)
         with torch.no_grad():

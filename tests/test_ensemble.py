@@ -122,6 +122,18 @@ def test_lyapunov_spectrum_per_member(kind):
         assert close(res.exponents[e], solo.exponents)
 
 
+@pytest.mark.parametrize("backend, qr", [("torch", "cholesky_qr2"), ("triton", "auto")])
+def test_lyapunov_spectrum_ensemble_engines(backend, qr):
+    """The fused tangent maps (Triton, through its interpreter on the CPU) and CholeskyQR2 on ensemble frames."""
+    E = 2
+    ens = MAKERS["lif"](gens(range(E)), E)
+    x = torch.randn(30, E, 2, 2, generator=gen(4), dtype=F64)
+    kw = dict(transient=5, frame_warmup=5)
+    ref = sf.lyapunov_spectrum(ens, x, 3, generator=gens(range(E)), backend="torch", qr="householder", **kw)
+    res = sf.lyapunov_spectrum(ens, x, 3, generator=gens(range(E)), backend=backend, qr=qr, **kw)
+    assert close(res.exponents, ref.exponents, 1e-9)
+
+
 def test_a_diverging_member_leaves_the_others_alone():
     ens = sf.RateRNN(2, 6, 1, g=1.5, nonlinearity="relu", generator=gens(range(3)), ensemble=3, dtype=F64)
     with torch.no_grad():
@@ -238,6 +250,7 @@ def test_training_members_equal_solo_runs(tmp_path, model, flossing, rule):
     assert close(agg["mean"], sum(finals) / 2) and agg["completed"] == 2 and agg["stopped"] == 0
 
 
+@pytest.mark.numerics
 def test_float32_members_within_the_float64_truth(tmp_path):
     """In float32 member e and its solo run are both rounding-level away from the float64 run."""
     base = dict(TINY, model="rate", flossing="pre", epochs=2)
