@@ -601,6 +601,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         return _long_inputs(task, cfg.floss_T, cfg.floss_batch, g, device, dtype)
 
     def stop(e: int, reason: str) -> None:
+        if e in members.stopped:
+            return
         members.stop(e, reason)
         state["stopped"][str(e)] = reason
         log(f"member {e} (seed {cfg.seed + e}) stopped: {reason}")
@@ -681,8 +683,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                         loss.backward()
                 else:
                     for e in (~torch.isfinite(loss.detach())).nonzero().flatten().tolist():
-                        if e not in members.stopped:
-                            stop(e, f"training loss became {float(loss[e].detach())} at epoch {epoch + 1}")
+                        stop(e, f"training loss became {float(loss[e].detach())} at epoch {epoch + 1}")
                     if cfg.rule == "bptt":
                         loss[members.active.to(loss.device)].sum().backward()
                 if members is not None:
