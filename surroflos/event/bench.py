@@ -152,7 +152,7 @@ def _simulate_case(ctx) -> Dict[str, Any]:
         t = time.perf_counter()
         net = EventNetwork(N, **_PARAMS) if not ctx.quick else EventNetwork(N, **dict(_PARAMS, K=20))
         build = time.perf_counter() - t
-        n_heap = 20 * N if ctx.quick else max(200_000, 2 * N)
+        n_heap = 20 * N if ctx.quick else max(200_000, N)
         n_naive = 200 if ctx.quick else max(200, int(2e8 // N))
         heap = _heap_row(net, ctx, n_heap)
         naive = _naive_row(net, ctx, n_naive, check=True)
