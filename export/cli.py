@@ -16,8 +16,10 @@ consumer that cannot run the network exactly is a usage error naming the reason 
 alternative, and nothing is written); with
 ``--quantize`` accuracy and spike agreement after weight quantisation
 (:func:`~surroflos.export.targets.evaluate_quantized`) and the quantised graph as a second file
-``<out>.<target>.q<bits>.nir``. Everything printed also goes to a JSON report beside the ``.nir`` file
-(``<out without .nir>.export.json``).
+``<out>.<target>.q<bits>.nir``; with ``--consumer NAME --quantize`` the quantised network in that consumer's form
+(:func:`~surroflos.export.targets.quantize_consumer_form`), run in the consumer's own importer for the accuracy and
+agreement, and written as ``<out>.<target>.q<bits>.<NAME>.nir``. Everything printed also goes to a JSON report
+beside the ``.nir`` file (``<out without .nir>.export.json``).
 
 ``surroflos/cli.py`` wires it in with ``add_export_parser(subparsers)``; ``cmd_export(args)`` returns
 the exit status (0; 1 with ``--strict`` when the target check finds errors) and raises
@@ -65,14 +67,16 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="simulate the exported graph in the supported "
                    "simulators and report spike agreement with the model")
     p.add_argument("--quantize", action="store_true", help="quantise the weights for --target; report "
-                   "accuracy and spike agreement; write the quantised graph too")
+                   "accuracy and spike agreement; write the quantised graph too (with --consumer: the quantised "
+                   "network in that consumer's form, run in the consumer itself)")
     p.add_argument("--bits", type=_positive_int, default=None,
                    help="weight bits for --quantize (default: the target's precision, 8 for generic)")
     p.add_argument("--trials", type=_positive_int, default=64,
                    help="validation trials used by --verify and --quantize (default 64)")
     p.add_argument("--via", choices=["auto", "model", "nir"], default="auto",
                    help="--quantize by quantising the model's tensors (model) or the NIR graph read back by "
-                        "from_nir (nir); auto (default): model for lif/cuba networks, nir otherwise")
+                        "from_nir (nir); auto (default): model for lif/cuba networks, nir otherwise; with "
+                        "--consumer the quantised graph always runs in the consumer (auto or nir)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if the target check finds errors")
     p.set_defaults(func=cmd_export)
     return p
@@ -84,9 +88,11 @@ def report_path(nir_path: str) -> str:
     return stem + ".export.json"
 
 
-def _quantized_path(nir_path: str, target: str, bits: int) -> str:
+def _quantized_path(nir_path: str, target: str, bits: int, consumer: Optional[str] = None) -> str:
+    """``model.nir`` -> ``model.<target>.q<bits>.nir`` (``model.<target>.q<bits>.<consumer>.nir`` for a consumer
+    form)."""
     stem = nir_path[:-4] if nir_path.lower().endswith(".nir") else nir_path
-    return f"{stem}.{target}.q{bits}.nir"
+    return f"{stem}.{target}.q{bits}{'' if consumer is None else '.' + consumer}.nir"
 
 
 def _shape(t) -> list:
@@ -229,11 +235,18 @@ def cmd_export(args) -> int:
         report["verify"] = vrep.to_dict()
     if args.quantize:
         try:
-            res = tg.evaluate_quantized(run_dir, args.dt, target, bits=bits, via=args.via, n_trials=args.trials)
-        except (ImportError, TypeError, ValueError) as e:
+            res = tg.evaluate_quantized(run_dir, args.dt, target, bits=bits, via=args.via, n_trials=args.trials,
+                                        consumer=consumer)
+            if consumer is None:
+                qgraph, info = tg.quantize_graph(graph, target, bits=bits)
+            else:  # the graph evaluated above (deterministic), with the run's metadata like the float file
+                qgraph, info = tg.quantize_consumer_form(model, args.dt, consumer, target, bits=bits,
+                                                         metadata=metadata)
+        except (ImportError, TypeError, ValueError) as e:  # ConsumerRefusal too (refused at the write above)
             raise UsageError(f"--quantize failed: {e}") from None
-        qgraph, info = tg.quantize_graph(graph, target, bits=bits)
-        qpath = _quantized_path(out, target.name, bits)
+        except RuntimeError as e:  # the consumer itself failed (an external one's runner)
+            raise UsageError(f"--quantize --consumer {consumer}: {consumer} failed: {e}") from None
+        qpath = _quantized_path(out, target.name, bits, consumer)
         import nir
 
         nir.write(qpath, qgraph)
@@ -245,13 +258,24 @@ def cmd_export(args) -> int:
         m = res["metric"]
         print()
         print(info.table())
+        if consumer is not None:  # the grid each weight keeps in the form (the population's scale times its fold)
+            grid = res["quantization"]["form_quant_scales"]
+            print(f"grid in the {consumer} form: " + ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} per row {min(v):.4g}..{max(v):.4g}"
+                for k, v in grid.items()))
+        version = "" if consumer is None or not res["consumer_version"] else " " + res["consumer_version"]
+        where = "via " + res["via"] if consumer is None else f"the {consumer} form run in {consumer}{version}"
         print(f"{m} on {res['n_trials']} validation trials: float {res['score_float']:.4f} -> "
-              f"{bits}-bit {res['score_quantized']:.4f} (via {res['via']})")
+              f"{bits}-bit {res['score_quantized']:.4f} ({where})")
         fd = res["first_divergence_step"]
         print(f"spike agreement with the float model: {res['spike_agreement']:.4f} "
               f"(first differing step: {'none' if fd is None else fd}); firing rate "
               f"{res['rate_float']:.4f} -> {res['rate_quantized']:.4f}")
-        if res.get("conversion_agreement") is not None:
+        if consumer is not None:
+            print(f"{consumer} vs the quantised network run by surroflos: spike agreement "
+                  f"{res['consumer_agreement']:.4f} ({m} {res['score_quantized_network']:.4f}); {consumer} on the "
+                  f"float form: agreement {res['conversion_agreement']:.4f}, {m} {res['score_float_consumer']:.4f}")
+        elif res.get("conversion_agreement") is not None:
             print(f"from_nir of the float graph vs the model: agreement {res['conversion_agreement']:.4f}")
         print(f"wrote the quantised graph to {qpath}; " + format_issues(q_issues, target).splitlines()[0])
     rpath = report_path(out)

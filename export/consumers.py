@@ -151,14 +151,31 @@ def _rec_partner(nodes: dict, edges: list, name: str) -> Optional[str]:
     return None
 
 
+def _rescaled_meta(old: Any, new: Any, factor: Any) -> Any:
+    """Give ``new`` (``old``'s weight times ``factor`` per row, ``factor`` a scalar or one value per row) ``old``'s
+    metadata. A quantisation grid recorded by :func:`surroflos.export.targets.quantize_graph` (``quant_scale``: the
+    weight is ``q * quant_scale`` with integers ``q``) is multiplied by the same factor, so the folded weight stays
+    on its grid: one scale where the factor is the same for every row, else one per row."""
+    md = dict(getattr(old, "metadata", None) or {})
+    if not md:
+        return new
+    if "quant_scale" in md:
+        rows = np.asarray(new.weight).shape[0]
+        s = np.asarray(md["quant_scale"], dtype=np.float64) * np.broadcast_to(_a(factor), (rows,))
+        md["quant_scale"] = float(s[0]) if np.all(s == s[0]) else s
+    new.metadata = md
+    return new
+
+
 def _scale_linear(node: Any, q: np.ndarray) -> Any:
-    """``diag(q) node``: rows of the weight (and the bias) times ``q``; the weight's dtype is kept."""
+    """``diag(q) node``: rows of the weight (and the bias) times ``q``; the weight's dtype and the node's metadata
+    (its quantisation grid rescaled by ``q``) are kept."""
     w = np.asarray(node.weight)
     wq = (w.astype(np.float64) * q[:, None]).astype(w.dtype)
     if isinstance(node, nir.Affine):
         b = np.asarray(node.bias)
-        return nir.Affine(weight=wq, bias=(b.astype(np.float64) * q).astype(b.dtype))
-    return nir.Linear(weight=wq)
+        return _rescaled_meta(node, nir.Affine(weight=wq, bias=(b.astype(np.float64) * q).astype(b.dtype)), q)
+    return _rescaled_meta(node, nir.Linear(weight=wq), q)
 
 
 def _fold_into_inputs(nodes: dict, edges: list, name: str, q: np.ndarray) -> None:
@@ -214,7 +231,8 @@ def _move_recurrent_bias(nodes: dict, edges: list, what: str, c: str) -> None:
             p = k
         pn = nodes[p]
         old = _a(pn.bias) if isinstance(pn, nir.Affine) else np.zeros(bias.shape[0])
-        nodes[p] = nir.Affine(weight=np.asarray(pn.weight), bias=(old + bias).astype(np.asarray(pn.weight).dtype))
+        nodes[p] = _keep_meta(pn, nir.Affine(weight=np.asarray(pn.weight),
+                                             bias=(old + bias).astype(np.asarray(pn.weight).dtype)))
         wn = nodes[w]
         nodes[w] = nir.Linear(weight=np.asarray(wn.weight))
         for k in ("metadata",):
@@ -427,13 +445,15 @@ def _convert_balanced(nodes: dict, edges: list, model: Any, dt: float, c: str, w
     old_lif = nodes["lif"]
     nodes["lif"] = _keep_meta(old_lif, nir.LIF(tau=tau_v, r=r_v, v_leak=np.zeros(N), v_threshold=np.ones(N),
                                                v_reset=np.zeros(N)))
-    nodes["w_in"] = nir.Affine(weight=(W_in * q).astype(wdt), bias=(drive * q).astype(wdt))
+    w_in = nir.Affine(weight=(W_in * q).astype(wdt), bias=(drive * q).astype(wdt))
+    nodes["w_in"] = _rescaled_meta(nodes["w_in"], w_in, q) if model.n_in > 0 else w_in
     old_rec = nodes["w_rec"]
     if c == "nir":
         tau_y = dt_c / (1.0 - a_s)
         nodes["syn"] = nir.LI(tau=np.full(N, tau_y), r=np.full(N, k * a_s * cc / (1.0 - a_s)), v_leak=np.zeros(N))
     else:  # a discrete synapse: y' = a_s (y + k c J s), y fed back to itself through a self-loop
-        nodes["w_rec"] = _keep_meta(old_rec, nir.Linear(weight=(J.astype(np.float64) * (k * cc * q)).astype(wdt)))
+        nodes["w_rec"] = _rescaled_meta(old_rec, nir.Linear(weight=(J.astype(np.float64) * (k * cc * q)).astype(wdt)),
+                                        k * cc * q)
         nodes["syn"] = nir.Linear(weight=np.diag(np.full(N, a_s)).astype(wdt))
         edges.append(("syn", "syn"))
 

@@ -56,6 +56,19 @@ finite precision of membrane state (16 bits on Speck, fixed point on Loihi) is n
 model after quantisation, either by quantising the model's own weight tensors (``via="model"``, the
 default for :class:`~surroflos.SpikingRNN`: exact, and independent of the NIR conversion) or through the
 graph (``via="nir"``, the default for other models: ``to_nir`` -> :func:`quantize_graph` -> ``from_nir``).
+
+Consumer forms (:func:`quantize_consumer_form`, ``evaluate_quantized(..., consumer=NAME)``): the quantised network in
+the form one NIR consumer runs exactly (:mod:`surroflos.export.consumers`). The spec graph is quantised by the rules
+above (the chip's grid is defined on the network: per population, thresholds in membrane units), then the consumer's
+own conversion turns the quantised graph into its form -- the same conversion ``to_nir(..., consumer=NAME)`` applies
+to the float graph. Quantising the form's graph instead would put the grid on the form's folded weights (Norse's
+``1/(1 - beta)``, spyx's input scales), round thresholds on the wrong grid, and clip snnTorch's identity node, so
+:func:`quantize_graph` refuses the Norse, snnTorch and spyx forms. A folded weight keeps its grid: its
+``quant_scale`` is the population's scale times the fold (one per row where the fold differs between neurons). The
+form then runs in the consumer's own importer (the machinery :func:`surroflos.export.verify` uses: Norse's and
+snnTorch's ``from_nir`` here in float32, spyx in the environment ``make interop`` builds, ``"nir"`` in
+:func:`surroflos.export.simulate`), and accuracy and spike agreement are measured against the float model, with the
+consumer's agreement with the quantised network itself alongside.
 """
 
 from __future__ import annotations
@@ -75,7 +88,8 @@ from ..errors import UsageError
 __all__ = [
     "HardwareTarget", "TARGETS", "get_target", "Issue", "check_graph", "format_issues",
     "QuantizationInfo", "LayerQuantization", "quantize_graph", "quantize_model", "quantize_array",
-    "weight_bits_needed", "evaluate_quantized", "load_run", "RunError", "SEVERITIES", "RESET_MODES",
+    "weight_bits_needed", "evaluate_quantized", "quantize_consumer_form", "load_run", "RunError", "SEVERITIES",
+    "RESET_MODES",
 ]
 
 SEVERITIES = ("error", "warning")
@@ -417,10 +431,10 @@ def _has_cycle(graph) -> bool:
 def weight_bits_needed(weight, scale: Optional[float] = None, *, max_bits: int = 16) -> Optional[int]:
     """Smallest signed bit width that holds ``weight`` exactly on a symmetric integer grid.
 
-    With ``scale`` (e.g. the ``quant_scale`` that :func:`quantize_graph` stores) the grid is
-    ``scale * Z``. Without, integer-valued weights are their own grid, and otherwise the per-layer grid
-    ``max|W| / qmax`` is tried for 2..``max_bits`` bits. ``None``: not on any such grid (floating point).
-    Tolerances allow for the weights having been stored as float32.
+    With ``scale`` (e.g. the ``quant_scale`` that :func:`quantize_graph` stores; one value per row for a weight
+    whose rows a consumer form rescaled differently) the grid is ``scale * Z``. Without, integer-valued weights are
+    their own grid, and otherwise the per-layer grid ``max|W| / qmax`` is tried for 2..``max_bits`` bits. ``None``:
+    not on any such grid (floating point). Tolerances allow for the weights having been stored as float32.
     """
     w = _arr(weight)
     if w.size == 0 or not np.all(np.isfinite(w)):
@@ -432,8 +446,16 @@ def weight_bits_needed(weight, scale: Optional[float] = None, *, max_bits: int =
     def bits_for(qm: float) -> int:
         return int(math.ceil(math.log2(qm + 1.0))) + 1
 
-    if scale is not None and float(scale) > 0:
-        q = w / float(scale)
+    if scale is not None:
+        sc = _arr(scale)
+        if sc.size > 1:  # per row
+            if w.ndim < 1 or sc.size != w.shape[0]:
+                return None
+            sc = sc.reshape((-1,) + (1,) * (w.ndim - 1))
+        else:
+            sc = sc.reshape(())
+    if scale is not None and np.all(sc > 0):
+        q = w / sc
         qm = float(np.max(np.abs(q)))
         if np.max(np.abs(q - np.round(q))) <= 1e-6 * max(1.0, qm) + 1e-3:
             return bits_for(float(np.max(np.abs(np.round(q)))))
@@ -506,7 +528,7 @@ def check_graph(graph, target: Union[str, HardwareTarget]) -> list:
             w = _arr(node.weight)
             md = getattr(node, "metadata", None) or {}
             scale = md.get("quant_scale")
-            bits = weight_bits_needed(w, None if scale is None else float(scale))
+            bits = weight_bits_needed(w, scale)
             if t.weight_bits is not None:
                 if bits is None:
                     add(path, "weight_bits", f"floating-point weights (|w| <= {np.max(np.abs(w)):.4g}); {t.name} "
@@ -737,10 +759,15 @@ def quantize_graph(graph, target: Union[str, HardwareTarget] = "generic", *, bit
         weight nodes get ``quant_scale``, ``quant_bits`` and ``quant_group`` metadata, and the graph
         ``quant_target``, ``quant_bits``, ``quant_per_layer``. Weights already on the grid come back
         unchanged; otherwise each weight moves by at most ``scale / 2``.
+
+    A graph that is surroflos's ``norse``, ``snntorch`` or ``spyx`` form (or the balanced network's ``nir`` form) is
+    refused with a ValueError: its weights carry the consumer's folds, not the chip's; use
+    :func:`quantize_consumer_form`.
     """
     _check_graph_type(graph)
     t = get_target(target)
     bits = _check_bits(bits, t)
+    _refuse_consumer_form(graph)
     qmax = 2 ** (bits - 1) - 1
     nir = _nir()
     out = copy.deepcopy(graph)
@@ -796,6 +823,24 @@ def quantize_graph(graph, target: Union[str, HardwareTarget] = "generic", *, bit
     out.metadata = dict(out.metadata or {}, quant_target=t.name, quant_bits=int(bits),
                         quant_per_layer=bool(per_layer))
     return out, info
+
+
+def _refuse_consumer_form(graph) -> None:
+    """A surroflos consumer form whose conversion folded gains into the weights or added structural nodes (Norse,
+    snnTorch, spyx; the balanced network's ``nir`` form) cannot be quantised as a graph: its weights are not the
+    chip's (see the module docstring). ValueError naming what to do instead."""
+    md = getattr(graph, "metadata", None) or {}
+    consumer = _meta_str(md.get("consumer")) if _meta_str(md.get("generator")) == "surroflos" else None
+    if consumer is None:
+        return
+    model_class = _meta_str(md.get("model_class"))
+    if consumer == "nir" and model_class != "BalancedNetwork":
+        return  # the nir form of a layered network is the spec graph
+    raise ValueError(f"this graph is the {consumer!r} form of a {model_class}, whose weights carry the consumer's "
+                     "folded gains (or structural identity nodes): quantising it would put the grid on those. "
+                     f"Quantise the network instead: quantize_consumer_form(model, dt, {consumer!r}, target) "
+                     f"(command line: surroflos export --consumer {consumer} --quantize), or quantize_graph of the "
+                     "spec graph to_nir(model, dt)")
 
 
 def _sync_exact_threshold(node) -> None:
@@ -895,6 +940,175 @@ def quantize_model(model, target: Union[str, HardwareTarget] = "generic", *, bit
 
 
 # ----------------------------------------------------------------------------------------------
+# Consumer forms of the quantised network
+# ----------------------------------------------------------------------------------------------
+
+
+def _quantized_consumer_forms(model, dt: float, consumer: str, t: HardwareTarget, bits: int, per_layer: bool,
+                              metadata: Optional[dict] = None) -> tuple:
+    """``(float form, quantised form, quantised spec graph, QuantizationInfo, quantised network)``.
+
+    The float form first, so that a consumer that refuses the network refuses before any work
+    (:class:`~surroflos.export.consumers.ConsumerRefusal`). The quantised network is ``from_nir`` of the quantised
+    spec graph (bit for bit the quantised weights and rounded thresholds)."""
+    import warnings
+    from types import SimpleNamespace
+
+    from . import consumers as cons
+    from .from_nir import from_nir
+    from .to_nir import NIRExportWarning, NIRImportWarning, _consumer_graph, metadata_of, to_nir
+
+    c = cons.check_consumer(consumer)
+    if c is None:
+        raise ValueError("consumer must name a NIR consumer (the spec graph is quantised by quantize_graph)")
+    fform = to_nir(model, dt, consumer=c, metadata=metadata)
+    with warnings.catch_warnings():  # a spec graph that NIR's neurons cannot express exactly (spyx's subtract
+        warnings.simplefilter("ignore", NIRExportWarning)  # reset) is still the network the form is made from
+        warnings.simplefilter("ignore", NIRImportWarning)
+        spec = to_nir(model, dt, metadata=metadata)
+        qspec, info = quantize_graph(spec, t, bits=bits, per_layer=per_layer)
+        qnet = from_nir(qspec, dt)
+    smeta = metadata_of(qspec)
+    if smeta["model_class"] == "BalancedNetwork":
+        th = _arr(qspec.nodes["lif"].v_threshold)
+        if np.any(th != 1.0):
+            raise ValueError(f"{t.name} rounds the BalancedNetwork's threshold onto its weight grid ({th.min():.6g}), "
+                             "and the balanced network's forms fix it at 1: use target 'generic' or 'spinnaker2' "
+                             "(thresholds in floating point)")
+    smeta["mismatch"] = None
+    b = SimpleNamespace(nodes=copy.deepcopy(dict(qspec.nodes)), edges=[tuple(e) for e in qspec.edges])
+    qform = _consumer_graph(qnet, b, smeta, float(dt), c)
+    qform.metadata = dict(qform.metadata, quant_target=t.name, quant_bits=int(bits), quant_per_layer=bool(per_layer))
+    return fform, qform, qspec, info, qnet
+
+
+def quantize_consumer_form(model, dt: float, consumer: str, target: Union[str, HardwareTarget] = "generic", *,
+                           bits: Optional[int] = None, per_layer: bool = True,
+                           metadata: Optional[dict] = None) -> tuple:
+    """The quantised network in the form ``consumer`` runs exactly: ``(graph, QuantizationInfo)``.
+
+    ``to_nir(model, dt)`` is quantised by :func:`quantize_graph`'s rules for ``target`` (``bits``: default the
+    target's precision, 8 for ``generic``; ``per_layer``), then turned into ``consumer``'s form by the conversion
+    ``to_nir(model, dt, consumer=consumer)`` applies (see the module docstring). The graph's metadata is that form's
+    (``metadata_of(graph)["consumer"]``) plus ``quant_target``, ``quant_bits`` and ``quant_per_layer``; each weight
+    node that holds quantised weights keeps ``quant_scale`` (its population's scale times the form's fold, per row
+    where the fold differs between neurons), ``quant_bits`` and ``quant_group``. ``metadata``: as in ``to_nir``.
+
+    Raises :class:`~surroflos.export.consumers.ConsumerRefusal` where the consumer cannot run the network exactly
+    (the same refusal as ``to_nir``), ValueError for an unknown consumer or a bad ``bits``.
+    """
+    t = get_target(target)
+    bits = _check_bits((t.weight_bits or 8) if bits is None else bits, t)
+    _, qform, _, info, _ = _quantized_consumer_forms(model, dt, consumer, t, bits, per_layer, metadata)
+    return qform, info
+
+
+def _run_consumer(consumer: str, graph, gx, T: int) -> tuple:
+    """``(outputs [T, B, n_out], {spiking node: spikes [T, B, N]}, version)`` of ``graph`` (a consumer form) run in
+    ``consumer``'s own importer, the way :func:`surroflos.export.verify` runs it: ``"nir"`` in the reference
+    integrator, Norse and snnTorch here (float32), spyx through ``make interop``'s environment. spyx emits spiking
+    layer ``k``'s spikes ``k`` steps late: the input gets ``max k`` steps of zeros appended and each layer is read
+    ``k`` steps on, so all ``T`` steps are compared."""
+    import torch
+
+    from .to_nir import metadata_of
+    from .verify import EXTERNAL, _external, _NotApplicable, _NotInstalled, _version, simulate_with
+
+    form = metadata_of(graph)["consumer"]
+    shift = {k: int(v) for k, v in (form.get("spike_shift") or {}).items()}
+    K = max(shift.values(), default=0)
+    x = gx.detach().to("cpu", torch.float64)
+    if K:
+        x = torch.cat([x, x.new_zeros((K,) + tuple(x.shape[1:]))])
+    cdt = float(form["consumer_dt"])
+    version = _version(consumer) if consumer != "nir" else None
+    if consumer in EXTERNAL:
+        try:
+            out, spikes, version, _ = _external(consumer, graph, x, cdt)
+        except _NotApplicable as err:
+            raise ValueError(f"{consumer} does not apply to this graph: {err}") from None
+        except _NotInstalled as err:
+            raise ValueError(f"{consumer} is not installed: {err}") from None
+    else:
+        out, spikes = simulate_with("reference" if consumer == "nir" else consumer, graph, x, cdt)
+    out = out[K:K + T]
+    spikes = {k: v[shift.get(k, 0):shift.get(k, 0) + T] for k, v in spikes.items()}
+    return out, spikes, version
+
+
+def _agreement(a: dict, b: dict) -> tuple:
+    """``(fraction of identical spikes over the nodes of a, first differing step or None, per node)``; a node of
+    ``a`` missing from ``b`` or of another shape is an error."""
+    import torch
+
+    same = total = 0
+    first = None
+    per = {}
+    for k, x in a.items():
+        if k not in b:
+            raise ValueError(f"the consumer recorded no spikes for node {k!r} (it recorded {sorted(b)})")
+        y = b[k].to(x.device, torch.float64)
+        if tuple(y.shape) != tuple(x.shape):
+            raise ValueError(f"node {k!r}: the consumer's spikes have shape {tuple(y.shape)}, ours {tuple(x.shape)}")
+        eq = x.to(torch.float64) == y
+        same += int(eq.sum())
+        total += eq.numel()
+        per[k] = float(eq.to(torch.float64).mean()) if eq.numel() else 1.0
+        bad = (~eq).reshape(eq.shape[0], -1).any(dim=1).nonzero()
+        if bad.numel():
+            first = int(bad[0, 0]) if first is None else min(first, int(bad[0, 0]))
+    return (same / total if total else 1.0), first, per
+
+
+def _evaluate_consumer(model, task, x, y, m, dt: float, t: HardwareTarget, bits: int, per_layer: bool,
+                       consumer: str) -> dict:
+    """evaluate_quantized's ``consumer=`` part (see there)."""
+    import torch
+
+    from .to_nir import graph_inputs, metadata_of, run_model
+
+    fform, qform, _, info, qnet = _quantized_consumer_forms(model, dt, consumer, t, bits, per_layer)
+    qnet.eval()
+    T = int(x.shape[0])
+    gx = graph_inputs(model, x)
+    with torch.no_grad():
+        out_f, spk_f = run_model(model, x)
+        out_n, spk_n = run_model(qnet, x.to("cpu", next(qnet.parameters()).dtype))
+    out_c0, spk_c0, _ = _run_consumer(consumer, fform, gx, T)
+    out_q, spk_q, version = _run_consumer(consumer, qform, gx, T)
+
+    def score(out):
+        return float(task.score(out.to(device=y.device, dtype=out_f.dtype), y, m))
+
+    agree, first, per = _agreement(spk_f, spk_q)
+    agree_net, first_net, _ = _agreement(spk_n, spk_q)
+    conv, _, _ = _agreement(spk_f, spk_c0)
+    score_f, score_q = float(task.score(out_f, y, m)), score(out_q)
+    acc = task.metric == "accuracy"
+    form = metadata_of(qform)["consumer"]
+    grid = {k: (n.metadata or {}).get("quant_scale") for k, n in qform.nodes.items()
+            if _ntype(n) in WEIGHT_TYPES and "quant_scale" in (n.metadata or {})}
+    rate = lambda spk: float(sum(float(v.to(torch.float64).sum()) for v in spk.values()) /  # noqa: E731
+                             max(1, sum(v.numel() for v in spk.values())))
+    return {
+        "via": "consumer", "consumer": consumer, "consumer_version": version, "consumer_dt": float(form["consumer_dt"]),
+        "consumer_run": form["run"], "spike_shift": dict(form.get("spike_shift") or {}),
+        "metric": task.metric, "higher_is_better": bool(task.higher_is_better),
+        "score_float": score_f, "score_quantized": score_q,
+        "accuracy_float": score_f if acc else None, "accuracy": score_q if acc else None,
+        "spike_agreement": agree, "per_node_agreement": per, "first_divergence_step": first,
+        "output_max_abs_error": float((out_q.to(torch.float64) - out_f.detach().cpu().to(torch.float64)).abs().max()),
+        "rate_float": rate(spk_f), "rate_quantized": rate(spk_q),
+        "score_quantized_network": score(out_n),
+        "consumer_agreement": agree_net, "consumer_first_divergence_step": first_net,
+        "conversion_agreement": conv, "score_float_consumer": score(out_c0),
+        "n_trials": int(x.shape[1]), "T": T,
+        "quantization": dict(info.to_dict(), form_quant_scales={
+            k: (v.tolist() if isinstance(v, np.ndarray) else float(v)) for k, v in grid.items()}),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
 # Runs and evaluation
 # ----------------------------------------------------------------------------------------------
 
@@ -970,7 +1184,7 @@ def _export_fn(name: str):
 
 def evaluate_quantized(source, dt: float, target: Union[str, HardwareTarget] = "generic", *, bits: Optional[int] = None,
                        per_layer: bool = True, via: str = "auto", n_trials: Optional[int] = None,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, consumer: Optional[str] = None) -> dict:
     """Accuracy and spike agreement of a trained network before and after weight quantisation.
 
     Args:
@@ -987,6 +1201,17 @@ def evaluate_quantized(source, dt: float, target: Union[str, HardwareTarget] = "
             ``"auto"`` (default): ``"model"`` for a :class:`~surroflos.SpikingRNN`, ``"nir"`` otherwise.
         n_trials: use only the first ``n_trials`` trials.
         seed: generator seed for the ``(model, task)`` form.
+        consumer: ``None`` (default): as above. A consumer name (``"nir"``, ``"norse"``, ``"snntorch"``, ``"spyx"``):
+            the quantised network in that consumer's form (:func:`quantize_consumer_form`) run in the consumer's own
+            importer (``via`` must be ``"auto"`` or ``"nir"``; the result's ``via`` is ``"consumer"``); its outputs
+            are scored and its spikes compared with the float model. Also returned: ``consumer_agreement`` (the
+            consumer's spikes against the quantised network run by surroflos: 1.0 where the consumer runs exactly
+            what quantisation made; Norse, snnTorch and spyx compute in float32, and a membrane within rounding of
+            the threshold -- an exact tie where the target rounds thresholds onto the weight grid and the inputs are
+            integers -- can be settled otherwise), ``score_quantized_network``, ``conversion_agreement`` /
+            ``score_float_consumer`` (the consumer on the float form), ``consumer_version``, ``consumer_dt``,
+            ``spike_shift``, ``per_node_agreement``. A consumer that cannot run the network exactly raises
+            :class:`~surroflos.export.consumers.ConsumerRefusal`; one that is not installed, ValueError.
 
     Returns:
         dict with ``metric``, ``score_float``, ``score_quantized``, ``accuracy_float`` /
@@ -1002,6 +1227,13 @@ def evaluate_quantized(source, dt: float, target: Union[str, HardwareTarget] = "
         raise ValueError(f"dt must be a positive number of seconds, got {dt!r}")
     if via not in ("auto", "model", "nir"):
         raise ValueError(f"via must be 'auto', 'model' or 'nir', got {via!r}")
+    if consumer is not None:
+        from .consumers import check_consumer
+
+        check_consumer(consumer)
+        if via == "model":
+            raise ValueError(f"via='model' runs the quantised tensors in surroflos; consumer={consumer!r} runs the "
+                             "quantised graph in its own importer: use via='auto' (or 'nir') with a consumer")
     bits = (t.weight_bits or 8) if bits is None else bits
     if isinstance(source, (str, os.PathLike)):
         model, task, cfg = load_run(source)
@@ -1020,6 +1252,15 @@ def evaluate_quantized(source, dt: float, target: Union[str, HardwareTarget] = "
         if isinstance(n_trials, bool) or int(n_trials) < 1:
             raise ValueError(f"n_trials must be a positive int, got {n_trials!r}")
         x, y, m = x[:, :n_trials], y[:, :n_trials], m[:, :n_trials]
+    if consumer is not None:
+        bits = _check_bits(bits, t)
+        was_training = model.training
+        model.eval()
+        try:
+            res = _evaluate_consumer(model, task, x, y, m, float(dt), t, bits, per_layer, consumer)
+        finally:
+            model.train(was_training)
+        return dict({"target": t.name, "bits": int(bits), "per_layer": bool(per_layer), "dt": float(dt)}, **res)
     if via == "auto":
         from ..models import SpikingRNN
 
