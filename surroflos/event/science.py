@@ -8,6 +8,7 @@ experiment (every number of the tables, with the settings) and its figure into `
                KS entropy, Kaplan-Yorke dimension, the sum rule, rates, ISI CV and wall time.
 ``extensive``  theta networks: full spectra against N (K = 50) and against K (N = 500): is the chaos extensive
                (KS entropy and dimension proportional to N, spectra collapsing on i / N)?
+``extensive_lif``  the same sweeps for LIF networks (stable at every size).
 ``surrogate``  one LIF network (N = 200, K = 20, fixed in-degree): its exact spectrum against the surrogate
                spectrum of the time-stepped BalancedNetwork with the same graph
                (:meth:`EventNetwork.to_balanced`, delta synapses) as dt shrinks, for several surrogates and widths.
@@ -27,7 +28,7 @@ import numpy as np
 from .lyapunov import lyapunov_spectrum
 from .network import EventNetwork
 
-__all__ = ["run_spectra", "run_extensive", "run_surrogate", "main"]
+__all__ = ["run_spectra", "run_extensive", "run_extensive_lif", "run_surrogate", "main"]
 
 BASE = dict(J0=1.0, rate=1.0, tau_m=0.01)
 
@@ -96,7 +97,7 @@ def run_spectra(out: str, quick: bool = False) -> Dict[str, Any]:
     return payload
 
 
-def run_extensive(out: str, quick: bool = False) -> Dict[str, Any]:
+def run_extensive(out: str, quick: bool = False, neuron: str = "theta") -> Dict[str, Any]:
     if quick:
         n_sweep, k_sweep, seeds, spikes, warm = [60, 120], [10, 20], 2, 10, 2
     else:
@@ -106,14 +107,14 @@ def run_extensive(out: str, quick: bool = False) -> Dict[str, Any]:
     runs = []
     for N in n_sweep:
         for seed in range(seeds if N < 1000 else 1):
-            runs.append(dict(_spectrum_record(EventNetwork(N, K_fixed, neuron="theta", seed=seed, **BASE), spikes, warm),
+            runs.append(dict(_spectrum_record(EventNetwork(N, K_fixed, neuron=neuron, seed=seed, **BASE), spikes, warm),
                              sweep="N"))
             r = runs[-1]
             _log(f"extensive N={N} K={K_fixed} seed={seed}: KS/N={r['ks_per_neuron']:.3g} KY/N={r['ky_per_neuron']:.3g} "
                  f"l1={r['lambda1']:.3g} wall={r['wall_s']:.0f}s")
     for K in k_sweep:
         for seed in range(seeds):
-            runs.append(dict(_spectrum_record(EventNetwork(N_fixed, K, neuron="theta", seed=seed, **BASE), spikes, warm),
+            runs.append(dict(_spectrum_record(EventNetwork(N_fixed, K, neuron=neuron, seed=seed, **BASE), spikes, warm),
                              sweep="K"))
             r = runs[-1]
             _log(f"extensive N={N_fixed} K={K} seed={seed}: KS/N={r['ks_per_neuron']:.3g} KY/N={r['ky_per_neuron']:.3g} "
@@ -127,11 +128,17 @@ def run_extensive(out: str, quick: bool = False) -> Dict[str, Any]:
                                ("rate", "lambda1", "n_positive", "ks_entropy", "ks_per_neuron", "ky_dimension",
                                 "ky_per_neuron", "mean_exponent")},
                             "positive_fraction": _ci95([r["n_positive"] / r["N"] for r in rs])})
-    payload = {"experiment": "extensive", "settings": dict(BASE, spikes_per_neuron=spikes, warmup=warm,
-                                                           K_fixed=K_fixed, N_fixed=N_fixed), "runs": runs,
+    name = "extensive" if neuron == "theta" else "extensive_lif"
+    payload = {"experiment": name, "settings": dict(BASE, spikes_per_neuron=spikes, warmup=warm, neuron=neuron,
+                                                    K_fixed=K_fixed, N_fixed=N_fixed), "runs": runs,
                "summary": summary}
-    _plot_extensive(runs, os.path.join(out, "event_extensive.png"))
+    _plot_extensive(runs, os.path.join(out, f"event_{name}.png"), neuron)
     return payload
+
+
+def run_extensive_lif(out: str, quick: bool = False) -> Dict[str, Any]:
+    """The same sweeps for LIF networks (stable: how the negative spectrum scales)."""
+    return run_extensive(out, quick, neuron="lif")
 
 
 def run_surrogate(out: str, quick: bool = False) -> Dict[str, Any]:
@@ -218,7 +225,7 @@ def _plot_spectra(runs, path):
     plt.close(fig)
 
 
-def _plot_extensive(runs, path):
+def _plot_extensive(runs, path, neuron="theta"):
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for r in runs:
@@ -227,7 +234,9 @@ def _plot_extensive(runs, path):
             axes[0].plot(np.arange(1, lam.size + 1) / lam.size, lam, lw=1, label=f"N={r['N']}")
         if r["sweep"] == "K" and r["seed"] == 0:
             axes[1].plot(np.arange(1, lam.size + 1) / lam.size, lam, lw=1, label=f"K={r['K']}")
-    for ax, title in zip(axes[:2], ("theta, K=50: spectra vs N", "theta, N=500: spectra vs K")):
+    k_fixed = runs[0]["K"]
+    n_fixed = [r for r in runs if r["sweep"] == "K"][0]["N"]
+    for ax, title in zip(axes[:2], (f"{neuron}, K={k_fixed}: spectra vs N", f"{neuron}, N={n_fixed}: spectra vs K")):
         ax.axhline(0, color="k", lw=0.5)
         ax.set_xlabel("i / N")
         ax.set_ylabel("lambda_i [1/s]")
@@ -238,6 +247,8 @@ def _plot_extensive(runs, path):
         means = [np.mean([r[key] for r in runs if r["sweep"] == "N" and r["N"] == n]) for n in ns]
         axes[2].plot(ns, means, marker=marker, label=key.replace("_", " "))
     axes[2].set_xscale("log")
+    axes[2].set_xticks(ns, [str(n) for n in ns])
+    axes[2].minorticks_off()
     axes[2].set_xlabel("N")
     axes[2].set_title("per neuron: KS entropy [1/s] and KY dimension")
     axes[2].legend(fontsize=7)
@@ -288,13 +299,14 @@ def _plot_surrogate(payload, path):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m surroflos.event.science", description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment", choices=["spectra", "extensive", "surrogate", "all"])
+    p.add_argument("experiment", choices=["spectra", "extensive", "extensive_lif", "surrogate", "all"])
     p.add_argument("--out", default="outputs/event_science")
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds), to check the script runs")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    names = ["spectra", "extensive", "surrogate"] if args.experiment == "all" else [args.experiment]
-    funcs = {"spectra": run_spectra, "extensive": run_extensive, "surrogate": run_surrogate}
+    names = ["spectra", "extensive", "extensive_lif", "surrogate"] if args.experiment == "all" else [args.experiment]
+    funcs = {"spectra": run_spectra, "extensive": run_extensive, "extensive_lif": run_extensive_lif,
+             "surrogate": run_surrogate}
     try:
         from threadpoolctl import threadpool_limits
 
