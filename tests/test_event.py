@@ -262,6 +262,16 @@ def test_sum_rule(neuron):
     assert np.all(np.diff(res.exponents) <= 0)
 
 
+def test_excitatory_inhibitory_theta_spectrum():
+    net = EventNetwork(60, 12, 1.0, 2.0, TAU, neuron="theta", seed=5, ei=True, g=6.0)
+    assert (net.jump > 0).sum() == 48
+    res = lyapunov_spectrum(net, spikes_per_neuron=30, warmup_spikes_per_neuron=5, qr_every=10)
+    assert res.sum_rule_error() <= 1e-9
+    lam, logdet, t = ref.lyapunov_spectrum(net, 60 * 4, _frame(net, 60, net.seed), 10)
+    short = lyapunov_spectrum(net, spikes_per_neuron=4, warmup_spikes_per_neuron=0, qr_every=10)
+    np.testing.assert_allclose(short.exponents, lam, rtol=1e-9, atol=1e-9 * np.abs(lam).max())
+
+
 def test_lif_has_one_neutral_exponent_and_theta_is_chaotic():
     lif = lyapunov_spectrum(small("lif"), spikes_per_neuron=100, qr_every=10)
     assert abs(lif.exponents[0]) < 1e-6 * abs(lif.exponents[1])
