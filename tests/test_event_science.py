@@ -16,7 +16,7 @@ TAU = 0.01
 
 def test_science_script_quick(tmp_path):
     assert science.main(["all", "--quick", "--out", str(tmp_path)]) == 0
-    for name in ("spectra", "extensive", "extensive_lif", "surrogate"):
+    for name in ("spectra", "extensive", "extensive_lif", "surrogate", "surrogate_scaled"):
         payload = json.loads((tmp_path / f"event_{name}.json").read_text())
         assert payload["experiment"] == name and payload["quick"] is True
         assert (tmp_path / f"event_{name}.png").stat().st_size > 0

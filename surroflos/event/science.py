@@ -12,6 +12,8 @@ experiment (every number of the tables, with the settings) and its figure into `
 ``surrogate``  one LIF network (N = 200, K = 20, fixed in-degree): its exact spectrum against the surrogate
                spectrum of the time-stepped BalancedNetwork with the same graph
                (:meth:`EventNetwork.to_balanced`, delta synapses) as dt shrinks, for several surrogates and widths.
+``surrogate_scaled``  the same network with a surrogate whose integral scales with the step, ``triangle(c dt /
+               tau_m)``, for several ``c``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 from .lyapunov import lyapunov_spectrum
 from .network import EventNetwork
 
-__all__ = ["run_spectra", "run_extensive", "run_extensive_lif", "run_surrogate", "main"]
+__all__ = ["run_spectra", "run_extensive", "run_extensive_lif", "run_surrogate", "run_surrogate_scaled", "main"]
 
 BASE = dict(J0=1.0, rate=1.0, tau_m=0.01)
 
@@ -192,6 +194,52 @@ def run_surrogate(out: str, quick: bool = False) -> Dict[str, Any]:
     return payload
 
 
+def run_surrogate_scaled(out: str, quick: bool = False) -> Dict[str, Any]:
+    """Surrogates whose integral scales with the step: ``triangle`` with ``scale = c dt / tau_m`` (its integral,
+    unit width on each side of threshold), for several ``c``: does the surrogate spectrum then converge as
+    ``dt -> 0``, and to what?"""
+    import torch
+
+    from .. import lyapunov as slyap
+    from .. import surrogate as sg
+
+    torch.set_num_threads(1)
+    N, K, k = (60, 10, 4) if quick else (200, 20, 10)
+    rate, tau = 2.0, 0.01
+    seeds = [0] if quick else [0, 1]
+    dts = [1e-3, 1e-4] if quick else [1e-3, 1e-4, 2e-5]
+    cs = [1.0] if quick else [0.3, 1.0, 3.0, 10.0]
+    T_trans, T_frame, T_acc = (0.05, 0.05, 0.2) if quick else (0.3, 0.3, 2.0)
+    runs, exact = [], []
+    for seed in seeds:
+        net = EventNetwork(N, K, 1.0, rate, tau, neuron="lif", seed=seed, graph="in")
+        ex = lyapunov_spectrum(net, k=N, spikes_per_neuron=20 if quick else 200, warmup_spikes_per_neuron=20)
+        exact.append({"seed": seed, "exponents": ex.exponents.tolist(), "rate": ex.rate})
+        state_u = net.simulate(1, warmup_spikes_per_neuron=20).final_state
+        for c in cs:
+            for dt in dts:
+                bn = net.to_balanced(dt, surrogate=sg.get("triangle", c * dt / tau))
+                steps = int(round((T_trans + T_frame + T_acc) / dt))
+                t = time.perf_counter()
+                with torch.no_grad():
+                    res = slyap.lyapunov_spectrum(bn, torch.zeros(steps, 1, 0, dtype=torch.float64), k,
+                                                  qr_every=max(1, int(round(1e-4 / dt))),
+                                                  transient=int(round(T_trans / dt)),
+                                                  frame_warmup=int(round(T_frame / dt)),
+                                                  state0=net.balanced_state(state_u),
+                                                  generator=torch.Generator().manual_seed(seed))
+                lam = res.exponents[0].tolist()
+                runs.append({"seed": seed, "c": c, "dt": dt, "exponents": lam, "wall_s": time.perf_counter() - t})
+                _log(f"surrogate_scaled seed={seed} c={c} dt={dt:g}: l1..3 = {np.round(lam[:3], 1)}")
+    payload = {"experiment": "surrogate_scaled",
+               "settings": {"N": N, "K": K, "J0": 1.0, "rate": rate, "tau_m": tau, "graph": "in", "k": k,
+                            "surrogate": "triangle(c dt / tau_m)", "T_transient": T_trans, "T_frame": T_frame,
+                            "T_accumulate": T_acc, "tau_s": 0.0, "qr_every_s": 1e-4, "detach_reset": True},
+               "exact": exact, "runs": runs}
+    _plot_surrogate_scaled(payload, os.path.join(out, "event_surrogate_scaled.png"))
+    return payload
+
+
 # ----------------------------------------------------------------------------------------------
 # Figures
 # ----------------------------------------------------------------------------------------------
@@ -292,6 +340,27 @@ def _plot_surrogate(payload, path):
     plt.close(fig)
 
 
+def _plot_surrogate_scaled(payload, path):
+    plt = _plt()
+    runs, exact = payload["runs"], payload["exact"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for dt in sorted({r["dt"] for r in runs}):
+        rs = sorted((r for r in runs if r["dt"] == dt and r["seed"] == 0), key=lambda r: r["c"])
+        ax.plot([r["c"] for r in rs], [r["exponents"][0] for r in rs], marker="o", label=f"lambda_1, dt={dt:g}")
+    ax.axhline(exact[0]["exponents"][0], color="k", ls="--", label="exact lambda_1 (time shift)")
+    ax.axhline(exact[0]["exponents"][1], color="gray", ls=":", label="exact lambda_2")
+    ax.axhline(-1.0 / payload["settings"]["tau_m"], color="gray", ls="-.", lw=0.8, label="-1/tau_m (leak)")
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=10)
+    ax.set_xlabel("c (surrogate integral = c dt / tau_m)")
+    ax.set_ylabel("lambda_1 [1/s]")
+    ax.set_title("triangle surrogate scaled with dt, seed 0")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
@@ -299,14 +368,16 @@ def _plot_surrogate(payload, path):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m surroflos.event.science", description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment", choices=["spectra", "extensive", "extensive_lif", "surrogate", "all"])
+    p.add_argument("experiment", choices=["spectra", "extensive", "extensive_lif", "surrogate", "surrogate_scaled",
+                                          "all"])
     p.add_argument("--out", default="outputs/event_science")
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds), to check the script runs")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    names = ["spectra", "extensive", "extensive_lif", "surrogate"] if args.experiment == "all" else [args.experiment]
+    names = (["spectra", "extensive", "extensive_lif", "surrogate", "surrogate_scaled"] if args.experiment == "all"
+             else [args.experiment])
     funcs = {"spectra": run_spectra, "extensive": run_extensive, "extensive_lif": run_extensive_lif,
-             "surrogate": run_surrogate}
+             "surrogate": run_surrogate, "surrogate_scaled": run_surrogate_scaled}
     try:
         from threadpoolctl import threadpool_limits
 
