@@ -127,8 +127,8 @@ def run_extensive(out: str, quick: bool = False, neuron: str = "theta") -> Dict[
             rs = [r for r in runs if r["sweep"] == sweep and r[key] == v]
             summary.append({"sweep": sweep, "N": rs[0]["N"], "K": rs[0]["K"], "seeds": len(rs),
                             **{m: _ci95([r[m] for r in rs]) for m in
-                               ("rate", "lambda1", "n_positive", "ks_entropy", "ks_per_neuron", "ky_dimension",
-                                "ky_per_neuron", "mean_exponent")},
+                               ("rate", "lambda1", "lambda2", "n_positive", "ks_entropy", "ks_per_neuron",
+                                "ky_dimension", "ky_per_neuron", "mean_exponent")},
                             "positive_fraction": _ci95([r["n_positive"] / r["N"] for r in rs])})
     name = "extensive" if neuron == "theta" else "extensive_lif"
     payload = {"experiment": name, "settings": dict(BASE, spikes_per_neuron=spikes, warmup=warm, neuron=neuron,
