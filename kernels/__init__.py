@@ -2,7 +2,8 @@
 tangent dynamics, each beside its plain-PyTorch reference.
 
 Layout: ``<concept>.py`` holds the public dispatch function and the PyTorch path,
-``<concept>_triton.py`` the Triton kernels (imported lazily, see :mod:`surroflos.kernels.backend`),
+``<concept>_triton.py`` the Triton kernels and ``<concept>_cpu.py`` compiled CPU kernels (numba; so far
+``lif_cpu``), both imported lazily (see :mod:`surroflos.kernels.backend`),
 and a naive per-step reference that the tests compare both against.
 
 =============================  ===============================================================
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import importlib
 
-from .backend import BACKENDS, TritonUnavailableError, resolve_backend
+from .backend import BACKENDS, CpuKernelUnavailableError, TritonUnavailableError, resolve_backend
 
 _LAZY = {
     "leaky_sequence": "lif", "synaptic_sequence": "lif",
@@ -36,7 +37,7 @@ _LAZY = {
     "orthonormalize": "qr", "cholesky_qr2": "qr",
 }
 
-__all__ = ["BACKENDS", "TritonUnavailableError", "resolve_backend", *_LAZY]
+__all__ = ["BACKENDS", "CpuKernelUnavailableError", "TritonUnavailableError", "resolve_backend", *_LAZY]
 
 
 def __getattr__(name: str):

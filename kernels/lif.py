@@ -114,7 +114,7 @@ def synaptic_sequence(x: Tensor, syn0: Optional[Tensor], mem0: Optional[Tensor],
     m0 = _initial_state("mem0", mem0, x, x2)
     a, b, th = _param("alpha", alpha, x), _param("beta", beta, x), _param("threshold", threshold, x)
     cfg = _config(surrogate, reset, reset_delay, detach_reset, graded)
-    which = _backend(backend, x)
+    which = _backend(backend, x, cpu_kernel=False)
     spk, syn, mem = torch.ops.surroflos.synaptic_sequence(x2, s0, m0, a, b, th, *cfg, which)
     return spk.view(shape), syn.view(shape), mem.view(shape)
 
@@ -195,10 +195,12 @@ def _config(surrogate: object, reset: object, reset_delay: object, detach_reset:
     return sur.id, float(sur.scale), code, reset_delay, detach_reset, float(graded)
 
 
-def _backend(backend: str, x: Tensor) -> str:
-    which = resolve_backend(backend, x.device)
-    if which == "triton" and x.dtype not in _KERNEL_DTYPES:
-        raise ValueError(f"backend='triton' supports dtypes {_KERNEL_DTYPES}, got {x.dtype}")
+def _backend(backend: str, x: Tensor, cpu_kernel: bool = True) -> str:
+    which = resolve_backend(backend, x.device, cpu_kernel=cpu_kernel)
+    if which == "cpu" and backend == "auto" and x.dtype not in (torch.float32, torch.float64):
+        return "torch"  # half precision on the CPU: the reference path
+    if which in ("triton", "cpu") and x.dtype not in _KERNEL_DTYPES:
+        raise ValueError(f"backend={which!r} supports dtypes {_KERNEL_DTYPES}, got {x.dtype}")
     return which
 
 
@@ -551,6 +553,11 @@ def _triton():
     return lif_triton
 
 
+def _cpu():
+    from . import lif_cpu  # lazily: numba is imported (and the kernels compiled or loaded) on first use
+    return lif_cpu
+
+
 @torch.library.custom_op("surroflos::leaky_sequence", mutates_args=())
 def _leaky_op(x: Tensor, mem0: Tensor, beta: Tensor, threshold: Tensor, surrogate_id: int, scale: float,
               reset: int, reset_delay: bool, detach_reset: bool, graded: float,
@@ -558,6 +565,8 @@ def _leaky_op(x: Tensor, mem0: Tensor, beta: Tensor, threshold: Tensor, surrogat
     late = not reset_delay and reset != _NONE
     if backend == "triton":
         return _triton().leaky_forward(x.contiguous(), mem0.contiguous(), beta, threshold, reset, late, graded)
+    if backend == "cpu":
+        return _cpu().leaky_forward(x, mem0, beta, threshold, reset, late, graded)
     return _leaky_forward_torch(x, mem0, beta, threshold, reset, late, graded)
 
 
@@ -567,12 +576,17 @@ def _(x, mem0, beta, threshold, surrogate_id, scale, reset, reset_delay, detach_
 
 
 @torch.library.custom_op("surroflos::leaky_sequence_backward", mutates_args=())
-def _leaky_backward_op(grad_spk: Tensor, grad_mem: Tensor, x: Optional[Tensor], mem0: Tensor, mem: Tensor,
-                       spk: Optional[Tensor], beta: Tensor, threshold: Tensor, surrogate_id: int, scale: float,
-                       reset: int, reset_delay: bool, detach_reset: bool, graded: float, backend: str,
+def _leaky_backward_op(grad_spk: Optional[Tensor], grad_mem: Optional[Tensor], x: Optional[Tensor], mem0: Tensor,
+                       mem: Tensor, spk: Optional[Tensor], beta: Tensor, threshold: Tensor, surrogate_id: int,
+                       scale: float, reset: int, reset_delay: bool, detach_reset: bool, graded: float, backend: str,
                        params_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     late = not reset_delay and reset != _NONE
     rgrad = not detach_reset and reset != _NONE
+    if backend == "cpu":  # an unused output's gradient may be None (no [T, M] zero fill)
+        return _cpu().leaky_backward(grad_spk, grad_mem, x, mem0, mem, spk, beta, threshold, surrogate_id, scale,
+                                     reset, late, rgrad, graded, params_grad)
+    grad_spk = torch.zeros_like(mem) if grad_spk is None else grad_spk
+    grad_mem = torch.zeros_like(mem) if grad_mem is None else grad_mem
     if backend == "triton":
         return _triton().leaky_backward(grad_spk, grad_mem, x, mem0.contiguous(), mem, spk, beta, threshold,
                                         surrogate_id, scale, reset, late, rgrad, graded)
@@ -592,6 +606,8 @@ def _leaky_setup(ctx, inputs, output):
     # Without the immediate reset the backward needs only the membrane trace (x and spikes are not kept).
     ctx.save_for_backward(x if late else None, mem0, mem, spk if late else None, beta, threshold)
     ctx.cfg = cfg
+    if cfg[-1] == "cpu":  # the CPU kernels take None for an unused output's gradient
+        ctx.set_materialize_grads(False)
 
 
 def _leaky_autograd(ctx, grad_spk, grad_mem):

@@ -1,0 +1,318 @@
+"""The numba kernels of :mod:`surroflos.kernels.lif_cpu` (imported by it lazily: importing this module
+imports numba). Module-level functions, so that numba's on-disk cache can reuse them (closures calling
+other jitted closures are recompiled in every process)."""
+
+import os
+
+import numba
+import numpy as np
+from numba import prange
+
+BLOCK = 256  # neurons per block: 1 KiB of float32 per state row, a few rows stay in L1
+_SUB, _ZERO, _NONE = 0, 1, 2
+
+
+def _cache_ok() -> bool:
+    """Whether numba has somewhere to write its cache for this file (else compile per process)."""
+    try:
+        numba.njit(cache=True)(lambda: 0)  # raises at decoration when no cache locator applies
+    except Exception:  # pragma: no cover - read-only install, read-only home, no NUMBA_CACHE_DIR
+        return False
+    return True
+
+
+_CACHE = _cache_ok() and os.environ.get("SURROFLOS_NUMBA_CACHE", "1") != "0"
+
+
+def jit(fn):
+    return numba.njit(parallel=True, cache=_CACHE, nogil=True)(fn)
+
+
+def jit_inline(fn):
+    return numba.njit(inline="always", cache=_CACHE)(fn)
+
+
+@jit_inline
+def surrogate_row(v, out, w, sid, c1, c2, one):
+    """``out[:w] = sigma'(v[:w])`` in the rounding order of :func:`surroflos.surrogate.surrogate_derivative`.
+
+    ``c1``/``c2``: the Python-double constants of that formula cast to the working dtype, as PyTorch
+    casts them (:func:`_surrogate_constants`); ``one``: 1 in the working dtype (numba would promote a
+    float32 expression with a Python literal to float64).
+    """
+    if sid == 0:  # fast_sigmoid: 1 / (scale |x| + 1)^2
+        for j in range(w):
+            d = c2 * abs(v[j]) + one
+            out[j] = one / (d * d)
+    elif sid == 1:  # atan: (scale / 2) / (1 + (pi / 2 scale x)^2)
+        for j in range(w):
+            u = c1 * v[j]
+            out[j] = c2 / (one + u * u)
+    elif sid == 2:  # sigmoid: scale s(scale x) s(-scale x)
+        for j in range(w):
+            y = c1 * v[j]
+            s1 = one / (one + np.exp(-y))
+            s2 = one / (one + np.exp(y))
+            out[j] = (c1 * s1) * s2
+    elif sid == 3:  # triangle: scale relu(1 - |x|)
+        zero = one - one
+        for j in range(w):
+            out[j] = c2 * max(one - abs(v[j]), zero)
+    elif sid == 4:  # exponential: (scale / 2) exp(-scale |x|)
+        for j in range(w):
+            out[j] = c2 * np.exp(c1 * abs(v[j]))
+    else:  # gaussian: scale / sqrt(2 pi) exp(-(scale x)^2 / 2)
+        half = one / (one + one)
+        for j in range(w):
+            u = c1 * v[j]
+            out[j] = c2 * np.exp(-(u * u) * half)
+
+@jit
+def leaky_fwd(x, mem0, beta, thr, reset, late, g, one, spk, mem):
+    """Forward of Leaky over ``x: [T, M]``: writes ``spk`` (``g`` or 0) and ``mem``, both ``[T, M]``.
+
+    The operations and their order are those of the PyTorch path (``_leaky_forward_torch``): the
+    reset signal ``R = H(u - theta)`` of the stored previous membrane ``u``, ``m = beta u + x - R theta``
+    (``(u - R u) beta + x`` for the zero reset), then the immediate reset when ``late``.
+    """
+    T, M = x.shape
+    nb = beta.shape[0]
+    nt = thr.shape[0]
+    nblk = (M + BLOCK - 1) // BLOCK
+    zero = one - one
+    xf = x.ravel()
+    sf = spk.ravel()
+    mf = mem.ravel()
+    for blk in prange(nblk):
+        lo = blk * BLOCK
+        w = min(BLOCK, M - lo)
+        u = np.empty(w, x.dtype)
+        bl = np.empty(w, x.dtype)
+        th = np.empty(w, x.dtype)
+        R = np.empty(w, x.dtype)
+        for j in range(w):
+            u[j] = mem0[lo + j]
+            bl[j] = beta[(lo + j) % nb]
+            th[j] = thr[(lo + j) % nt]
+        for t in range(T):
+            base = t * M + lo
+            xs = xf[base:base + w]
+            ss = sf[base:base + w]
+            ms = mf[base:base + w]
+            if reset == _SUB and not late:  # snnTorch's default: one fused loop
+                for j in range(w):
+                    uj = u[j]
+                    r = one if uj > th[j] else zero
+                    m = uj * bl[j]
+                    m = m + xs[j]
+                    m = m + r * (-th[j])
+                    u[j] = m
+                    ss[j] = g if m > th[j] else zero
+                    ms[j] = m
+                continue
+            for j in range(w):
+                R[j] = one if (reset != _NONE and u[j] > th[j]) else zero
+            if reset == _ZERO:
+                for j in range(w):
+                    k = u[j] - R[j] * u[j]
+                    m = k * bl[j]
+                    u[j] = m + xs[j]
+            else:
+                for j in range(w):
+                    m = u[j] * bl[j]
+                    m = m + xs[j]
+                    if reset == _SUB:
+                        m = m + R[j] * (-th[j])
+                    u[j] = m
+            if late:
+                for j in range(w):
+                    m = u[j]
+                    s = one if m > th[j] else zero
+                    d = s - R[j]
+                    if reset == _SUB:
+                        m = m + d * (-th[j])
+                    else:
+                        m = m - d * m
+                    u[j] = m
+                    ss[j] = g if s != zero else zero
+                    ms[j] = m
+            else:
+                for j in range(w):
+                    m = u[j]
+                    ss[j] = g if m > th[j] else zero
+                    ms[j] = m
+
+
+@jit
+def leaky_bwd_linear(gspk, gmem, has_gmem, mem0, mem, beta, thr, sid, c1, c2, reset, g, one, params,
+                     gx, gmem0, dbeta, dthr):
+    """Backward of the delayed, detached reset: ``G[t] = (gmem[t] + g gspk[t] sigma'(m[t] - theta))
+    + c[t+1] G[t+1]`` scanned in reverse (the PyTorch path's linear scan and its rounding order), with
+    ``c = beta`` (``beta (1 - R)`` for the zero reset). ``gmem`` is one row of zeros unless ``has_gmem``.
+    Per-element partials of the parameters' gradients go to ``dbeta``/``dthr`` (``[M]``)."""
+    T, M = mem.shape
+    nb = beta.shape[0]
+    nt = thr.shape[0]
+    nblk = (M + BLOCK - 1) // BLOCK
+    zero = one - one
+    rs = one if reset == _SUB else zero  # R enters dthr for the subtract reset only
+    gsf = gspk.ravel()
+    gmf = gmem.ravel()
+    mf = mem.ravel()
+    gxf = gx.ravel()
+    for blk in prange(nblk):
+        lo = blk * BLOCK
+        w = min(BLOCK, M - lo)
+        G = np.zeros(w, mem.dtype)  # G[t+1] (0 after the last step)
+        cn = np.zeros(w, mem.dtype)  # c[t+1] (zero reset)
+        bl = np.empty(w, mem.dtype)
+        th = np.empty(w, mem.dtype)
+        v = np.empty(w, mem.dtype)
+        sm = np.empty(w, mem.dtype)
+        mc = np.empty(w, mem.dtype)  # m[t]
+        db = np.zeros(w, mem.dtype)
+        dt = np.zeros(w, mem.dtype)
+        for j in range(w):
+            bl[j] = beta[(lo + j) % nb]
+            th[j] = thr[(lo + j) % nt]
+            mc[j] = mf[(T - 1) * M + lo + j]
+        for t in range(T - 1, -1, -1):
+            base = t * M + lo
+            gss = gsf[base:base + w]
+            gxs = gxf[base:base + w]
+            gms = gmf[base:base + w] if has_gmem else gmf[lo:lo + w]
+            ps = mf[base - M:base - M + w] if t > 0 else mem0[lo:lo + w]
+            for j in range(w):
+                v[j] = mc[j] - th[j]
+            surrogate_row(v, sm, w, sid, c1, c2, one)
+            if reset == _ZERO:
+                for j in range(w):
+                    gsm = gss[j] * sm[j]
+                    gsm = gsm * g
+                    a = gms[j] + gsm
+                    a = a + cn[j] * G[j]
+                    p = ps[j]
+                    keep = zero if p > th[j] else one
+                    dt[j] = dt[j] - gsm
+                    db[j] = db[j] + a * p * keep
+                    cn[j] = keep * bl[j]
+                    G[j] = a
+                    gxs[j] = a
+                    mc[j] = p
+            else:
+                for j in range(w):
+                    gsm = gss[j] * sm[j]
+                    gsm = gsm * g
+                    a = gms[j] + gsm
+                    a = a + G[j] * bl[j]
+                    p = ps[j]
+                    r = rs if p > th[j] else zero
+                    dt[j] = (dt[j] - gsm) - a * r
+                    db[j] = db[j] + a * p
+                    G[j] = a
+                    gxs[j] = a
+                    mc[j] = p
+        for j in range(w):
+            gmem0[lo + j] = cn[j] * G[j] if reset == _ZERO else G[j] * bl[j]
+            dbeta[lo + j] = db[j]
+            dthr[lo + j] = dt[j]
+
+
+@jit
+def leaky_bwd_general(gspk, gmem, has_gmem, x, mem0, mem, spk, beta, thr, sid, c1, c2, reset, late, rgrad, g,
+                      one, params, gx, gmem0, dbeta, dthr):
+    """Backward with the immediate reset and/or the gradient through the reset signal (the PyTorch
+    path's general scan, per neuron)."""
+    T, M = mem.shape
+    nb = beta.shape[0]
+    nt = thr.shape[0]
+    nblk = (M + BLOCK - 1) // BLOCK
+    zero = one - one
+    for blk in prange(nblk):
+        lo = blk * BLOCK
+        w = min(BLOCK, M - lo)
+        carry = np.zeros(w, mem.dtype)
+        bl = np.empty(w, mem.dtype)
+        th = np.empty(w, mem.dtype)
+        vm = np.empty(w, mem.dtype)
+        vu = np.empty(w, mem.dtype)
+        mm = np.empty(w, mem.dtype)
+        sm = np.empty(w, mem.dtype)
+        su = np.empty(w, mem.dtype)
+        db = np.zeros(w, mem.dtype)
+        dt = np.zeros(w, mem.dtype)
+        for j in range(w):
+            i = lo + j
+            bl[j] = beta[i % nb]
+            th[j] = thr[i % nt]
+        for t in range(T - 1, -1, -1):
+            for j in range(w):
+                u = mem[t - 1, lo + j] if t > 0 else mem0[lo + j]
+                vu[j] = u - th[j]
+                if late:
+                    R = one if (reset != _NONE and vu[j] > zero) else zero
+                    if reset == _SUB:
+                        m = u * bl[j]
+                        m = m + x[t, lo + j]
+                        m = m + R * (-th[j])
+                    else:
+                        k = u - R * u
+                        m = k * bl[j]
+                        m = m + x[t, lo + j]
+                    mm[j] = m
+                    vm[j] = m - th[j]
+                else:
+                    vm[j] = mem[t, lo + j] - th[j]
+            surrogate_row(vm, sm, w, sid, c1, c2, one)
+            if rgrad:
+                surrogate_row(vu, su, w, sid, c1, c2, one)
+            for j in range(w):
+                u = mem[t - 1, lo + j] if t > 0 else mem0[lo + j]
+                R = one if (reset != _NONE and vu[j] > zero) else zero
+                A = gmem[t, lo + j] + carry[j] if has_gmem else carry[j]
+                gs = gspk[t, lo + j]
+                if g != one:
+                    gs = gs * g
+                GR = zero
+                if not late:
+                    p = gs * sm[j]
+                    Gm = p + A
+                    dt[j] = dt[j] - p
+                elif reset == _SUB:
+                    s = one if spk[t, lo + j] != zero else zero
+                    Gs = gs - A * th[j]
+                    Gm = Gs * sm[j] + A
+                    dt[j] = dt[j] - (s - R) * A
+                    GR = A * th[j]
+                    dt[j] = dt[j] - Gs * sm[j]
+                else:
+                    s = one if spk[t, lo + j] != zero else zero
+                    m = mm[j]
+                    Gs = gs - A * m
+                    Gm = Gs * sm[j] + A * ((R - s) + one)
+                    GR = A * m
+                    dt[j] = dt[j] - Gs * sm[j]
+                gx[t, lo + j] = Gm
+                if reset == _SUB:
+                    du = bl[j]
+                    GR = GR + Gm * (-th[j])
+                    dt[j] = dt[j] - Gm * R
+                    db[j] = db[j] + Gm * u
+                elif reset == _ZERO:
+                    keep = one - R
+                    du = bl[j] * keep
+                    GR = GR - Gm * (bl[j] * u)
+                    db[j] = db[j] + Gm * (u * keep)
+                else:
+                    du = bl[j]
+                    db[j] = db[j] + Gm * u
+                c = Gm * du
+                if rgrad:
+                    c = c + GR * su[j]
+                    dt[j] = dt[j] - GR * su[j]
+                carry[j] = c
+        for j in range(w):
+            gmem0[lo + j] = carry[j]
+            dbeta[lo + j] = db[j]
+            dthr[lo + j] = dt[j]
+
