@@ -258,7 +258,8 @@ def cmd_sweep(args) -> int:
 
     command = "surroflos sweep " + " ".join(shlex.quote(a) for a in args._argv)
     rows = run_sweep(spec_from_args(args), args.out, workers=args.workers, progress=not args.no_progress,
-                     command=command, ensemble=args.ensemble)
+                     command=command, ensemble=args.ensemble, engine=args.engine, address=args.address,
+                     cpus_per_pack=args.cpus_per_pack, gpus_per_pack=args.gpus_per_pack)
     with open(os.path.join(args.out, "results.md")) as f:
         print(f.read())
     failed = sum(r["status"] == "error" for r in rows)
@@ -341,6 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--ensemble", type=_pack_size, default="auto", metavar="auto|E",
                    help="train runs that differ only in their seeds as one ensemble: auto (default: all seeds "
                         "of a grid cell), E (at most E per ensemble) or 1 (every run alone); results are the same")
+    w.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local (default): --workers processes on this machine; ray: each ensemble pack is a Ray "
+                        "task (pip install 'surroflos[distributed]')")
+    w.add_argument("--address", default=None, help="ray: the cluster to run on ('auto' or HOST:PORT; default: "
+                   "start a local Ray instance with --workers x --cpus-per-pack CPUs)")
+    w.add_argument("--cpus-per-pack", type=at.positive_float, default=1, help="ray: CPUs per task (default 1)")
+    w.add_argument("--gpus-per-pack", type=at.nonneg_float, default=0,
+                   help="ray: GPUs per task, a fraction shares one (e.g. 0.25; default 0)")
     w.add_argument("--out", default="outputs/sweep")
     w.add_argument("--no-progress", action="store_true")
     w.set_defaults(func=cmd_sweep)

@@ -30,6 +30,13 @@ member's share of the pack's time as ``seconds``), so tables, per-run records an
 solo runs give; an interrupted pack resumes from its checkpoint. A member that diverges is reported as a
 failed run, as its solo run would be. Runs with a solo checkpoint are resumed solo.
 
+Engines: ``local`` (the default, needs nothing: the worker processes above) or ``ray`` (``--engine ray
+[--address ADDR]``): each job (an ensemble pack or a solo resumed run) is one Ray task with its CPUs and
+optionally a fraction of a GPU, on an existing Ray cluster or on a local Ray instance started for the sweep;
+tasks write the same run folders (``OUT`` on a file system shared by the nodes), their rows come back to the
+driver as they finish, and Ctrl-C or SIGTERM cancel every unfinished task (and shut a local instance down).
+Ray is the optional extra ``surroflos[distributed]``.
+
 Grids may also vary the initial gain, the learning rule and local flossing (:class:`SweepSpec`
 ``gains``, ``rules``, ``local``; CLI ``--gains``, ``--rules``, ``--local``). Then the tables get the
 columns g, rule and local (after delay) and the test loss averaged over the epochs (learning speed),
@@ -57,7 +64,7 @@ from ._argtypes import MAX_SEED
 from .train import ConfigError, TrainConfig, check_memory, validate
 
 __all__ = ["SweepSpec", "PRESETS", "expand", "plan", "run_sweep", "summarize", "config_hash", "run_definition",
-           "RUN_RECORD", "LOCK_FILE"]
+           "RUN_RECORD", "LOCK_FILE", "ENGINES"]
 
 RUN_RECORD = "run.json"  # in each run folder: what defines the run (run_definition) and its config_hash
 LOCK_FILE = ".sweep.lock"  # in OUT: held (flock) while a sweep writes there
@@ -647,8 +654,153 @@ def _run_pool(jobs: list[dict], workers: int, done) -> None:
     pool.shutdown(wait=True)
 
 
+# ----------------------------------------------------------------------------------------------
+# The Ray engine: each job (an ensemble pack or a solo run) is one Ray task
+# ----------------------------------------------------------------------------------------------
+
+ENGINES = ("local", "ray")
+RAY_EXTRA = "pip install 'surroflos[distributed]'"
+
+
+def import_ray():
+    """The ``ray`` module, or a :class:`~surroflos.errors.UsageError` naming the extra that installs it."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(f"--engine ray needs Ray, which is not installed; install the extra: {RAY_EXTRA}") \
+            from None
+    return ray
+
+
+def check_engine(engine: str, address: Optional[str], cpus_per_pack, gpus_per_pack) -> None:
+    """Check the engine settings (and that Ray is importable for ``engine="ray"``) before anything runs."""
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "local":
+        if address is not None or gpus_per_pack:
+            raise ConfigError("--address and --gpus-per-pack apply to --engine ray only")
+        return
+    if isinstance(cpus_per_pack, bool) or not _is_real(cpus_per_pack) or cpus_per_pack <= 0:
+        raise ConfigError(f"cpus_per_pack must be a positive number, got {cpus_per_pack!r}")
+    if isinstance(gpus_per_pack, bool) or not _is_real(gpus_per_pack) or gpus_per_pack < 0:
+        raise ConfigError(f"gpus_per_pack must be a number >= 0 (a fraction of a GPU per pack), got {gpus_per_pack!r}")
+    if gpus_per_pack > 1 and not float(gpus_per_pack).is_integer():
+        raise ConfigError(f"gpus_per_pack above 1 must be a whole number of GPUs, got {gpus_per_pack!r}")
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise ConfigError(f"address must be a Ray cluster address such as 'auto' or 'HOST:6379', got {address!r}")
+    import_ray()
+
+
+def _ray_job(job: dict, out: str, threads: int) -> list[dict]:
+    """A Ray task: one job in the sweep's folder, which must be visible on the node that runs it."""
+    import socket
+
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    if not os.path.exists(os.path.join(out, "sweep.json")):  # OUT not shared with this node
+        e = ConfigError(f"{out} is not visible on the Ray node {socket.gethostname()}; the ray engine writes the "
+                        "run folders in place, so --out must be on a file system that every node mounts at the same path")
+        return [_error_row(d, e) for d in (job["members"] if "members" in job else [job])]
+    return _run_job(job)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While the driver waits for Ray, SIGTERM stops the sweep as Ctrl-C does (tasks cancelled, a local Ray
+    shut down) instead of ending the process without cleanup."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _run_ray(jobs: list[dict], done, out: str, *, address: Optional[str], workers: int, cpus_per_pack: float,
+             gpus_per_pack: float) -> None:
+    """Run ``jobs`` as Ray tasks (``cpus_per_pack`` CPUs and ``gpus_per_pack`` GPUs each), handing each
+    finished job's rows to ``done``. Without ``address`` a local Ray instance with ``workers x cpus_per_pack``
+    CPUs is started and shut down at the end; with one, the driver connects to that cluster (and only
+    disconnects). Ctrl-C, SIGTERM or an error here cancel every task not finished (a run stopped mid-way keeps
+    the checkpoint of its last completed epoch) before the error is raised again."""
+    import logging
+
+    ray = import_ray()
+    out = os.path.abspath(out)
+    owned = not ray.is_initialized()  # a caller's own Ray session is used as it is, and left running
+    if owned:
+        kw = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                  configure_logging=False)
+        if address is None:
+            ray.init(num_cpus=int(math.ceil(workers * cpus_per_pack)), **kw)
+        else:
+            try:
+                ray.init(address=address, **kw)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise ConfigError(f"cannot connect to the Ray cluster at --address {address} ({_first_line(e)}); "
+                                  "start one with `ray start --head` and give the address it prints") from None
+    refs: dict = {}
+    try:
+        # Installed after ray.init, which sets a SIGTERM handler of its own in the driver.
+        with _sigterm_as_interrupt():
+            _check_resources(ray, cpus_per_pack, gpus_per_pack, address)
+            opts = {"num_cpus": cpus_per_pack, "max_retries": 0}
+            if gpus_per_pack:
+                opts["num_gpus"] = gpus_per_pack
+            task = ray.remote(_ray_job).options(**opts)
+            threads = max(1, int(cpus_per_pack))
+            refs = {task.remote(job, out, threads): job for job in jobs}
+            pending = list(refs)
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+                for ref in ready:
+                    job = refs.pop(ref)
+                    try:
+                        rows = ray.get(ref)
+                    except Exception as e:  # the task's process died (killed, out of memory): rerunning resumes
+                        cause = getattr(e, "cause", None) or e
+                        rows = [_error_row(d, cause) for d in (job["members"] if "members" in job else [job])]
+                    for row in rows:
+                        done(row)
+    except BaseException:  # Ctrl-C, SIGTERM (above) or an error: no task outlives this call
+        for ref in refs:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        raise
+    finally:
+        if owned:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+
+
+def _first_line(e: BaseException) -> str:
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+
+
+def _check_resources(ray, cpus_per_pack: float, gpus_per_pack: float, address: Optional[str]) -> None:
+    """Refuse a pack size that no node of the cluster can hold (Ray would wait for it forever)."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    where = f"the Ray cluster at {address}" if address else "the local Ray instance"
+    for name, need, flag in (("CPU", cpus_per_pack, "--cpus-per-pack"), ("GPU", gpus_per_pack, "--gpus-per-pack")):
+        most = max((n.get(name, 0.0) for n in nodes), default=0.0)
+        if need and most < need:
+            raise ConfigError(f"{flag} {need:g} but no node of {where} has that many {name}s (the largest has "
+                              f"{most:g}); lower {flag}" + (" or run on a cluster with GPUs" if name == "GPU" else ""))
+
+
 def run_sweep(spec: SweepSpec, out: str, *, workers: int = 1, progress: bool = True,
-              command: Optional[str] = None, ensemble: Union[str, int] = "auto") -> list[dict]:
+              command: Optional[str] = None, ensemble: Union[str, int] = "auto", engine: str = "local",
+              address: Optional[str] = None, cpus_per_pack: float = 1, gpus_per_pack: float = 0) -> list[dict]:
     """Run every configuration of ``spec`` not yet done, then write the tables and plots; returns the rows.
 
     ``ensemble``: new runs that differ only in their (consecutive) seeds train as one ensemble
@@ -656,12 +808,22 @@ def run_sweep(spec: SweepSpec, out: str, *, workers: int = 1, progress: bool = T
     size, 1 runs every run alone). Each member computes what its solo run would and is unpacked into the
     same run folder, so tables, plots and resumption are the same either way.
 
+    ``engine``: ``"local"`` (``workers`` spawned processes on this machine) or ``"ray"``: every job (an
+    ensemble pack, or a run resumed solo) is one Ray task declaring ``cpus_per_pack`` CPUs and
+    ``gpus_per_pack`` GPUs (a fraction shares a GPU), on the cluster at ``address`` (``"auto"``,
+    ``"HOST:PORT"``) or, without one, on a local Ray instance with ``workers x cpus_per_pack`` CPUs started for
+    this sweep. Tasks write the same run folders as the local engine (``out`` must therefore be on a file system
+    every node mounts at the same path), their rows come back to this process as each finishes, and the tables
+    and plots are written here: resumption, skipping of finished runs and the results are the same either way.
+
     Raises :class:`~surroflos.train.ConfigError` before anything runs or is written when ``spec`` is not
     valid, when a run folder in ``out`` holds results or a checkpoint of another configuration (see
-    :func:`plan`), or when another sweep is writing into ``out``.
+    :func:`plan`), when another sweep is writing into ``out``, or for ``engine="ray"`` when Ray is not
+    installed (the message names the extra ``surroflos[distributed]``).
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
+    check_engine(engine, address, cpus_per_pack, gpus_per_pack)
     cfgs = expand(spec, out)
     for pack in pack_runs(cfgs, ensemble):  # an ensemble holds all its members at once: check it fits
         if len(pack) > 1:
@@ -687,7 +849,10 @@ def run_sweep(spec: SweepSpec, out: str, *, workers: int = 1, progress: bool = T
                 if status == "done":
                     done(_run_one(cfg.to_dict()))
             jobs = _jobs(planned, out, ensemble)
-            if jobs and workers == 1:
+            if jobs and engine == "ray":
+                _run_ray(jobs, done, out, address=address, workers=workers, cpus_per_pack=cpus_per_pack,
+                         gpus_per_pack=gpus_per_pack)
+            elif jobs and workers == 1:
                 import torch
 
                 threads = torch.get_num_threads()
