@@ -182,10 +182,14 @@ def test_naive_loop_equals_heap_loop(neuron):
 def test_offset_renormalisation_is_seamless():
     # Over 10 s the LIF offset E = exp(t / tau) passes 1e100 (t / tau > 230) four times and theta's phase offset
     # passes 64 pi many times; the heap loop must still agree with the plain reference (LIF: contracting).
-    net = EventNetwork(20, 4, 1.0, 5.0, TAU, seed=1)
+    # Small stable LIF networks often lock into exactly simultaneous spikes (seeds 0-2 and 6 of this size do,
+    # gap 0.0), whose order is then a convention that the two loops break differently; seed 4 has none, which
+    # the first assert checks, so the comparison below is about the renormalisation only.
+    net = EventNetwork(20, 4, 1.0, 5.0, TAU, seed=4)
     res = net.simulate(duration=10.0)
     assert res.n_spikes > 0
     rr = ref.simulate(net, res.n_spikes)
+    assert np.diff(rr.spike_times).min() > 1e-7
     np.testing.assert_array_equal(res.spike_ids, rr.spike_ids)
     np.testing.assert_allclose(res.spike_times, rr.spike_times, rtol=EXACT_RTOL_F64, atol=0)
 
