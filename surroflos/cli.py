@@ -220,6 +220,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "result.json reports every member and their mean, std and success rate")
     o.add_argument("--success", type=at.finite_float, default=None,
                    help="metric value counted as a success in an ensemble's summary")
+    o.add_argument("--compare", action="store_true",
+                   help="train the configured flossing and none as two ensembles of --ensemble seeds (default "
+                        "8), same seeds and data, in OUT/flossed and OUT/unflossed; print and write the comparison "
+                        "(success rates with Wilson intervals, Fisher and Mann-Whitney tests, time to threshold; "
+                        "--success: the threshold, default accuracy 0.9)")
     o.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
     o.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -243,7 +248,21 @@ def cmd_train(args) -> int:
         values["task"] = d.task
         values["delay"] = d.delay if values["delay"] is None else values["delay"]
         values["T"] = d.T if values["T"] is None else values["T"]
+    if getattr(args, "compare", False):
+        return _cmd_compare(TrainConfig(**values), args)
     train(TrainConfig(**values), resume=args.resume, progress=not args.no_progress)
+    return 0
+
+
+def _cmd_compare(cfg, args) -> int:
+    """``surroflos train --compare`` (see :mod:`surroflos.compare`)."""
+    from .compare import compare
+
+    if getattr(args, "distributed", False):
+        raise UsageError("--compare trains both arms in one process; drop --distributed")
+    if cfg.ensemble is not None and cfg.ensemble < 2:
+        raise UsageError(f"--compare needs --ensemble 2 or more members per arm (default 8), got {cfg.ensemble}")
+    compare(cfg, resume=args.resume, progress=not args.no_progress)
     return 0
 
 

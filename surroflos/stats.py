@@ -1,0 +1,117 @@
+"""Small statistics for comparing ensembles of training runs (``surroflos train --compare``, studies).
+
+- :func:`wilson_interval`: the Wilson score interval of a success rate ``k / n``.
+- :func:`fisher_exact`: Fisher's exact test of two success counts (two-sided, 2 x 2 table), computed
+  from the hypergeometric distribution with :func:`math.comb` (agrees with ``scipy.stats.fisher_exact``).
+- :func:`mann_whitney`: the Mann-Whitney U test of two samples (two-sided; scipy).
+- :func:`time_to_threshold`: the first epoch whose validation metric reaches a success threshold.
+
+Everything takes and returns plain Python numbers, so results go to JSON as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+from typing import Optional, Sequence
+
+__all__ = ["wilson_interval", "fisher_exact", "mann_whitney", "time_to_threshold", "reaches", "median"]
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval ``(low, high)`` of the success probability after ``successes`` in ``n``.
+
+    ``p = k/n``, ``z`` the two-sided normal quantile of ``confidence``:
+    ``(p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)``. ``n = 0`` gives ``(0, 1)``.
+    """
+    if not (isinstance(successes, int) and isinstance(n, int)) or n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"need integers 0 <= successes <= n, got successes={successes!r}, n={n!r}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    if n == 0:
+        return 0.0, 1.0
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    # At k = 0 (k = n) the bound is exactly 0 (1); clamp the rounding of center -+ half there.
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def fisher_exact(successes_a: int, n_a: int, successes_b: int, n_b: int) -> dict:
+    """Fisher's exact test of ``successes_a / n_a`` against ``successes_b / n_b`` (two-sided).
+
+    The table ``[[a, n_a - a], [b, n_b - b]]`` with its margins fixed; the p-value sums the
+    hypergeometric probabilities of every table at most as probable as the observed one (with a relative
+    tolerance of 1e-7 for ties, as scipy does). Returns ``{"test", "table", "odds_ratio", "p_value"}``
+    (the sample odds ratio ``a d / (b c)``, ``inf``/``nan`` where a cell is 0).
+    """
+    for k, n in ((successes_a, n_a), (successes_b, n_b)):
+        if not (isinstance(k, int) and isinstance(n, int)) or n < 0 or not 0 <= k <= n:
+            raise ValueError(f"need integers 0 <= successes <= n, got {k!r} of {n!r}")
+    a, b, c, d = successes_a, n_a - successes_a, successes_b, n_b - successes_b
+    col = a + c  # successes in all
+    total = n_a + n_b
+    lo, hi = max(0, col - n_b), min(col, n_a)
+
+    def prob(x: int) -> float:
+        return math.comb(n_a, x) * math.comb(n_b, col - x) / math.comb(total, col) if total else 1.0
+
+    observed = prob(a)
+    p = sum(q for q in (prob(x) for x in range(lo, hi + 1)) if q <= observed * (1 + 1e-7))
+    if b * c:
+        odds = a * d / (b * c)
+    else:
+        odds = float("nan") if a * d == 0 else float("inf")
+    return {"test": "fisher_exact (two-sided)", "table": [[a, b], [c, d]], "odds_ratio": odds,
+            "p_value": min(1.0, p)}
+
+
+def mann_whitney(x: Sequence[float], y: Sequence[float]) -> dict:
+    """The two-sided Mann-Whitney U test of samples ``x`` and ``y`` (``None`` and NaN values left out).
+
+    Returns ``{"test", "U", "p_value", "n": [len x, len y]}``; ``U`` is ``x``'s statistic. With an empty
+    sample, or when every value is the same, ``U`` and ``p_value`` are ``None`` / 1.0 as the data allow.
+    """
+    xs = [float(v) for v in x if v is not None and not math.isnan(v)]
+    ys = [float(v) for v in y if v is not None and not math.isnan(v)]
+    out = {"test": "mann_whitney_u (two-sided)", "U": None, "p_value": None, "n": [len(xs), len(ys)]}
+    if not xs or not ys:
+        return out
+    if len(set(xs + ys)) == 1:  # all tied: no evidence of a difference (scipy returns NaN here)
+        out.update(U=len(xs) * len(ys) / 2, p_value=1.0)
+        return out
+    from scipy.stats import mannwhitneyu
+
+    res = mannwhitneyu(xs, ys, alternative="two-sided")
+    out.update(U=float(res.statistic), p_value=float(res.pvalue))
+    return out
+
+
+def reaches(value: Optional[float], threshold: float, higher_is_better: bool) -> bool:
+    """Whether a metric value counts as a success (``None``/NaN: no)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return value >= threshold if higher_is_better else value <= threshold
+
+
+def time_to_threshold(epochs: Sequence[int], values: Sequence[Optional[float]], threshold: float,
+                      higher_is_better: bool = True) -> Optional[int]:
+    """The first of ``epochs`` whose validation metric (``values``, aligned) reaches ``threshold``;
+    ``None`` if none does."""
+    if len(epochs) != len(values):
+        raise ValueError(f"epochs and values differ in length ({len(epochs)} != {len(values)})")
+    for ep, v in zip(epochs, values):
+        if reaches(v, threshold, higher_is_better):
+            return int(ep)
+    return None
+
+
+def median(values: Sequence[float]) -> Optional[float]:
+    """The median of ``values`` (``None`` for none)."""
+    vals = sorted(values)
+    if not vals:
+        return None
+    m = len(vals) // 2
+    return float(vals[m]) if len(vals) % 2 else (vals[m - 1] + vals[m]) / 2
