@@ -36,6 +36,7 @@ class CpuKernelUnavailableError(RuntimeError):
     """``backend="cpu"`` was asked for where the compiled CPU kernels cannot run."""
 
 
+@torch.compiler.assume_constant_result  # torch.compile runs it once at trace time instead of tracing numba
 def cpu_kernels_importable() -> bool:
     """True when numba imports and the compiled CPU kernels build (checked once per process).
 
