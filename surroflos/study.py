@@ -1,0 +1,231 @@
+"""Studies of where surrogate flossing pays (issue 13, question 1): cells x flossing settings x seeds.
+
+A study is a ``base`` configuration (:class:`~surroflos.train.TrainConfig` fields), a list of *cells* (each a
+name and the fields it changes: task, delay, neuron parameters, surrogate, gain...) and a list of *flossing
+settings* (each a name and the flossing fields: mode, ``k``, steps...). Every (cell, flossing setting) is one
+``surroflos train --compare`` (:func:`surroflos.compare.compare`) of ``seeds`` members per arm; the unflossed
+arm of a cell is trained once and shared by all its flossing settings (same seeds, same data, so it is the
+same run). Runs are sequential (one process), skip what is finished and resume what was interrupted.
+
+The study folder holds ``<cell>/<flossing>/`` (each a ``--compare`` folder, arms in ``flossed/``),
+``<cell>/unflossed/`` (the shared arm), ``study.json`` (the specification), ``runs.jsonl`` (one record per
+member and arm: seed, final metric, success, time to threshold, lambda_1 before/after), ``comparisons.jsonl``
+(one per cell and flossing setting: the ``comparison`` of its result.json) and ``summary.md`` (the table).
+
+Command line: ``python -m surroflos.study --preset pilot --out outputs/study/pilot`` (see :data:`PRESETS`;
+``--spec FILE.json`` for a specification of one's own, ``--seeds``, ``--epochs`` to override).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Callable, Optional
+
+from ._io import atomic_json, atomic_write, ensure_writable_folder
+from .compare import compare
+from .errors import UsageError
+from .train import TrainConfig
+
+__all__ = ["PRESETS", "run_study", "cell_configs", "summary_table", "main"]
+
+# The coarse pilot of docs/RESULTS.md section 5. Delays are >= 5 membrane time constants
+# (tau_m = -1/log(beta): 4.5 steps at beta 0.8, 19.5 at 0.95).
+PRESETS: dict[str, dict] = {
+    "pilot": {
+        "base": {"task": "gonogo_temporal", "model": "lif", "N": 64, "beta": 0.8, "reset": "zero", "g": 1.0,
+                 "surrogate": "atan", "delay": 24, "T": None, "epochs": 30, "steps_per_epoch": 10,
+                 "batch": 32, "lr": 3e-3, "pre_steps": 100, "floss_T": 100, "floss_batch": 8,
+                 "lyap_every": 5, "spectrum_T": 200, "spectrum_k": 16, "eval_batch": 256, "seed": 0},
+        "seeds": 10,
+        "cells": [
+            {"name": "b0.8-atan-g1", "set": {}},
+            {"name": "b0.8-superspike-g1", "set": {"surrogate": "superspike"}},
+            {"name": "b0.8-atan-g2", "set": {"g": 2.0}},
+            {"name": "b0.95-d100-atan-g1", "set": {"beta": 0.95, "delay": 100}},
+        ],
+        "flossing": [
+            {"name": "pre-k4", "set": {"flossing": "pre", "k": 4}},
+            {"name": "pre-k16", "set": {"flossing": "pre", "k": 16}},
+        ],
+        # Cells that run only some flossing settings (compute): cell name -> flossing names.
+        "only": {"b0.8-atan-g2": ["pre-k16"], "b0.95-d100-atan-g1": ["pre-k16"]},
+    },
+    # A seconds-long study for tests and for trying the runner.
+    "tiny": {
+        "base": {"task": "xor", "model": "lif", "N": 8, "delay": 4, "T": 12, "epochs": 2, "steps_per_epoch": 2,
+                 "batch": 4, "eval_batch": 16, "pre_steps": 2, "floss_T": 20, "floss_batch": 2, "spectrum_T": 20,
+                 "spectrum_k": 2, "lyap_every": 1},
+        "seeds": 2,
+        "cells": [{"name": "b0.7", "set": {"beta": 0.7}}, {"name": "b0.9", "set": {"beta": 0.9}}],
+        "flossing": [{"name": "pre-k1", "set": {"flossing": "pre", "k": 1}},
+                     {"name": "pre-k2", "set": {"flossing": "pre", "k": 2}}],
+        "only": {"b0.9": ["pre-k2"]},
+    },
+}
+
+
+def _check_spec(spec: dict) -> None:
+    for key in ("base", "cells", "flossing", "seeds"):
+        if key not in spec:
+            raise UsageError(f"study specification lacks {key!r} (it needs base, cells, flossing, seeds)")
+    names = [c["name"] for c in spec["cells"]] + [f["name"] for f in spec["flossing"]]
+    for n in names:
+        if not isinstance(n, str) or not n or "/" in n or n in ("unflossed", "..", "."):
+            raise UsageError(f"cell and flossing names must be plain folder names, got {n!r}")
+    if len(set(c["name"] for c in spec["cells"])) != len(spec["cells"]):
+        raise UsageError("cell names must be distinct")
+    if len(set(f["name"] for f in spec["flossing"])) != len(spec["flossing"]):
+        raise UsageError("flossing setting names must be distinct")
+    for cell, fl in spec.get("only", {}).items():
+        unknown = set(fl) - {f["name"] for f in spec["flossing"]}
+        if cell not in {c["name"] for c in spec["cells"]} or unknown:
+            raise UsageError(f"'only' names an unknown cell {cell!r} or flossing settings {sorted(unknown)}")
+    if not isinstance(spec["seeds"], int) or spec["seeds"] < 2:
+        raise UsageError(f"seeds must be an int >= 2, got {spec['seeds']!r}")
+
+
+def cell_configs(spec: dict, out: str) -> list[tuple[str, str, TrainConfig, str]]:
+    """``(cell, flossing, config, unflossed folder)`` for every comparison of the study, in order."""
+    _check_spec(spec)
+    only = spec.get("only", {})
+    todo = []
+    for cell in spec["cells"]:
+        for fl in spec["flossing"]:
+            if cell["name"] in only and fl["name"] not in only[cell["name"]]:
+                continue
+            fields = {**spec["base"], **cell["set"], **fl["set"], "ensemble": spec["seeds"],
+                      "out": os.path.join(out, cell["name"], fl["name"])}
+            try:
+                cfg = TrainConfig.from_dict(fields)
+            except TypeError as e:
+                raise UsageError(f"cell {cell['name']!r}, flossing {fl['name']!r}: {e}") from None
+            todo.append((cell["name"], fl["name"], cfg, os.path.join(out, cell["name"], "unflossed")))
+    return todo
+
+
+def _tau_m(beta: float) -> float:
+    return math.inf if beta >= 1 else (0.0 if beta <= 0 else -1.0 / math.log(beta))
+
+
+def _records(cell: str, fl: str, cfg: TrainConfig, comparison: dict) -> list[dict]:
+    out = []
+    for arm in ("flossed", "unflossed"):
+        a = comparison[arm]
+        for e, seed in enumerate(a["seeds"]):
+            out.append({"cell": cell, "flossing_setting": fl, "arm": arm, "seed": seed,
+                        "flossing": a["flossing"], "k": cfg.k if arm == "flossed" else None,
+                        "task": cfg.task, "delay": cfg.delay, "N": cfg.N, "beta": cfg.beta, "g": cfg.g,
+                        "surrogate": cfg.surrogate, "threshold": cfg.threshold, "epochs": a["epochs"],
+                        "metric": comparison["metric"], "final": a["metric_values"][e],
+                        "success": a["success_by_member"][e],
+                        "time_to_threshold": a["time_to_threshold"]["epochs"][e],
+                        "lambda1_before": a["lambda1_before_members"][e],
+                        "lambda1_after": a["lambda1_after_members"][e]})
+    return out
+
+
+def _f(v, spec=".3f"):
+    return "–" if v is None else format(v, spec)
+
+
+def summary_table(rows: list[dict]) -> str:
+    """The markdown table of a study: one row per (cell, flossing setting)."""
+    head = ("| cell | task | delay (τ_m) | β | surrogate | g | flossing | success flossed [95% CI] | "
+            "success none [95% CI] | Fisher p | final metric flossed | final metric none | MW p | "
+            "time to thr. flossed (n) | time to thr. none (n) | λ1 before | λ1 preflossed | λ1 after flossed | "
+            "λ1 after none |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        c, cfg = r["comparison"], r["config"]
+        f, u, t = c["flossed"], c["unflossed"], c["tests"]
+
+        def succ(a):
+            lo, hi = a["success_ci"]
+            return f"{a['successes']}/{a['n']} [{lo:.2f}, {hi:.2f}]"
+
+        def fin(a):
+            return "–" if a["metric_mean"] is None else f"{a['metric_mean']:.3f} ± {a['metric_std']:.3f}"
+
+        def ttt(a):
+            tt = a["time_to_threshold"]
+            return f"{_f(tt['median'], 'g')} ({tt['reached']})"
+
+        mw = t["final_metric"]["p_value"]
+        lines.append(
+            f"| {r['cell']} | {cfg['task']} | {cfg['delay']} ({cfg['delay'] / _tau_m(cfg['beta']):.1f}) | "
+            f"{cfg['beta']:g} | {cfg['surrogate']} | {cfg['g']:g} | {cfg['flossing']} k={cfg['k']} "
+            f"({cfg['pre_steps']} steps) | {succ(f)} | {succ(u)} | {t['success']['p_value']:.3g} | {fin(f)} | "
+            f"{fin(u)} | {_f(mw, '.3g')} | {ttt(f)} | {ttt(u)} | {_f(f['lambda1_before'], '+.3f')} | "
+            f"{_f(f['lambda1_preflossed'], '+.3f')} | {_f(f['lambda1_after'], '+.3f')} | "
+            f"{_f(u['lambda1_after'], '+.3f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_study(spec: dict, out: str, *, progress: bool = False, log: Callable[[str], None] = print,
+              command: Optional[str] = None) -> list[dict]:
+    """Run (or continue) the study ``spec`` in ``out``; returns one row per comparison
+    (``{"cell", "flossing_setting", "config", "comparison", "seconds"}``) and writes the study's files."""
+    todo = cell_configs(spec, out)
+    ensure_writable_folder(out, "--out", UsageError)
+    atomic_json({"spec": spec, "command": command}, os.path.join(out, "study.json"))
+    rows, records = [], []
+    for i, (cell, fl, cfg, unflossed) in enumerate(todo):
+        log(f"[{i + 1}/{len(todo)}] {cell} / {fl} -> {cfg.out}")
+        t0 = time.perf_counter()
+        res = compare(cfg, resume=True, progress=progress, unflossed_out=unflossed,
+                      log=lambda s: log("  " + s))
+        rows.append({"cell": cell, "flossing_setting": fl, "config": cfg.to_dict(),
+                     "comparison": res.comparison, "seconds": time.perf_counter() - t0})
+        records += _records(cell, fl, cfg, res.comparison)
+        _write(out, rows, records, command)
+    return rows
+
+
+def _write(out: str, rows: list, records: list, command: Optional[str]) -> None:
+    def lines(items):
+        return lambda fh: fh.writelines(json.dumps(x) + "\n" for x in items)
+
+    atomic_write(os.path.join(out, "runs.jsonl"), lines(records))
+    atomic_write(os.path.join(out, "comparisons.jsonl"), lines(rows))
+    text = (f"Command: `{command}`\n\n" if command else "") + summary_table(rows)
+    atomic_write(os.path.join(out, "summary.md"), lambda fh: fh.write(text))
+
+
+def main(argv: Optional[list] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m surroflos.study", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    p.add_argument("--spec", default=None, help="a JSON specification {base, cells, flossing, seeds[, only]}")
+    p.add_argument("--seeds", type=int, default=None, help="members per arm (default: the specification's)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the specification's)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--progress", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        if (args.preset is None) == (args.spec is None):
+            raise UsageError("give one of --preset or --spec")
+        if args.spec is not None:
+            with open(args.spec) as fh:
+                spec = json.load(fh)
+        else:
+            spec = json.loads(json.dumps(PRESETS[args.preset]))
+        if args.seeds is not None:
+            spec["seeds"] = args.seeds
+        if args.epochs is not None:
+            spec["base"]["epochs"] = args.epochs
+        command = "python -m surroflos.study " + " ".join(argv if argv is not None else sys.argv[1:])
+        rows = run_study(spec, args.out, progress=args.progress, command=command)
+    except (UsageError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
