@@ -227,6 +227,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "--success: the threshold, default accuracy 0.9)")
     o.add_argument("--out", default=d.out, help=f"run folder (default {d.out})")
     o.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    o.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the processes of torchrun (gloo on CPU, NCCL on CUDA): the global "
+                        "--batch split over them, the same results as one process; rank 0 writes --out")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -250,7 +253,19 @@ def cmd_train(args) -> int:
         values["T"] = d.T if values["T"] is None else values["T"]
     if getattr(args, "compare", False):
         return _cmd_compare(TrainConfig(**values), args)
-    train(TrainConfig(**values), resume=args.resume, progress=not args.no_progress)
+    cfg = TrainConfig(**values)
+    if not getattr(args, "distributed", False):
+        train(cfg, resume=args.resume, progress=not args.no_progress)
+        return 0
+    from .distributed import DataParallel, check_config
+
+    check_config(cfg, 1)  # what no process count can run, before joining the group
+    dp = DataParallel.from_env(cfg.device)
+    try:
+        cfg.device = str(dp.device)
+        train(cfg, resume=args.resume, progress=not args.no_progress, parallel=dp)
+    finally:
+        dp.close()
     return 0
 
 

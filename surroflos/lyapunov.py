@@ -282,7 +282,7 @@ def lyapunov_spectrum(model, inputs: torch.Tensor, k: int, *, qr_every: int = 1,
                       frame_warmup: int = 0, state0: torch.Tensor | None = None,
                       generator: torch.Generator | None = None, detach_state: bool = False,
                       grad_through_transient: bool = False, backend: str = "auto",
-                      qr: str = "auto") -> LyapunovResult:
+                      qr: str = "auto", frame0: torch.Tensor | None = None) -> LyapunovResult:
     """The k leading Lyapunov exponents of ``model`` driven by ``inputs``, one spectrum per trajectory.
 
     Args:
@@ -315,6 +315,10 @@ def lyapunov_spectrum(model, inputs: torch.Tensor, k: int, *, qr_every: int = 1,
         qr: re-orthonormalisation: ``"householder"`` (``torch.linalg.qr``), ``"cholesky_qr2"``
             (:mod:`surroflos.kernels.qr`, falls back to Householder per trajectory when the frame is
             ill-conditioned) or ``"auto"`` (CholeskyQR2 with the Triton backend, else Householder).
+        frame0: the frame at the end of the transient, ``[B, D, k]`` (``[E, B, D, k]``) with orthonormal
+            columns; default a random one drawn from ``generator`` there (after ``state0``). Given with
+            ``state0``, a batch's slice of both reproduces that slice's trajectories of the whole batch's
+            estimate (data-parallel flossing, :mod:`surroflos.distributed`).
 
     Returns:
         :class:`LyapunovResult` with ``exponents [B, k]`` (``[E, B, k]``; descending, per unit time).
@@ -346,8 +350,15 @@ def lyapunov_spectrum(model, inputs: torch.Tensor, k: int, *, qr_every: int = 1,
         for t in range(transient):
             state = step(inputs[t], state, params)[1]
             guard.check_state(t, state)
-        Q = draw_per_member(lambda g: orthonormal_frame(batch, model.state_dim, k, generator=g, dtype=inputs.dtype,
-                                                        device=inputs.device), generator, E)
+        if frame0 is None:
+            Q = draw_per_member(lambda g: orthonormal_frame(batch, model.state_dim, k, generator=g,
+                                                            dtype=inputs.dtype, device=inputs.device), generator, E)
+        else:
+            want = (*inputs.shape[1:-1], model.state_dim, k)
+            if not isinstance(frame0, torch.Tensor) or tuple(frame0.shape) != want:
+                raise ValueError(f"frame0 must be a tensor of shape {list(want)} (batch, D, k), got "
+                                 f"{list(getattr(frame0, 'shape', [])) or type(frame0).__name__}")
+            Q = frame0.to(device=inputs.device, dtype=inputs.dtype)
         for j, t in enumerate(range(transient, start)):
             Q = tangent(inputs[t], state, params, Q)
             state = step(inputs[t], state, params)[1]

@@ -538,7 +538,7 @@ def _restore(ck: dict, path: str, model, opt, g_data, g_floss) -> None:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
-          stop_after: Optional[int] = None, log: Callable[[str], None] = print) -> TrainResult:
+          stop_after: Optional[int] = None, log: Callable[[str], None] = print, parallel=None) -> TrainResult:
     """Run (or resume) the training described by ``cfg``; write everything to ``cfg.out``.
 
     Args:
@@ -548,22 +548,40 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         stop_after: stop (as if interrupted, checkpoint written) after this many epochs of this call;
             for tests of resumption.
         log: where summary lines go.
+        parallel: a :class:`surroflos.distributed.DataParallel` (``surroflos train --distributed`` under
+            torchrun): this process computes its share of the global batch, the ranks together compute what
+            one process computes, and only rank 0 writes the run folder and logs.
 
     Returns:
         :class:`TrainResult`. ``Ctrl-C`` writes a checkpoint of the last completed epoch and re-raises
         ``KeyboardInterrupt``.
     """
+    dp = parallel
+    main = dp is None or dp.is_main
+    if dp is not None:
+        from .distributed import check_config
+
+        check_config(cfg, dp.world)
+        if not main:
+            log = _no_log
+            progress = False
     task = validate(cfg)
     device, dtype = _check_device(cfg.device, cfg.backend), DTYPES[cfg.dtype]
     check_memory(cfg, task)
-    prepare_run_folder(cfg.out)
     ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
-    if resume:
+
+    def open_run():  # rank 0's part when data-parallel: the folder, and the checkpoint to resume
+        prepare_run_folder(cfg.out)
+        if not resume:
+            return None
         if not os.path.exists(ckpt_path):
             raise ConfigError(f"--resume: no checkpoint at {ckpt_path}; start without --resume")
         remove_stale_temporaries(cfg.out)  # leftovers of a write that a kill interrupted
-        ck = load_checkpoint(ckpt_path, required=_CHECKPOINT_KEYS, map_location=device)
+        ck = load_checkpoint(ckpt_path, required=_CHECKPOINT_KEYS, map_location=device if dp is None else "cpu")
         _check_resume(ck, cfg, ckpt_path)
+        return ck
+
+    ck = open_run() if dp is None else dp.on_main(open_run)
     E = cfg.ensemble
     model = build_initialized_model(cfg, task, device, dtype)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -589,10 +607,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         log(f"resumed {cfg.out} at epoch {state['epoch']}")
     else:
         torch.manual_seed(_seed(cfg.seed, _SEED_MODEL))
-    atomic_json({"config": cfg.to_dict(), "versions": _versions(), "schedule": dataclasses.asdict(schedule)},
-                 os.path.join(cfg.out, "config.json"))
     metrics_path = os.path.join(cfg.out, "metrics.jsonl")
-    _write_metrics(metrics_path, state["metrics"])  # drops lines of epochs after the checkpoint
+    if main:
+        record = {"config": cfg.to_dict(), "versions": _versions(), "schedule": dataclasses.asdict(schedule)}
+        if dp is not None:
+            record["parallel"] = {"processes": dp.world, "backend": dp.backend}
+        atomic_json(record, os.path.join(cfg.out, "config.json"))
+        _write_metrics(metrics_path, state["metrics"])  # drops lines of epochs after the checkpoint
 
     g_eval = _generators(cfg, _SEED_EVAL)
     x_val, y_val, m_val = _sample(task, cfg.eval_batch, g_eval, device, dtype)
@@ -614,9 +635,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         t0 = time.perf_counter()
         if members is not None:  # floss the members still training; frozen ones stay as they are
             saved = [p.detach().clone() for p in model.parameters()]
-        hist = floss(model, steps, k=cfg.k, T=cfg.floss_T, batch=cfg.floss_batch, lr=cfg.floss_lr,
-                     target=cfg.target, inputs=floss_inputs, generator=g_floss, progress=progress,
-                     max_grad_norm=cfg.grad_clip, local=cfg.local_flossing)
+        if dp is None:
+            hist = floss(model, steps, k=cfg.k, T=cfg.floss_T, batch=cfg.floss_batch, lr=cfg.floss_lr,
+                         target=cfg.target, inputs=floss_inputs, generator=g_floss, progress=progress,
+                         max_grad_norm=cfg.grad_clip, local=cfg.local_flossing)
+        else:
+            from .distributed import floss_data_parallel
+
+            hist = floss_data_parallel(dp, model, steps, k=cfg.k, T=cfg.floss_T, batch=cfg.floss_batch,
+                                       lr=cfg.floss_lr, target=cfg.target, inputs=floss_inputs, generator=g_floss,
+                                       max_grad_norm=cfg.grad_clip, local=cfg.local_flossing, progress=progress)
         if members is not None:
             members.restore_()
             for e, reason in hist.stopped.items():
@@ -630,7 +658,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                 "loss_last": _values(hist.loss[-1]) if len(hist) else None, "seconds": time.perf_counter() - t0}
 
     def save() -> None:
-        save_checkpoint(snapshot(), ckpt_path)
+        if main:
+            save_checkpoint(snapshot(), ckpt_path)
+
+    def forward(x: torch.Tensor, with_states: bool = True):
+        """The network on a batch ``[T, B, ...]``; data-parallel: on this rank's slice, the outputs (and
+        ``with_states`` the states) assembled into the global batch, differentiably."""
+        if dp is None:
+            return model(x)
+        n = x.shape[1]
+        out, states = model(x[:, dp.part(n)])
+        return dp.assemble(out, n, dim=1), dp.assemble(states.detach(), n, dim=1) if with_states else None
 
     def gen_state(g):
         return [x.get_state() for x in g] if isinstance(g, list) else g.get_state()
@@ -673,7 +711,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                 x, y, m = _sample(task, cfg.batch, g_data, device, dtype)
                 opt.zero_grad(set_to_none=True)
                 if cfg.rule == "bptt":
-                    out, _ = model(x)
+                    out, _ = forward(x, with_states=False)
                     loss = _losses(task, out, y, m, E)
                 else:  # e-prop / RFLO: the rule sets .grad (no backward through time)
                     loss = rule.step(x, y, m, task)
@@ -686,6 +724,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                         stop(e, f"training loss became {float(loss[e].detach())} at epoch {epoch + 1}")
                     if cfg.rule == "bptt":
                         loss[members.active.to(loss.device)].sum().backward()
+                if dp is not None:  # summed: the gradient of the global batch's loss
+                    dp.all_reduce_grads(model.parameters())
                 if members is not None:
                     members.clip_(cfg.grad_clip)
                 elif cfg.grad_clip is not None:
@@ -696,7 +736,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                 losses.append(loss.detach().cpu())
             model.eval()
             with torch.no_grad():
-                out, states = model(x_val)
+                out, states = forward(x_val)
                 train_loss = sum(float(v) for v in losses) / len(losses) if E is None else \
                     torch.stack(losses).mean(dim=0)
                 row["train_loss"] = train_loss if E is None else _values(train_loss)
@@ -715,8 +755,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             state["metrics"].append(row)
             state["epoch"] = epoch + 1
             done_this_call += 1
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            if main:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
             save()
             if bar is not None:
                 bar.update(1)
@@ -746,6 +787,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         result["members"] = _member_results(cfg, task, state, after)
         result["aggregate"] = _aggregate(cfg, task, result["members"])
         final[task.metric], final["val_loss"] = result["aggregate"]["mean"], _mean(last.get("val_loss"))
+    if dp is not None:
+        result["parallel"] = {"processes": dp.world, "backend": dp.backend}
+    if not main:
+        return TrainResult(cfg, state["metrics"], final, state["spectrum_before"], after, cfg.out)
     atomic_json(result, os.path.join(cfg.out, "result.json"))
     _plots(cfg, task, model, state, after, x_val, device)
     log(f"{cfg.task} (delay {cfg.delay}), {cfg.model} N={cfg.N}, rule={cfg.rule}, flossing={cfg.flossing}"
@@ -757,6 +802,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         log("spectrum after:  " + _fmt(after))
     log(f"wrote {cfg.out}/ (config.json, metrics.jsonl, checkpoint.pt, result.json, plots)")
     return TrainResult(cfg, state["metrics"], final, state["spectrum_before"], after, cfg.out)
+
+
+def _no_log(_message: str) -> None:
+    pass
 
 
 def _mean(v) -> float:
