@@ -35,8 +35,10 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     denom = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denom
     half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    # At k = 0 (k = n) the bound is exactly 0 (1); clamp the rounding of center -+ half there.
-    return max(0.0, center - half), min(1.0, center + half)
+    # At k = 0 (k = n) the bound is exactly 0 (1); center -+ half only rounds to it.
+    low = 0.0 if successes == 0 else max(0.0, center - half)
+    high = 1.0 if successes == n else min(1.0, center + half)
+    return low, high
 
 
 def fisher_exact(successes_a: int, n_a: int, successes_b: int, n_b: int) -> dict:

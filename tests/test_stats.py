@@ -1,0 +1,71 @@
+"""surroflos.stats: Wilson intervals, Fisher's exact test, Mann-Whitney U, time to threshold."""
+
+import math
+
+import pytest
+
+from surroflos import stats
+
+
+@pytest.mark.parametrize("k, n, low, high", [
+    (5, 10, 0.2366, 0.7634),   # by hand: centre 0.5, half-width 1.96/1.3841 * sqrt(0.025 + 0.0096)
+    (0, 10, 0.0, 0.2775),      # upper bound z^2/n / (1 + z^2/n) = 0.38415 / 1.38415
+    (7, 20, 0.1812, 0.5671),   # by hand: centre 0.37417, half-width 0.19298
+    (10, 10, 0.7225, 1.0),
+])
+def test_wilson_interval_hand_computed(k, n, low, high):
+    lo, hi = stats.wilson_interval(k, n)
+    assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
+
+
+def test_wilson_interval_properties():
+    for n in (1, 3, 10, 37):
+        for k in range(n + 1):
+            lo, hi = stats.wilson_interval(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0
+            lo2, hi2 = stats.wilson_interval(n - k, n)
+            assert lo == pytest.approx(1 - hi2, abs=1e-12) and hi == pytest.approx(1 - lo2, abs=1e-12)
+    # wider at higher confidence, narrower with more trials at the same rate
+    assert stats.wilson_interval(5, 10, 0.99)[0] < stats.wilson_interval(5, 10)[0]
+    assert stats.wilson_interval(50, 100)[1] < stats.wilson_interval(5, 10)[1]
+    assert stats.wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        stats.wilson_interval(3, 2)
+
+
+def test_fisher_exact_hand_computed():
+    # 10/10 against 0/10: only this table and its mirror are as extreme, each 1 / C(20, 10)
+    assert stats.fisher_exact(10, 10, 0, 10)["p_value"] == pytest.approx(2 / math.comb(20, 10), rel=1e-12)
+    # Fisher's tea tasting, 3 of 4 right: two-sided p = (1 + 16 + 16 + 1) / 70
+    res = stats.fisher_exact(3, 4, 1, 4)
+    assert res["p_value"] == pytest.approx(34 / 70, rel=1e-12)
+    assert res["table"] == [[3, 1], [1, 3]] and res["odds_ratio"] == pytest.approx(9.0)
+    assert stats.fisher_exact(0, 8, 0, 8)["p_value"] == 1.0
+
+
+def test_fisher_exact_agrees_with_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for na, nb in ((10, 10), (8, 12), (3, 7)):
+        for a in range(na + 1):
+            for b in range(nb + 1):
+                ref = scipy_stats.fisher_exact([[a, na - a], [b, nb - b]], alternative="two-sided").pvalue
+                assert stats.fisher_exact(a, na, b, nb)["p_value"] == pytest.approx(ref, rel=1e-9, abs=1e-15), (a, na, b, nb)
+
+
+def test_mann_whitney():
+    res = stats.mann_whitney([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    # complete separation of 3 and 3: U = 0, exact two-sided p = 2 / C(6, 3)
+    assert res["U"] == 0.0 and res["p_value"] == pytest.approx(2 / 20)
+    assert stats.mann_whitney([4.0, 5.0, 6.0], [1.0, 2.0, 3.0])["U"] == 9.0
+    assert stats.mann_whitney([0.5] * 4, [0.5] * 3)["p_value"] == 1.0
+    none = stats.mann_whitney([None, float("nan")], [1.0])
+    assert none["U"] is None and none["n"] == [0, 1]
+
+
+def test_time_to_threshold_and_median():
+    assert stats.time_to_threshold([1, 2, 3, 4], [0.5, 0.95, 0.7, 0.99], 0.9) == 2
+    assert stats.time_to_threshold([1, 2, 3], [0.5, None, 0.8], 0.9) is None
+    assert stats.time_to_threshold([2, 4, 6], [0.3, 0.1, 0.05], 0.1, higher_is_better=False) == 4
+    with pytest.raises(ValueError):
+        stats.time_to_threshold([1, 2], [0.1], 0.5)
+    assert stats.median([3, 1, 2]) == 2 and stats.median([4, 1]) == 2.5 and stats.median([]) is None
