@@ -130,6 +130,7 @@ def test_arm_configs_and_run_key(tmp_path):
     (["--ensemble", "1"], "--ensemble 2 or more"),
     (["--task", "pwm", "--delay", "4", "--T", "None"], "needs --success"),
     (["--model", "balanced", "--K", "4"], "ensemble trains rate, lif and cuba"),
+    (["--distributed"], "drop --distributed"),
 ])
 def test_compare_bad_flags_one_line_errors(tmp_path, capsys, flags, match):
     argv = ["train", "--compare", *TINY_FLAGS, "--out", str(tmp_path / "bad")]
