@@ -8,7 +8,6 @@ import numba
 import numpy as np
 from numba import prange
 
-BLOCK = 256  # neurons per block: 1 KiB of float32 per state row, a few rows stay in L1
 _SUB, _ZERO, _NONE = 0, 1, 2
 
 
@@ -24,12 +23,16 @@ def _cache_ok() -> bool:
 _CACHE = _cache_ok() and os.environ.get("SURROFLOS_NUMBA_CACHE", "1") != "0"
 
 
+# error_model="numpy": a float division by zero gives inf/nan as in PyTorch, instead of a check and a Python
+# exception per element (the branch would keep LLVM from vectorising the surrogates' divisions).
+
+
 def jit(fn):
-    return numba.njit(parallel=True, cache=_CACHE, nogil=True)(fn)
+    return numba.njit(parallel=True, cache=_CACHE, nogil=True, error_model="numpy")(fn)
 
 
 def jit_inline(fn):
-    return numba.njit(inline="always", cache=_CACHE)(fn)
+    return numba.njit(inline="always", cache=_CACHE, error_model="numpy")(fn)
 
 
 @jit_inline
@@ -68,7 +71,7 @@ def surrogate_row(v, out, w, sid, c1, c2, one):
             out[j] = c2 * np.exp(-(u * u) * half)
 
 @jit
-def leaky_fwd(x, mem0, beta, thr, reset, late, g, one, spk, mem):
+def leaky_fwd(x, mem0, beta, thr, reset, late, g, one, BLOCK, spk, mem):
     """Forward of Leaky over ``x: [T, M]``: writes ``spk`` (``g`` or 0) and ``mem``, both ``[T, M]``.
 
     The operations and their order are those of the PyTorch path (``_leaky_forward_torch``): the
@@ -144,7 +147,7 @@ def leaky_fwd(x, mem0, beta, thr, reset, late, g, one, spk, mem):
 
 
 @jit
-def leaky_bwd_linear(gspk, gmem, has_gmem, mem0, mem, beta, thr, sid, c1, c2, reset, g, one, params,
+def leaky_bwd_linear(gspk, gmem, has_gmem, mem0, mem, beta, thr, sid, c1, c2, reset, g, one, params, BLOCK,
                      gx, gmem0, dbeta, dthr):
     """Backward of the delayed, detached reset: ``G[t] = (gmem[t] + g gspk[t] sigma'(m[t] - theta))
     + c[t+1] G[t+1]`` scanned in reverse (the PyTorch path's linear scan and its rounding order), with
@@ -199,7 +202,7 @@ def leaky_bwd_linear(gspk, gmem, has_gmem, mem0, mem, beta, thr, sid, c1, c2, re
                     G[j] = a
                     gxs[j] = a
                     mc[j] = p
-            else:
+            elif params:
                 for j in range(w):
                     gsm = gss[j] * sm[j]
                     gsm = gsm * g
@@ -212,6 +215,15 @@ def leaky_bwd_linear(gspk, gmem, has_gmem, mem0, mem, beta, thr, sid, c1, c2, re
                     G[j] = a
                     gxs[j] = a
                     mc[j] = p
+            else:  # no parameter gradients (snnTorch's fixed beta/threshold): the same without the partials
+                for j in range(w):
+                    gsm = gss[j] * sm[j]
+                    gsm = gsm * g
+                    a = gms[j] + gsm
+                    a = a + G[j] * bl[j]
+                    G[j] = a
+                    gxs[j] = a
+                    mc[j] = ps[j]
         for j in range(w):
             gmem0[lo + j] = cn[j] * G[j] if reset == _ZERO else G[j] * bl[j]
             dbeta[lo + j] = db[j]
@@ -220,7 +232,7 @@ def leaky_bwd_linear(gspk, gmem, has_gmem, mem0, mem, beta, thr, sid, c1, c2, re
 
 @jit
 def leaky_bwd_general(gspk, gmem, has_gmem, x, mem0, mem, spk, beta, thr, sid, c1, c2, reset, late, rgrad, g,
-                      one, params, gx, gmem0, dbeta, dthr):
+                      one, params, BLOCK, gx, gmem0, dbeta, dthr):
     """Backward with the immediate reset and/or the gradient through the reset signal (the PyTorch
     path's general scan, per neuron)."""
     T, M = mem.shape

@@ -2,7 +2,7 @@
 
 One forward kernel and two backward kernels (the linear scan of the common case: delayed, detached
 reset; the general one for the immediate reset and the gradient through the reset signal), each one
-pass over memory: the ``[T, M]`` sequence is cut into blocks of :data:`BLOCK` contiguous neurons, and
+pass over memory: the ``[T, M]`` sequence is cut into blocks of 256 to 2048 contiguous neurons, and
 a block's state (membrane, reset signal, carried gradient, parameter partials) lives in small local
 arrays (L1) for the whole time loop, so every ``[T, M]`` tensor is read or written exactly once. The
 inner loops run over the block's contiguous neurons without branches (the surrogate is chosen once per
@@ -38,7 +38,8 @@ from torch import Tensor
 
 __all__ = ["numba_importable", "leaky_forward", "leaky_backward", "CHUNK"]
 
-CHUNK = 4  # blocks per dynamically scheduled chunk
+CHUNK = 1  # blocks per dynamically scheduled chunk
+BLOCK_MIN, BLOCK_MAX = 256, 2048  # neurons per block (runtime: see _block)
 
 
 @functools.lru_cache(maxsize=None)
@@ -94,6 +95,14 @@ def _threads() -> None:
     numba.set_parallel_chunksize(CHUNK)
 
 
+def _block(M: int) -> int:
+    """Neurons per block: up to 2048 (8 KiB of float32 per row: long contiguous runs for the hardware
+    prefetcher, which the time loop otherwise restarts at every row), down to 256 so that every thread
+    gets about four blocks to balance."""
+    want = -(-M // (4 * max(1, torch.get_num_threads())))
+    return int(min(BLOCK_MAX, max(BLOCK_MIN, -(-want // 64) * 64)))
+
+
 def _surrogate_constants(sid: int, scale: float, dtype: np.dtype) -> Tuple[np.generic, np.generic]:
     """The constants of :func:`surroflos.surrogate.surrogate_derivative` as PyTorch casts them to ``dtype``."""
     c = {0: (scale, scale), 1: (math.pi / 2.0 * scale, scale / 2.0), 2: (scale, scale), 3: (scale, scale),
@@ -129,7 +138,7 @@ def leaky_forward(x: Tensor, mem0: Tensor, beta: Tensor, thr: Tensor, reset: int
         npd = np.dtype("float64" if acc == torch.float64 else "float32")
         _threads()
         fwd(xa.numpy(), _np(mem0.to(acc)), _param_np(beta, acc), _param_np(thr, acc), reset, late, npd.type(g),
-            npd.type(1), spk.numpy(), mem.numpy())
+            npd.type(1), _block(M), spk.numpy(), mem.numpy())
     return spk.to(x.dtype), mem.to(x.dtype)
 
 
@@ -159,12 +168,12 @@ def leaky_backward(gspk: Optional[Tensor], gmem: Optional[Tensor], x: Optional[T
         _threads()
         if not late and not rgrad:
             bwd_linear(gs.numpy(), gm.numpy(), has_gmem, m0, m.numpy(), b, th, sid, c1, c2, reset, npd.type(g),
-                       npd.type(1), params_grad, gx.numpy(), gmem0.numpy(), db.numpy(), dt.numpy())
+                       npd.type(1), params_grad, _block(M), gx.numpy(), gmem0.numpy(), db.numpy(), dt.numpy())
         else:
             xa = _np(x.to(acc)) if x is not None else m.numpy()
             sa = _np(spk.to(acc)) if spk is not None else m.numpy()
             bwd_general(gs.numpy(), gm.numpy(), has_gmem, xa, m0, m.numpy(), sa, b, th, sid, c1, c2, reset, late,
-                        rgrad, npd.type(g), npd.type(1), params_grad, gx.numpy(), gmem0.numpy(), db.numpy(), dt.numpy())
+                        rgrad, npd.type(g), npd.type(1), params_grad, _block(M), gx.numpy(), gmem0.numpy(), db.numpy(), dt.numpy())
     return gx.to(mem.dtype), gmem0.to(mem0.dtype), _reduce(db, beta), _reduce(dt, thr)
 
 
