@@ -40,6 +40,7 @@ __all__ = ["numba_importable", "leaky_forward", "leaky_backward", "CHUNK"]
 
 CHUNK = 1  # blocks per dynamically scheduled chunk
 BLOCK_MIN, BLOCK_MAX = 256, 2048  # neurons per block (runtime: see _block)
+SMALL = 2**18  # element-steps below which one thread runs the kernel
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,11 +87,15 @@ def _kernels():
 # --------------------------------------------------------------------------------------------------
 
 
-def _threads() -> None:
-    """Use as many numba threads as torch (``torch.set_num_threads``), and chunked dynamic scheduling."""
+def _threads(T: int, M: int, block: int) -> None:
+    """As many numba threads as torch uses (``torch.set_num_threads``), at most one per block and one for
+    small problems (below ~2^18 element-steps waking a worker costs more than it saves); chunked
+    dynamic scheduling."""
     import numba
 
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, -(-M // block)))
+    if T * M < SMALL:
+        n = 1
     numba.set_num_threads(n)
     numba.set_parallel_chunksize(CHUNK)
 
@@ -136,9 +141,10 @@ def leaky_forward(x: Tensor, mem0: Tensor, beta: Tensor, thr: Tensor, reset: int
     mem = _empty(T, M, acc)
     if T and M:
         npd = np.dtype("float64" if acc == torch.float64 else "float32")
-        _threads()
+        block = _block(M)
+        _threads(T, M, block)
         fwd(xa.numpy(), _np(mem0.to(acc)), _param_np(beta, acc), _param_np(thr, acc), reset, late, npd.type(g),
-            npd.type(1), _block(M), spk.numpy(), mem.numpy())
+            npd.type(1), block, spk.numpy(), mem.numpy())
     return spk.to(x.dtype), mem.to(x.dtype)
 
 
@@ -165,15 +171,16 @@ def leaky_backward(gspk: Optional[Tensor], gmem: Optional[Tensor], x: Optional[T
         c1, c2 = _surrogate_constants(sid, scale, npd)
         b, th = _param_np(beta, acc), _param_np(thr, acc)
         m0 = _np(mem0.to(acc))
-        _threads()
+        block = _block(M)
+        _threads(T, M, block)
         if not late and not rgrad:
             bwd_linear(gs.numpy(), gm.numpy(), has_gmem, m0, m.numpy(), b, th, sid, c1, c2, reset, npd.type(g),
-                       npd.type(1), params_grad, _block(M), gx.numpy(), gmem0.numpy(), db.numpy(), dt.numpy())
+                       npd.type(1), params_grad, block, gx.numpy(), gmem0.numpy(), db.numpy(), dt.numpy())
         else:
             xa = _np(x.to(acc)) if x is not None else m.numpy()
             sa = _np(spk.to(acc)) if spk is not None else m.numpy()
             bwd_general(gs.numpy(), gm.numpy(), has_gmem, xa, m0, m.numpy(), sa, b, th, sid, c1, c2, reset, late,
-                        rgrad, npd.type(g), npd.type(1), params_grad, _block(M), gx.numpy(), gmem0.numpy(), db.numpy(), dt.numpy())
+                        rgrad, npd.type(g), npd.type(1), params_grad, block, gx.numpy(), gmem0.numpy(), db.numpy(), dt.numpy())
     return gx.to(mem.dtype), gmem0.to(mem0.dtype), _reduce(db, beta), _reduce(dt, thr)
 
 

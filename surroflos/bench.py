@@ -5,6 +5,10 @@ whole run takes seconds, for tests):
 
 ``cpu``  LIF neuron forward+backward ``[200, 32, 512]`` float32 (target: our PyTorch path >= 2x
          snnTorch's loop), plus scaled-down versions of 3 (N=256) and 4 (N=128, k=16). Runs anywhere.
+``cpu_kernels``  The compiled CPU kernels (issue 17): LIF neuron forward+backward ``[500, 16, 2048]`` and
+         ``[500, 16, 8192]`` float32, ``backend="cpu"`` (numba) on ``--threads`` threads and on 2, against
+         snnTorch, the PyTorch path and ``torch.compile`` of the step (targets: >= 50% of the bandwidth
+         floor, >= 5x snnTorch, >= 3x torch.compile, 2 threads never slower than one).
 ``1``    LIF neuron forward+backward ``[500, 64, 4096]``, float32 and bfloat16.
 ``2``    Linear + LIF layer (``N -> N`` weights, the Open Neuromorphic configuration), B=16, T=500,
          N = 4096 and 16384, forward+backward to the layer's weights.
@@ -76,7 +80,7 @@ __all__ = ["SCHEMA", "CONFIGS", "GPU_CONFIGS", "Context", "Impl", "Built", "add_
            "main", "run_config", "format_table", "time_callable", "lif_floor_bytes", "evaluate_target"]
 
 SCHEMA = "surroflos.bench/1"
-CONFIGS = ("cpu", "1", "2", "3", "4", "ensemble", "event")
+CONFIGS = ("cpu", "cpu_kernels", "1", "2", "3", "4", "ensemble", "event")
 GPU_CONFIGS = ("1", "2", "3", "4")
 TARGET_DEVICE = "H100"
 
@@ -358,6 +362,7 @@ class Built:
     run: Optional[Callable[[], Any]] = None
     result: Optional[Callable[[], Any]] = None
     note: str = ""
+    threads: Optional[int] = None  # CPU threads for this implementation's timed calls (None: the run's)
 
 
 @dataclasses.dataclass
@@ -825,8 +830,39 @@ def _lif_impls(ctx: Context, gpu: bool, make_linear: Optional[Callable[[], Any]]
     return impls
 
 
+def _cpu_kernel_lif_impls(ctx: Context) -> List[Impl]:
+    """The rows of config ``cpu_kernels``: snnTorch, the PyTorch path, the compiled CPU kernels (numba) on
+    the run's threads and on 2, the snnTorch drop-in (``auto``: the CPU kernels) and the compiled step loop."""
+    dev = ctx.device
+
+    def cpu_build(threads=None):
+        return lambda: Built(forward=_leaky_sequence_fn("cpu", dev), threads=threads)
+
+    by = {i.name: i for i in _lif_impls(ctx, gpu=False)}
+    return [by["snntorch"], by["ours_torch"],
+            Impl("ours_cpu", "ours: leaky_sequence cpu (numba)", cpu_build(), checked=True),
+            Impl("ours_cpu_2t", "ours: leaky_sequence cpu, 2 threads", cpu_build(2), checked=True,
+                 note="torch.set_num_threads(2) around its forward+backward (the kernels follow torch's count)"),
+            by["ours_dropin"], by["ours_compiled"]]
+
+
+def _with_threads(fn: Callable[[], Any], threads: Optional[int]) -> Callable[[], Any]:
+    if threads is None:
+        return fn
+
+    def run():
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
 def _lif_case(ctx: Context, name: str, T: int, B: int, N: int, dtype: torch.dtype, gpu: bool,
-              targets: Sequence[Dict[str, Any]] = ()) -> Dict[str, Any]:
+              targets: Sequence[Dict[str, Any]] = (), impls: Optional[List[Impl]] = None) -> Dict[str, Any]:
     """LIF neuron forward+backward over ``[T, B, N]`` (gradient to the input)."""
     item = torch.empty((), dtype=dtype).element_size()
     floor = _floor(ctx, lif_floor_bytes(T, B, N, item), 0.0, dtype)
@@ -841,7 +877,8 @@ def _lif_case(ctx: Context, name: str, T: int, B: int, N: int, dtype: torch.dtyp
     check = _guarded_check(lambda: _reference(_snntorch_forward(ctx.device), [], xc.float(), gc_.float(), True),
                            xc, gc_, True, True)
     _progress_case(ctx, name)
-    rows = _run_impls(ctx, _lif_impls(ctx, gpu), lambda b: _cycle_fwd_bwd(b, sets, True), check)
+    rows = _run_impls(ctx, _lif_impls(ctx, gpu) if impls is None else impls,
+                      lambda b: _with_threads(_cycle_fwd_bwd(b, sets, True), b.threads), check)
     case = {"name": name, "title": f"LIF neuron forward+backward [T={T}, B={B}, N={N}] {_dt(dtype)}",
             "measure": "forward + backward (gradient to x for a random spike cotangent)",
             "dtype": _dt(dtype), "shapes": {"T": T, "B": B, "N": N}, "baseline": "snntorch",
@@ -1292,6 +1329,16 @@ def _config_cpu(ctx: Context) -> List[Dict[str, Any]]:
     ]
 
 
+def _config_cpu_kernels(ctx: Context) -> List[Dict[str, Any]]:
+    sizes = [(16, 4, 64), (16, 4, 256)] if ctx.quick else [(500, 16, 2048), (500, 16, 8192)]
+    targets = [_target(">= 50% of the bandwidth floor", "fraction", "ours_cpu", 0.5),
+               _target(">= 5x snnTorch", "speedup", "ours_cpu", 5.0, "snntorch"),
+               _target(">= 3x torch.compile of the step", "speedup", "ours_cpu", 3.0, "ours_compiled"),
+               _target("2 threads not slower than the run's threads", "speedup", "ours_cpu_2t", 1.0, "ours_cpu")]
+    return [_lif_case(ctx, f"lif_N{N}", T, B, N, torch.float32, gpu=False, targets=targets,
+                      impls=_cpu_kernel_lif_impls(ctx)) for T, B, N in sizes]
+
+
 def _config_1(ctx: Context) -> List[Dict[str, Any]]:
     T, B, N = (32, 8, 256) if ctx.quick else (500, 64, 4096)
     targets = [_target(">= 70% of the bandwidth floor", "fraction", "ours_triton", 0.7),
@@ -1333,10 +1380,11 @@ def _config_ensemble(ctx: Context) -> List[Dict[str, Any]]:
             for E in Es]
 
 
-_RUNNERS = {"cpu": _config_cpu, "1": _config_1, "2": _config_2, "3": _config_3, "4": _config_4,
-            "ensemble": _config_ensemble}
+_RUNNERS = {"cpu": _config_cpu, "cpu_kernels": _config_cpu_kernels, "1": _config_1, "2": _config_2,
+            "3": _config_3, "4": _config_4, "ensemble": _config_ensemble}
 _TITLES = {
     "cpu": "CPU: LIF [200, 32, 512] fwd+bwd; scaled-down recurrent training step and Lyapunov spectrum",
+    "cpu_kernels": "CPU kernels (numba): LIF fwd+bwd [500, 16, 2048] and [500, 16, 8192], 1 and 2 threads",
     "1": "LIF neuron forward+backward [500, 64, 4096], float32 and bfloat16",
     "2": "Linear + LIF layer, B=16, T=500, N=4096 and 16384 (Open Neuromorphic configuration)",
     "3": "Recurrent LIF network training step, N=1024, n_in=128, B=64, T=500, and peak memory",
@@ -1435,6 +1483,9 @@ def run_config(config: str, ctx: Context) -> Dict[str, Any]:
         else:
             payload.update({"status": "skipped: no CUDA device (GPU configuration)", "cases": []})
             return payload
+    if config == "cpu_kernels" and ctx.cuda:
+        payload.update({"status": "skipped: CPU configuration (run it with --device cpu)", "cases": []})
+        return payload
     t0 = time.perf_counter()
     torch.manual_seed(ctx.seed)
     payload["cases"] = _RUNNERS[config](ctx)
