@@ -689,6 +689,22 @@ def check_engine(engine: str, address: Optional[str], cpus_per_pack, gpus_per_pa
     if address is not None and (not isinstance(address, str) or not address.strip()):
         raise ConfigError(f"address must be a Ray cluster address such as 'auto' or 'HOST:6379', got {address!r}")
     import_ray()
+    if address is not None:
+        _probe(address)
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Refuse a ``HOST:PORT`` address nothing listens on (Ray itself would retry for minutes)."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return  # "auto", a ray:// client address: left to Ray
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"cannot reach a Ray cluster at --address {address} ({e.strerror or e}); start one with "
+                          "`ray start --head` and give the address it prints") from None
 
 
 def _ray_job(job: dict, out: str, threads: int) -> list[dict]:

@@ -134,6 +134,21 @@ def test_missing_ray_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch)
     assert not out.exists()  # refused before anything was written
 
 
+def test_an_address_without_a_cluster_is_one_line_before_anything_is_written(tmp_path, capsys):
+    pytest.importorskip("ray", reason="the Ray engine needs the extra surroflos[distributed]")
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "sw"
+    code = cli.main(["sweep", "--preset", "smoke", "--engine", "ray", "--address", f"127.0.0.1:{port}",
+                     "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "cannot reach a Ray cluster" in err, err
+    assert not out.exists()
+
+
 def test_ray_flags_with_the_local_engine_are_refused(tmp_path, capsys):
     code = cli.main(["sweep", "--preset", "smoke", "--gpus-per-pack", "0.5", "--out", str(tmp_path / "s")])
     err = capsys.readouterr().err
