@@ -3,6 +3,7 @@
 - :func:`wilson_interval`: the Wilson score interval of a success rate ``k / n``.
 - :func:`fisher_exact`: Fisher's exact test of two success counts (two-sided, 2 x 2 table), computed
   from the hypergeometric distribution with :func:`math.comb` (agrees with ``scipy.stats.fisher_exact``).
+- :func:`fisher_power`: the exact power of that test for given true success rates and sizes.
 - :func:`mann_whitney`: the Mann-Whitney U test of two samples (two-sided; scipy).
 - :func:`time_to_threshold`: the first epoch whose validation metric reaches a success threshold.
 
@@ -15,7 +16,7 @@ import math
 from statistics import NormalDist
 from typing import Optional, Sequence
 
-__all__ = ["wilson_interval", "fisher_exact", "mann_whitney", "time_to_threshold", "reaches", "median"]
+__all__ = ["wilson_interval", "fisher_exact", "fisher_power", "mann_whitney", "time_to_threshold", "reaches", "median"]
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -68,6 +69,21 @@ def fisher_exact(successes_a: int, n_a: int, successes_b: int, n_b: int) -> dict
         odds = float("nan") if a * d == 0 else float("inf")
     return {"test": "fisher_exact (two-sided)", "table": [[a, b], [c, d]], "odds_ratio": odds,
             "p_value": min(1.0, p)}
+
+
+def fisher_power(p_a: float, p_b: float, n_a: int, n_b: int, alpha: float = 0.05) -> float:
+    """The exact power of :func:`fisher_exact` at level ``alpha``: the probability, when the true success
+    rates are ``p_a`` and ``p_b``, that ``n_a`` and ``n_b`` independent trials give ``p < alpha``
+    (a sum over all ``(n_a + 1)(n_b + 1)`` outcomes, each with its binomial probability)."""
+    for p in (p_a, p_b):
+        if not 0 <= p <= 1:
+            raise ValueError(f"success rates must lie in [0, 1], got {p!r}")
+
+    def pmf(k: int, n: int, p: float) -> float:
+        return math.comb(n, k) * p ** k * (1 - p) ** (n - k)
+
+    return sum(pmf(a, n_a, p_a) * pmf(b, n_b, p_b) for a in range(n_a + 1) for b in range(n_b + 1)
+               if fisher_exact(a, n_a, b, n_b)["p_value"] < alpha)
 
 
 def mann_whitney(x: Sequence[float], y: Sequence[float]) -> dict:

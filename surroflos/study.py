@@ -56,6 +56,20 @@ PRESETS: dict[str, dict] = {
         # Cells that run only some flossing settings (compute): cell name -> flossing names.
         "only": {"b0.8-atan-g2": ["pre-k16"], "b0.95-d100-atan-g1": ["pre-k16"]},
     },
+    # The pilot's follow-up: its most promising cell (wide surrogate, k = 4) on 20 new seeds (10-29, so the
+    # cell chosen on seeds 0-9 is tested on others), preflossing and preflossing plus bouts during training.
+    "refine": {
+        "base": {"task": "gonogo_temporal", "model": "lif", "N": 64, "beta": 0.8, "reset": "zero", "g": 1.0,
+                 "surrogate": "superspike", "delay": 24, "T": None, "epochs": 30, "steps_per_epoch": 10,
+                 "batch": 32, "lr": 3e-3, "pre_steps": 100, "floss_T": 100, "floss_batch": 8,
+                 "lyap_every": 5, "spectrum_T": 200, "spectrum_k": 16, "eval_batch": 256, "seed": 10},
+        "seeds": 20,
+        "cells": [{"name": "b0.8-superspike-g1-s10", "set": {}}],
+        "flossing": [
+            {"name": "pre-k4", "set": {"flossing": "pre", "k": 4}},
+            {"name": "during-k4", "set": {"flossing": "during", "k": 4, "floss_every": 5, "floss_steps": 20}},
+        ],
+    },
     # A seconds-long study for tests and for trying the runner.
     "tiny": {
         "base": {"task": "xor", "model": "lif", "N": 8, "delay": 4, "T": 12, "epochs": 2, "steps_per_epoch": 2,

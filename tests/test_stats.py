@@ -52,6 +52,17 @@ def test_fisher_exact_agrees_with_scipy():
                 assert stats.fisher_exact(a, na, b, nb)["p_value"] == pytest.approx(ref, rel=1e-9, abs=1e-15), (a, na, b, nb)
 
 
+def test_fisher_power():
+    # 10 vs 10 with no successes in b: significant exactly when a >= 5 (p(5/10 vs 0/10) = 0.0325,
+    # p(4/10 vs 0/10) = 0.0867), so the power is P(Bin(10, 0.3) >= 5)
+    assert stats.fisher_exact(5, 10, 0, 10)["p_value"] < 0.05 < stats.fisher_exact(4, 10, 0, 10)["p_value"]
+    want = sum(math.comb(10, k) * 0.3 ** k * 0.7 ** (10 - k) for k in range(5, 11))
+    assert stats.fisher_power(0.3, 0.0, 10, 10) == pytest.approx(want, rel=1e-12)
+    assert stats.fisher_power(0.5, 0.5, 10, 10) < 0.05  # the size of the (conservative) test
+    assert stats.fisher_power(0.3, 0.0, 20, 20) > stats.fisher_power(0.3, 0.0, 10, 10)
+    assert stats.fisher_power(1.0, 0.0, 3, 3) == 0.0  # 3/3 vs 0/3: p = 0.1, never significant
+
+
 def test_mann_whitney():
     res = stats.mann_whitney([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
     # complete separation of 3 and 3: U = 0, exact two-sided p = 2 / C(6, 3)
