@@ -70,6 +70,20 @@ PRESETS: dict[str, dict] = {
             {"name": "during-k4", "set": {"flossing": "during", "k": 4, "floss_every": 5, "floss_steps": 20}},
         ],
     },
+    # Second pilot round (seeds 0-9): delayed XOR at d = 24 (5.4 tau_m) with the wide surrogate, and the
+    # go/no-go cell with a lower learning rate and twice the epochs (the pilot's learning curves flip).
+    "pilot2": {
+        "base": {"task": "gonogo_temporal", "model": "lif", "N": 64, "beta": 0.8, "reset": "zero", "g": 1.0,
+                 "surrogate": "superspike", "delay": 24, "T": None, "epochs": 30, "steps_per_epoch": 10,
+                 "batch": 32, "lr": 3e-3, "pre_steps": 100, "floss_T": 100, "floss_batch": 8,
+                 "lyap_every": 5, "spectrum_T": 200, "spectrum_k": 16, "eval_batch": 256, "seed": 0},
+        "seeds": 10,
+        "cells": [{"name": "xor-d24-superspike", "set": {"task": "xor", "T": 48}},
+                  {"name": "gng-superspike-lr1e-3-60ep", "set": {"lr": 1e-3, "epochs": 60}}],
+        "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}},
+                     {"name": "pre-k16", "set": {"flossing": "pre", "k": 16}}],
+        "only": {"xor-d24-superspike": ["pre-k16"], "gng-superspike-lr1e-3-60ep": ["pre-k4"]},
+    },
     # A seconds-long study for tests and for trying the runner.
     "tiny": {
         "base": {"task": "xor", "model": "lif", "N": 8, "delay": 4, "T": 12, "epochs": 2, "steps_per_epoch": 2,
