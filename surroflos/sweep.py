@@ -707,13 +707,25 @@ def _probe(address: str, timeout: float = 5.0) -> None:
                           "`ray start --head` and give the address it prints") from None
 
 
-def _ray_job(job: dict, out: str, threads: int) -> list[dict]:
-    """A Ray task: one job in the sweep's folder, which must be visible on the node that runs it."""
+def _on_gpu(job: dict) -> dict:
+    """``job`` with every configuration on ``device="cuda"``: the GPU (share) Ray gave the task, which it makes
+    the only visible one. The device does not define a run's results (:data:`NOT_DEFINING`)."""
+    if "members" in job:
+        return {"ensemble": dict(job["ensemble"], device="cuda"), "members": [dict(d, device="cuda")
+                                                                            for d in job["members"]]}
+    return dict(job, device="cuda")
+
+
+def _ray_job(job: dict, out: str, threads: int, gpu: bool = False) -> list[dict]:
+    """A Ray task: one job in the sweep's folder, which must be visible on the node that runs it; with
+    ``gpu`` its runs train on the GPU Ray assigned."""
     import socket
 
     import torch
 
     torch.set_num_threads(max(1, threads))
+    if gpu:
+        job = _on_gpu(job)
     if not os.path.exists(os.path.join(out, "sweep.json")):  # OUT not shared with this node
         e = ConfigError(f"{out} is not visible on the Ray node {socket.gethostname()}; the ray engine writes the "
                         "run folders in place, so --out must be on a file system that every node mounts at the same path")
@@ -775,7 +787,7 @@ def _run_ray(jobs: list[dict], done, out: str, *, address: Optional[str], worker
                 opts["num_gpus"] = gpus_per_pack
             task = ray.remote(_ray_job).options(**opts)
             threads = max(1, int(cpus_per_pack))
-            refs = {task.remote(job, out, threads): job for job in jobs}
+            refs = {task.remote(job, out, threads, bool(gpus_per_pack)): job for job in jobs}
             pending = list(refs)
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
@@ -826,7 +838,8 @@ def run_sweep(spec: SweepSpec, out: str, *, workers: int = 1, progress: bool = T
 
     ``engine``: ``"local"`` (``workers`` spawned processes on this machine) or ``"ray"``: every job (an
     ensemble pack, or a run resumed solo) is one Ray task declaring ``cpus_per_pack`` CPUs and
-    ``gpus_per_pack`` GPUs (a fraction shares a GPU), on the cluster at ``address`` (``"auto"``,
+    ``gpus_per_pack`` GPUs (a fraction shares a GPU; with GPUs the task's runs train on ``device="cuda"``,
+    the GPU Ray assigned), on the cluster at ``address`` (``"auto"``,
     ``"HOST:PORT"``) or, without one, on a local Ray instance with ``workers x cpus_per_pack`` CPUs started for
     this sweep. Tasks write the same run folders as the local engine (``out`` must therefore be on a file system
     every node mounts at the same path), their rows come back to this process as each finishes, and the tables

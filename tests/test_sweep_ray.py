@@ -116,6 +116,19 @@ def test_pack_sizes_no_node_can_hold_are_refused(tmp_path, ray_address):
     assert not os.path.exists(tmp_path / "g" / "runs" / "xor-d2-rate-none-s0" / "metrics.jsonl")
 
 
+def test_packs_given_a_gpu_train_on_it_with_the_same_run_definitions():
+    from surroflos.sweep import _on_gpu, config_hash, pack_config, pack_runs
+
+    cfgs = [c for c, _ in plan(_spec(flossing=["none"]), "/nonexistent/out")]
+    (pack,) = pack_runs(cfgs)
+    job = {"ensemble": pack_config(pack, "/nonexistent/out").to_dict(), "members": [c.to_dict() for c in pack]}
+    moved = _on_gpu(job)
+    assert {moved["ensemble"]["device"]} | {d["device"] for d in moved["members"]} == {"cuda"}
+    assert [config_hash(d) for d in moved["members"]] == [config_hash(c) for c in pack]
+    assert job["ensemble"]["device"] == "cpu"  # the driver's copy is left alone
+    assert _on_gpu(cfgs[0].to_dict())["device"] == "cuda"
+
+
 def test_missing_ray_is_one_line_naming_the_extra(tmp_path, capsys, monkeypatch):
     real_import = builtins.__import__
 
