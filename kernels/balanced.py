@@ -127,10 +127,43 @@ def out_pattern(pre_idx: Tensor) -> Tuple[Tensor, Tensor]:
     return pat.post, pat.slot
 
 
-def _outgoing_weights(w: Tensor, slot: Tensor, dtype: torch.dtype) -> Tensor:
-    """``w_out [N, D]``: weights of the out-going synapses, zero on the padding."""
-    flat = w.reshape(-1).to(dtype)
-    return torch.cat([flat, flat.new_zeros(1)])[slot]
+_WEIGHTS_OUT: dict[int, tuple] = {}
+
+
+def _outgoing_weights(w: Tensor, slot: Tensor, dtype: torch.dtype, cache: bool = False) -> Tensor:
+    """``w_out [N, D]``: weights of the out-going synapses, zero on the padding.
+
+    ``cache=True`` (calls without gradient, see :func:`balanced_sequence`): kept per weight tensor (its
+    identity, version and storage, the pattern and the dtype), like the pattern itself. Building it gathers
+    all ``N D`` synapses, which every call of the sequence (every time chunk of ``BalancedNetwork.simulate``)
+    would otherwise repeat, so the cost of a simulation grew with the number of chunks times ``N K``
+    (quadratically in N at a fixed chunk size in bytes). Rebuilt after an in-place change of the weights (an
+    optimiser step bumps the version); a write through ``.data`` bumps nothing and is not seen (as for the
+    pattern's cache of ``pre_idx``), which is why calls with gradient (training, gradcheck) never use it.
+    One entry per weight tensor: the last dtype asked for.
+    """
+    key = id(w)
+    try:
+        version = (w._version, w.data_ptr()) if cache else None
+    except Exception:  # pragma: no cover - inference tensors have no version counter: not cached
+        version = None
+    hit = _WEIGHTS_OUT.get(key)
+    if (version is not None and hit is not None and hit[0]() is w and hit[1] == version and hit[2]() is slot
+            and hit[3].dtype == dtype):
+        return hit[3]
+    _WEIGHTS_OUT.pop(key, None)  # drop the stale copy before building the new one (peak memory)
+    with torch.no_grad():
+        flat = w.detach().reshape(-1).to(dtype)
+        w_out = torch.cat([flat, flat.new_zeros(1)])[slot]
+    if version is None:
+        return w_out
+    try:
+        ref_w = weakref.ref(w, lambda _r, k=key: _WEIGHTS_OUT.pop(k, None))
+        ref_slot = weakref.ref(slot)
+    except TypeError:  # pragma: no cover
+        return w_out
+    _WEIGHTS_OUT[key] = (ref_w, version, ref_slot, w_out)
+    return w_out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,12 +184,12 @@ def _event_recurrent(fire: Tensor, post: Tensor, w_out: Tensor) -> Tensor:
 
 
 def _sequence_forward_torch(x_drive: Tensor, state0: Tensor, w: Tensor, pre: Tensor, a_m: float, a_s: float,
-                            b: float, bc: float, ac: float) -> Tuple[Tensor, Tensor]:
+                            b: float, bc: float, ac: float, reuse_weights: bool = False) -> Tuple[Tensor, Tensor]:
     T, B, N = x_drive.shape
     dtype, dev = state0.dtype, state0.device
     acc = acc_dtype(dtype)
     pat = _pattern(pre)
-    w_out = _outgoing_weights(w, pat.slot, acc)
+    w_out = _outgoing_weights(w, pat.slot, acc, cache=reuse_weights)
     states = torch.empty(T, B, 2 * N, dtype=dtype, device=dev)
     st = states if acc == dtype else torch.empty(T, B, 2 * N, dtype=acc, device=dev)  # written in place
     fire_all = torch.empty(T, B, N, dtype=torch.bool, device=dev)
@@ -293,15 +326,16 @@ def _triton_module():
 @torch.library.custom_op("surroflos::balanced_sequence", mutates_args=())
 def _sequence_op(x_drive: Tensor, state0: Tensor, weight_rec: Tensor, pre_idx: Tensor, a_m: float, a_s: float,
                  b: float, bc: float, ac: float, surrogate_id: int, scale: float, detach_reset: bool,
-                 backend: str) -> Tuple[Tensor, Tensor]:
+                 backend: str, reuse_weights: bool = False) -> Tuple[Tensor, Tensor]:
     if backend == "triton":
         return _triton_module().sequence_forward(x_drive, state0, weight_rec, _pattern(pre_idx).pre32,
                                                  a_m, a_s, b, bc, ac)
-    return _sequence_forward_torch(x_drive, state0, weight_rec, pre_idx, a_m, a_s, b, bc, ac)
+    return _sequence_forward_torch(x_drive, state0, weight_rec, pre_idx, a_m, a_s, b, bc, ac, reuse_weights)
 
 
 @_sequence_op.register_fake
-def _(x_drive, state0, weight_rec, pre_idx, a_m, a_s, b, bc, ac, surrogate_id, scale, detach_reset, backend):
+def _(x_drive, state0, weight_rec, pre_idx, a_m, a_s, b, bc, ac, surrogate_id, scale, detach_reset, backend,
+      reuse_weights=False):
     T, B, N = x_drive.shape
     return state0.new_empty(T, B, N), state0.new_empty(T, B, 2 * N)
 
@@ -329,7 +363,7 @@ def _(g_spikes, g_states, state0, states, weight_rec, pre_idx, a_m, a_s, b, bc, 
 
 
 def _sequence_setup(ctx, inputs, output):
-    x_drive, state0, weight_rec, pre_idx, a_m, a_s, b, bc, ac, surrogate_id, scale, detach_reset, backend = inputs
+    x_drive, state0, weight_rec, pre_idx, a_m, a_s, b, bc, ac, surrogate_id, scale, detach_reset, backend = inputs[:13]
     ctx.save_for_backward(state0, output[1], weight_rec, pre_idx)
     ctx.static = (a_m, a_s, b, bc, ac, surrogate_id, scale, detach_reset)
     ctx.backend = backend
@@ -345,7 +379,7 @@ def _sequence_backward(ctx, g_spikes, g_states):
     need_w = bool(ctx.needs_input_grad[2])
     g_x, g_s0, g_w = _sequence_backward_op(g_spikes, g_states, state0, states, weight_rec, pre_idx, *ctx.static,
                                            need_w, ctx.backend)
-    return (g_x, g_s0, g_w if need_w else None) + (None,) * 10
+    return (g_x, g_s0, g_w if need_w else None) + (None,) * 11
 
 
 _sequence_op.register_autograd(_sequence_backward, setup_context=_sequence_setup)
@@ -488,8 +522,10 @@ def balanced_sequence(x_drive: Tensor, state0: Tensor, weight_rec: Tensor, pre_i
     coef = _coefficients(a_m, a_s, b, bc, ac)
     surr = sg.get(surrogate)
     resolved = _resolve(backend, x_drive.device)
+    # Without gradient (BalancedNetwork.simulate, rollouts) the out-going weights are gathered once per
+    # weight tensor and reused across calls (see _outgoing_weights); with gradient, at every call.
     return _sequence_op(x_drive, state0, weight_rec, pre_idx, *coef, surr.id, float(surr.scale),
-                        bool(detach_reset), resolved)
+                        bool(detach_reset), resolved, not torch.is_grad_enabled())
 
 
 def balanced_tangent_fused(d: Tensor, e: Tensor, Q: Tensor, weight_rec: Tensor, pre_idx: Tensor, a_m: float,
