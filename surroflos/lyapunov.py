@@ -228,7 +228,8 @@ class _FiniteGuard:
         logdiag = R.diagonal(dim1=-2, dim2=-1).abs().log()
         self.check(t, state, logdiag)
         with torch.no_grad():
-            kept = (logdiag - Q.norm(dim=-2).log())
+            # ||q_i|| = ||R[:, i]|| as Q = Qn R with orthonormal Qn: the [k, k] factor instead of the [D, k] frame
+            kept = (logdiag - R.norm(dim=-2).log())
             kept = kept[torch.isfinite(kept)].min() if self.members is not None and kept.isfinite().any() else kept.min()
         self.min_kept = kept if self.min_kept is None else torch.minimum(self.min_kept, kept)
         return Qn, logdiag
