@@ -162,6 +162,13 @@ def _f(v, spec=".3f"):
     return "–" if v is None else format(v, spec)
 
 
+def _schedule(cfg: dict) -> str:
+    """``pre k=4 (100 steps)`` or ``during k=4 (100 + 5 x 20 steps)``."""
+    sch = TrainConfig.from_dict(cfg).schedule()
+    bouts = f" + {sch.times} x {sch.steps}" if sch.every else ""
+    return f"{cfg['flossing']} k={cfg['k']} ({sch.pre_steps}{bouts} steps)"
+
+
 def summary_table(rows: list[dict]) -> str:
     """The markdown table of a study: one row per (cell, flossing setting)."""
     head = ("| cell | task | delay (τ_m) | β | surrogate | g | flossing | success flossed [95% CI] | "
@@ -187,8 +194,7 @@ def summary_table(rows: list[dict]) -> str:
         mw = t["final_metric"]["p_value"]
         lines.append(
             f"| {r['cell']} | {cfg['task']} | {cfg['delay']} ({cfg['delay'] / _tau_m(cfg['beta']):.1f}) | "
-            f"{cfg['beta']:g} | {cfg['surrogate']} | {cfg['g']:g} | {cfg['flossing']} k={cfg['k']} "
-            f"({cfg['pre_steps']} steps) | {succ(f)} | {succ(u)} | {t['success']['p_value']:.3g} | {fin(f)} | "
+            f"{cfg['beta']:g} | {cfg['surrogate']} | {cfg['g']:g} | {_schedule(cfg)} | {succ(f)} | {succ(u)} | {t['success']['p_value']:.3g} | {fin(f)} | "
             f"{fin(u)} | {_f(mw, '.3g')} | {ttt(f)} | {ttt(u)} | {_f(f['lambda1_before'], '+.3f')} | "
             f"{_f(f['lambda1_preflossed'], '+.3f')} | {_f(f['lambda1_after'], '+.3f')} | "
             f"{_f(u['lambda1_after'], '+.3f')} |")
