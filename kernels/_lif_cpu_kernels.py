@@ -6,7 +6,6 @@ import os
 
 import numba
 import numpy as np
-from numba import prange
 
 _SUB, _ZERO, _NONE = 0, 1, 2
 
@@ -28,7 +27,9 @@ _CACHE = _cache_ok() and os.environ.get("SURROFLOS_NUMBA_CACHE", "1") != "0"
 
 
 def jit(fn):
-    return numba.njit(parallel=True, cache=_CACHE, nogil=True, error_model="numpy")(fn)
+    # Serial kernels over a range of blocks, called from several Python threads at once (nogil): the host
+    # hands out blocks one at a time (kernels/lif_cpu.py, _run_blocks).
+    return numba.njit(cache=_CACHE, nogil=True, error_model="numpy")(fn)
 
 
 def jit_inline(fn):
@@ -71,7 +72,7 @@ def surrogate_row(v, out, w, sid, c1, c2, one):
             out[j] = c2 * np.exp(-(u * u) * half)
 
 @jit
-def leaky_fwd(x, mem0, beta, thr, reset, late, g, one, BLOCK, spk, mem):
+def leaky_fwd(x, mem0, beta, thr, reset, late, g, one, BLOCK, b0, b1, spk, mem):
     """Forward of Leaky over ``x: [T, M]``: writes ``spk`` (``g`` or 0) and ``mem``, both ``[T, M]``.
 
     The operations and their order are those of the PyTorch path (``_leaky_forward_torch``): the
@@ -86,7 +87,7 @@ def leaky_fwd(x, mem0, beta, thr, reset, late, g, one, BLOCK, spk, mem):
     xf = x.ravel()
     sf = spk.ravel()
     mf = mem.ravel()
-    for blk in prange(nblk):
+    for blk in range(b0, min(b1, nblk)):
         lo = blk * BLOCK
         w = min(BLOCK, M - lo)
         u = np.empty(w, x.dtype)
@@ -147,7 +148,7 @@ def leaky_fwd(x, mem0, beta, thr, reset, late, g, one, BLOCK, spk, mem):
 
 
 @jit
-def leaky_bwd_linear(gspk, gmem, has_gmem, mem0, mem, beta, thr, sid, c1, c2, reset, g, one, params, BLOCK,
+def leaky_bwd_linear(gspk, gmem, has_gmem, mem0, mem, beta, thr, sid, c1, c2, reset, g, one, params, BLOCK, b0, b1,
                      gx, gmem0, dbeta, dthr):
     """Backward of the delayed, detached reset: ``G[t] = (gmem[t] + g gspk[t] sigma'(m[t] - theta))
     + c[t+1] G[t+1]`` scanned in reverse (the PyTorch path's linear scan and its rounding order), with
@@ -163,7 +164,7 @@ def leaky_bwd_linear(gspk, gmem, has_gmem, mem0, mem, beta, thr, sid, c1, c2, re
     gmf = gmem.ravel()
     mf = mem.ravel()
     gxf = gx.ravel()
-    for blk in prange(nblk):
+    for blk in range(b0, min(b1, nblk)):
         lo = blk * BLOCK
         w = min(BLOCK, M - lo)
         G = np.zeros(w, mem.dtype)  # G[t+1] (0 after the last step)
@@ -232,7 +233,7 @@ def leaky_bwd_linear(gspk, gmem, has_gmem, mem0, mem, beta, thr, sid, c1, c2, re
 
 @jit
 def leaky_bwd_general(gspk, gmem, has_gmem, x, mem0, mem, spk, beta, thr, sid, c1, c2, reset, late, rgrad, g,
-                      one, params, BLOCK, gx, gmem0, dbeta, dthr):
+                      one, params, BLOCK, b0, b1, gx, gmem0, dbeta, dthr):
     """Backward with the immediate reset and/or the gradient through the reset signal (the PyTorch
     path's general scan, per neuron)."""
     T, M = mem.shape
@@ -240,7 +241,7 @@ def leaky_bwd_general(gspk, gmem, has_gmem, x, mem0, mem, spk, beta, thr, sid, c
     nt = thr.shape[0]
     nblk = (M + BLOCK - 1) // BLOCK
     zero = one - one
-    for blk in prange(nblk):
+    for blk in range(b0, min(b1, nblk)):
         lo = blk * BLOCK
         w = min(BLOCK, M - lo)
         carry = np.zeros(w, mem.dtype)

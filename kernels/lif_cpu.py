@@ -6,18 +6,21 @@ pass over memory: the ``[T, M]`` sequence is cut into blocks of 256 to 2048 cont
 a block's state (membrane, reset signal, carried gradient, parameter partials) lives in small local
 arrays (L1) for the whole time loop, so every ``[T, M]`` tensor is read or written exactly once. The
 inner loops run over the block's contiguous neurons without branches (the surrogate is chosen once per
-row), so LLVM vectorises them. Blocks are independent and run in parallel (``numba.prange``; the
-number of threads follows ``torch.get_num_threads()``).
+row), so LLVM vectorises them. Blocks are independent and run in parallel: the kernels are serial
+numba functions that release the GIL (``nogil``), called on one block at a time from a small pool of
+Python threads that take the next block from a shared counter (the number of threads follows
+``torch.get_num_threads()``).
 
 Numerics. No ``fastmath``: every operation rounds as in the PyTorch path (:mod:`.lif`), in the same
 order in the forward, so the spikes and the membrane are *bit for bit* those of ``backend="torch"``
 (float32 and float64). The backward follows the linear-scan order of the PyTorch path; the reductions
 over time are per neuron (no reassociation), so it agrees with it to rounding.
 
-Threads. Unless ``NUMBA_THREADING_LAYER`` is set, the ``workqueue`` layer is used: its idle workers
-block on a condition variable instead of spinning (an OpenMP runtime spins by default, which on a
-loaded machine steals the cycles a second thread was meant to add). Blocks are handed out in chunks
-(``numba.set_parallel_chunksize``) so that a thread on a busy core takes fewer of them.
+Threads. The scheduling is dynamic: a thread whose core is busy with another process simply takes fewer
+blocks, so on a loaded machine two threads cost at most about one block more than one thread (numba's
+own ``prange`` layers split the blocks statically: measured 0.81x with 2 threads on the loaded machine,
+see BENCHMARKS.md). Idle pool threads wait on a queue (they sleep; nothing spins), and no threading
+layer of numba is involved, so OpenMP settings and other numba users are unaffected.
 
 Compilation is cached on disk (``cache=True``): in the package's ``__pycache__`` or, where the
 install is read-only, numba's user-wide cache (``NUMBA_CACHE_DIR`` overrides both); where no cache
@@ -36,9 +39,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["numba_importable", "leaky_forward", "leaky_backward", "CHUNK"]
+__all__ = ["numba_importable", "leaky_forward", "leaky_backward"]
 
-CHUNK = 1  # blocks per dynamically scheduled chunk
 BLOCK_MIN, BLOCK_MAX = 256, 2048  # neurons per block (runtime: see _block)
 SMALL = 2**18  # element-steps below which one thread runs the kernel
 
@@ -72,32 +74,55 @@ def _cache_dir_fallback() -> None:
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
-    import numba
-
-    if not os.environ.get("NUMBA_THREADING_LAYER"):
-        numba.config.THREADING_LAYER = "workqueue"
     _cache_dir_fallback()
     from . import _lif_cpu_kernels as k
 
     return k.leaky_fwd, k.leaky_bwd_linear, k.leaky_bwd_general
 
 
-# --------------------------------------------------------------------------------------------------
-# Host side
-# --------------------------------------------------------------------------------------------------
+_POOL: dict = {}
 
 
-def _threads(T: int, M: int, block: int) -> None:
-    """As many numba threads as torch uses (``torch.set_num_threads``), at most one per block and one for
-    small problems (below ~2^18 element-steps waking a worker costs more than it saves); chunked
-    dynamic scheduling."""
-    import numba
+def _pool(workers: int):
+    """A process-wide pool of ``workers`` threads (created on first use; idle threads sleep)."""
+    import concurrent.futures
 
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, -(-M // block)))
+    pool = _POOL.get(workers)
+    if pool is None:
+        pool = _POOL[workers] = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="surroflos-cpu")
+    return pool
+
+
+def _run_blocks(kernel, args_before: tuple, args_after: tuple, nblk: int, threads: int) -> None:
+    """``kernel(*args_before, b0, b1, *args_after)`` over the blocks ``[0, nblk)``: in this thread when
+    ``threads == 1``, else one block at a time from a shared counter in this thread and ``threads - 1``
+    pool threads (the kernels release the GIL)."""
+    if threads <= 1 or nblk <= 1:
+        kernel(*args_before, 0, nblk, *args_after)
+        return
+    import itertools
+
+    counter = itertools.count()  # next() is atomic under the GIL
+
+    def work():
+        while True:
+            b = next(counter)
+            if b >= nblk:
+                return
+            kernel(*args_before, b, b + 1, *args_after)
+
+    futures = [_pool(threads - 1).submit(work) for _ in range(threads - 1)]
+    work()
+    for f in futures:
+        f.result()
+
+
+def _threads(T: int, M: int, block: int) -> int:
+    """As many threads as torch uses (``torch.set_num_threads``), at most one per block, and one for small
+    problems (below ~2^18 element-steps handing blocks to other threads costs more than it saves)."""
     if T * M < SMALL:
-        n = 1
-    numba.set_num_threads(n)
-    numba.set_parallel_chunksize(CHUNK)
+        return 1
+    return max(1, min(torch.get_num_threads(), -(-M // block)))
 
 
 def _block(M: int) -> int:
@@ -142,9 +167,9 @@ def leaky_forward(x: Tensor, mem0: Tensor, beta: Tensor, thr: Tensor, reset: int
     if T and M:
         npd = np.dtype("float64" if acc == torch.float64 else "float32")
         block = _block(M)
-        _threads(T, M, block)
-        fwd(xa.numpy(), _np(mem0.to(acc)), _param_np(beta, acc), _param_np(thr, acc), reset, late, npd.type(g),
-            npd.type(1), block, spk.numpy(), mem.numpy())
+        _run_blocks(fwd, (xa.numpy(), _np(mem0.to(acc)), _param_np(beta, acc), _param_np(thr, acc), reset, late,
+                          npd.type(g), npd.type(1), block), (spk.numpy(), mem.numpy()), -(-M // block),
+                    _threads(T, M, block))
     return spk.to(x.dtype), mem.to(x.dtype)
 
 
@@ -172,15 +197,17 @@ def leaky_backward(gspk: Optional[Tensor], gmem: Optional[Tensor], x: Optional[T
         b, th = _param_np(beta, acc), _param_np(thr, acc)
         m0 = _np(mem0.to(acc))
         block = _block(M)
-        _threads(T, M, block)
+        nblk, threads = -(-M // block), _threads(T, M, block)
+        outs = (gx.numpy(), gmem0.numpy(), db.numpy(), dt.numpy())
         if not late and not rgrad:
-            bwd_linear(gs.numpy(), gm.numpy(), has_gmem, m0, m.numpy(), b, th, sid, c1, c2, reset, npd.type(g),
-                       npd.type(1), params_grad, block, gx.numpy(), gmem0.numpy(), db.numpy(), dt.numpy())
+            _run_blocks(bwd_linear, (gs.numpy(), gm.numpy(), has_gmem, m0, m.numpy(), b, th, sid, c1, c2, reset,
+                                     npd.type(g), npd.type(1), params_grad, block), outs, nblk, threads)
         else:
             xa = _np(x.to(acc)) if x is not None else m.numpy()
             sa = _np(spk.to(acc)) if spk is not None else m.numpy()
-            bwd_general(gs.numpy(), gm.numpy(), has_gmem, xa, m0, m.numpy(), sa, b, th, sid, c1, c2, reset, late,
-                        rgrad, npd.type(g), npd.type(1), params_grad, block, gx.numpy(), gmem0.numpy(), db.numpy(), dt.numpy())
+            _run_blocks(bwd_general, (gs.numpy(), gm.numpy(), has_gmem, xa, m0, m.numpy(), sa, b, th, sid, c1, c2,
+                                      reset, late, rgrad, npd.type(g), npd.type(1), params_grad, block), outs, nblk,
+                        threads)
     return gx.to(mem.dtype), gmem0.to(mem0.dtype), _reduce(db, beta), _reduce(dt, thr)
 
 

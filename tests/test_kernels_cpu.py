@@ -247,3 +247,26 @@ def test_kernels_are_cached_on_disk():
     assert k._CACHE, "no writable numba cache location in the test environment"
     for fn in (k.leaky_fwd, k.leaky_bwd_linear, k.leaky_bwd_general):
         assert fn._cache is not None and type(fn._cache).__name__ == "FunctionCache"
+
+
+def test_idle_threads_sleep(monkeypatch):
+    """After a two-thread call the pool's threads wait without spinning: no CPU time while idle."""
+    import resource
+    import time
+
+    from surroflos.kernels import lif_cpu
+
+    monkeypatch.setattr(lif_cpu, "SMALL", 0)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        lif.leaky_sequence(torch.rand(20, 4, 300), None, 0.9, 0.5, surrogate="atan", backend="cpu")
+        time.sleep(0.05)  # let any OpenMP worker of torch's own ops finish its spin-wait
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        time.sleep(0.5)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        torch.set_num_threads(before)
+    assert len(lif_cpu._POOL) >= 1  # the pool exists: its threads are alive and idle
+    busy = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+    assert busy < 0.1, f"{busy:.3f} s of CPU time in 0.5 s of idling: something spins"
