@@ -43,14 +43,16 @@ def main(argv=None) -> int:
         argv, extra = argv[:i], argv[i + 1:]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", action="store_true", help="run configurations 1-4 and ensemble on CUDA instead of cpu")
-    p.add_argument("--configs", nargs="+", choices=bench.CONFIGS, help="which configurations (default: cpu, cpu_kernels and "
-                   "ensemble, or 1 2 3 4 and ensemble with --gpu)")
+    p.add_argument("--configs", nargs="+", choices=bench.CONFIGS,
+                   help="which configurations (default: cpu, cpu_kernels and ensemble, or 1 2 3 4 and "
+                        "ensemble with --gpu)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, not a measurement)")
     p.add_argument("--tag", help="results sub-folder (default cpu or the GPU name)")
     p.add_argument("--results", default=os.path.join(HERE, "results"), help="results root (default benchmarks/results)")
     args = p.parse_args(argv)
     # the ensemble config runs on both devices: with --gpu it measures the GPU variant of issue 12's target
-    configs = args.configs or (list(bench.GPU_CONFIGS) + ["ensemble"] if args.gpu else ["cpu", "cpu_kernels", "ensemble"])
+    cpu_configs = ["cpu", "cpu_kernels", "ensemble"]
+    configs = args.configs or (list(bench.GPU_CONFIGS) + ["ensemble"] if args.gpu else cpu_configs)
     tag = args.tag or _tag(args.gpu) + ("-quick" if args.quick else "")
     out = os.path.join(args.results, tag)
     rc = 0
