@@ -30,8 +30,11 @@ per step for the default configuration, the spikes included), and saves only the
 ``x`` and the spikes for ``reset_delay=False``); the backward scans time in reverse with the explicit
 per-step gradient formulas (no autograd graph), the same formulas as the Triton backward kernel, whose
 PyTorch reference it is. ``"triton"`` runs one forward kernel and one backward kernel over the whole
-sequence (:mod:`surroflos.kernels.lif_triton`). ``"auto"``: Triton for CUDA tensors, PyTorch
-otherwise. Both paths are the torch.library custom ops ``surroflos::leaky_sequence`` and
+sequence (:mod:`surroflos.kernels.lif_triton`). ``"cpu"`` (``leaky_sequence`` only): compiled numba
+kernels for CPU tensors, one forward and one backward pass over memory, parallel over blocks of neurons,
+the forward bit for bit the PyTorch path's (:mod:`surroflos.kernels.lif_cpu`). ``"auto"``: Triton for
+CUDA tensors; for float32/float64 CPU tensors the numba kernels of ``leaky_sequence`` where numba
+imports; PyTorch otherwise (``synaptic_sequence`` on the CPU, half precision). Both paths are the torch.library custom ops ``surroflos::leaky_sequence`` and
 ``surroflos::synaptic_sequence`` (``register_fake`` and ``register_autograd``; the backward is the op
 ``surroflos::*_sequence_backward``), so ``torch.compile`` captures them whole. Double backward is not
 supported.
@@ -84,7 +87,7 @@ def leaky_sequence(x: Tensor, mem0: Optional[Tensor], beta: ParamLike, threshold
         reset_delay: snnTorch's ``reset_delay`` (``False``: also reset right after the spike).
         detach_reset: ``False`` lets the gradient flow through the delayed reset signal.
         graded: constant factor of the output spikes (snnTorch's ``graded_spikes_factor``).
-        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cpu"``.
 
     Raises:
         LIFConfigError: a parameter shape or ``graded`` the fused path cannot express.
