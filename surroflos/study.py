@@ -84,6 +84,16 @@ PRESETS: dict[str, dict] = {
                      {"name": "pre-k16", "set": {"flossing": "pre", "k": 16}}],
         "only": {"xor-d24-superspike": ["pre-k16"], "gng-superspike-lr1e-3-60ep": ["pre-k4"]},
     },
+    # The second round's lead (lr 1e-3, 60 epochs, wide surrogate, k = 4) on 20 new seeds (10-29).
+    "replicate": {
+        "base": {"task": "gonogo_temporal", "model": "lif", "N": 64, "beta": 0.8, "reset": "zero", "g": 1.0,
+                 "surrogate": "superspike", "delay": 24, "T": None, "epochs": 60, "steps_per_epoch": 10,
+                 "batch": 32, "lr": 1e-3, "pre_steps": 100, "floss_T": 100, "floss_batch": 8,
+                 "lyap_every": 5, "spectrum_T": 200, "spectrum_k": 16, "eval_batch": 256, "seed": 10},
+        "seeds": 20,
+        "cells": [{"name": "gng-superspike-lr1e-3-60ep-s10", "set": {}}],
+        "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}}],
+    },
     # A seconds-long study for tests and for trying the runner.
     "tiny": {
         "base": {"task": "xor", "model": "lif", "N": 8, "delay": 4, "T": 12, "epochs": 2, "steps_per_epoch": 2,
