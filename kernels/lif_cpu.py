@@ -84,12 +84,14 @@ _POOL: dict = {}
 
 
 def _pool(workers: int):
-    """A process-wide pool of ``workers`` threads (created on first use; idle threads sleep)."""
+    """A process-wide pool of ``workers`` threads (created on first use; idle threads sleep). A forked child
+    (multiprocessing, DataLoader workers) inherits the pool object but not its threads: it gets its own."""
     import concurrent.futures
 
-    pool = _POOL.get(workers)
+    key = (os.getpid(), workers)
+    pool = _POOL.get(key)
     if pool is None:
-        pool = _POOL[workers] = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="surroflos-cpu")
+        pool = _POOL[key] = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="surroflos-cpu")
     return pool
 
 

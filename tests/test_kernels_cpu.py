@@ -270,3 +270,32 @@ def test_idle_threads_sleep(monkeypatch):
     assert len(lif_cpu._POOL) >= 1  # the pool exists: its threads are alive and idle
     busy = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
     assert busy < 0.1, f"{busy:.3f} s of CPU time in 0.5 s of idling: something spins"
+
+
+def test_forked_child_gets_its_own_pool(monkeypatch):
+    """A child forked after the pool started (multiprocessing) runs two-thread calls instead of hanging on the
+    parent's threads, which it does not have."""
+    import multiprocessing as mp
+
+    from surroflos.kernels import lif_cpu
+
+    monkeypatch.setattr(lif_cpu, "SMALL", 0)
+    x = torch.rand(20, 4, 300)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ref = lif.leaky_sequence(x, None, 0.9, 0.5, surrogate="atan", backend="cpu")[0]
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=_child, args=(x, q))
+        p.start()
+        got = q.get(timeout=120)
+        p.join(timeout=60)
+    finally:
+        torch.set_num_threads(before)
+    assert p.exitcode == 0 and torch.equal(got, ref)
+
+
+def _child(x, q):
+    torch.set_num_threads(2)
+    q.put(lif.leaky_sequence(x, None, 0.9, 0.5, surrogate="atan", backend="cpu")[0])
