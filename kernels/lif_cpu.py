@@ -47,7 +47,8 @@ SMALL = 2**18  # element-steps below which one thread runs the kernel
 
 @functools.lru_cache(maxsize=None)
 def numba_importable() -> bool:
-    """True when numba imports and the kernels compile (checked once per process)."""
+    """True when numba imports and the kernel module loads (checked once per process; the kernels themselves
+    compile, or load from the disk cache, on first call)."""
     try:
         _kernels()
     except Exception:  # pragma: no cover - depends on the installation
