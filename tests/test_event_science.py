@@ -27,6 +27,23 @@ def test_science_script_quick(tmp_path):
             assert r["n_positive"] == 0 and r["ky_dimension"] == 1.0
     sur = json.loads((tmp_path / "event_surrogate.json").read_text())
     assert len(sur["runs"]) == 2 and len(sur["exact"]) == 1
+    md = science.tables(str(tmp_path))
+    # one row per summary line / run, and the exact rows beside the surrogate ones
+    assert md.count("\n| lif |") == 1 and md.count("\n| theta |") == 1
+    assert md.count("\n| N |") == 4 and md.count("\n| K |") == 4  # theta and LIF sweeps, 2 values each
+    assert md.count("**exact**") == 2 and md.count("| atan(2) |") == 2
+    lam1 = sur["runs"][0]["exponents"][0]
+    assert f"{lam1:.4g}" in md
+
+
+def test_science_script_overrides_and_bad_surrogate(tmp_path, capsys):
+    assert science.main(["surrogate", "--quick", "--out", str(tmp_path), "--dts", "1e-3", "--surrogates",
+                         "triangle:0.5"]) == 0
+    sur = json.loads((tmp_path / "event_surrogate.json").read_text())
+    assert [(r["surrogate"], r["scale"], r["dt"]) for r in sur["runs"]] == [("triangle", 0.5, 1e-3)]
+    with pytest.raises(SystemExit) as e:
+        science.main(["surrogate", "--quick", "--out", str(tmp_path), "--surrogates", "atan"])
+    assert e.value.code == 2 and "NAME:SCALE" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ convert.
 
 Algorithm (SparseProp, Engelken 2023): all neurons' states are stored relative to one global offset that
 carries the free flow, so nothing is updated between spikes; the next spiker is the top of a priority queue
-(an indexed binary heap); a spike updates the reset spiker and its ``K`` targets, each by one heap sift.
+(an indexed 4-ary heap); a spike updates the reset spiker and its ``K`` targets, each by one heap sift.
 Cost per spike ``O(K log N)``, memory ``O(N K)`` (the targets, int32). The compiled loop and the exact
 representation are documented in :mod:`surroflos.event._kernels`; :mod:`surroflos.event.reference` is the
 plain O(N)-per-spike simulation (voltages, every neuron's next spike time recomputed at each spike) that the

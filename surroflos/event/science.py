@@ -23,14 +23,15 @@ import json
 import math
 import os
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from .lyapunov import lyapunov_spectrum
 from .network import EventNetwork
 
-__all__ = ["run_spectra", "run_extensive", "run_extensive_lif", "run_surrogate", "run_surrogate_scaled", "main"]
+__all__ = ["run_spectra", "run_extensive", "run_extensive_lif", "run_surrogate", "run_surrogate_scaled", "tables",
+           "main"]
 
 BASE = dict(J0=1.0, rate=1.0, tau_m=0.01)
 
@@ -143,7 +144,8 @@ def run_extensive_lif(out: str, quick: bool = False) -> Dict[str, Any]:
     return run_extensive(out, quick, neuron="lif")
 
 
-def run_surrogate(out: str, quick: bool = False) -> Dict[str, Any]:
+def run_surrogate(out: str, quick: bool = False, dts: Optional[List[float]] = None,
+                  seeds: Optional[List[int]] = None, surrogates: Optional[List[tuple]] = None) -> Dict[str, Any]:
     import torch
 
     from .. import lyapunov as slyap
@@ -152,10 +154,10 @@ def run_surrogate(out: str, quick: bool = False) -> Dict[str, Any]:
     torch.set_num_threads(1)
     N, K, k = (60, 10, 4) if quick else (200, 20, 10)
     rate = 2.0
-    seeds = [0] if quick else [0, 1]
-    dts = [1e-3, 1e-4] if quick else [1e-3, 5e-4, 2e-4, 1e-4, 5e-5, 2e-5, 1e-5]
-    surrs = [("atan", 2.0)] if quick else [("atan", 2.0), ("atan", 10.0), ("atan", 50.0), ("fast_sigmoid", 25.0),
-                                           ("triangle", 0.3)]
+    seeds = seeds or ([0] if quick else [0, 1])
+    dts = dts or ([1e-3, 1e-4] if quick else [1e-3, 5e-4, 2e-4, 1e-4, 5e-5, 2e-5, 1e-5])
+    surrs = surrogates or ([("atan", 2.0)] if quick else [("atan", 2.0), ("atan", 10.0), ("atan", 50.0),
+                                                         ("fast_sigmoid", 25.0), ("triangle", 0.3)])
     T_trans, T_frame, T_acc = (0.05, 0.05, 0.2) if quick else (0.3, 0.3, 2.0)
     runs, exact = [], []
     for seed in seeds:
@@ -194,7 +196,8 @@ def run_surrogate(out: str, quick: bool = False) -> Dict[str, Any]:
     return payload
 
 
-def run_surrogate_scaled(out: str, quick: bool = False) -> Dict[str, Any]:
+def run_surrogate_scaled(out: str, quick: bool = False, dts: Optional[List[float]] = None,
+                         seeds: Optional[List[int]] = None, cs: Optional[List[float]] = None) -> Dict[str, Any]:
     """Surrogates whose integral scales with the step: ``triangle`` with ``scale = c dt / tau_m`` (its integral,
     unit width on each side of threshold), for several ``c``: does the surrogate spectrum then converge as
     ``dt -> 0``, and to what?"""
@@ -206,9 +209,9 @@ def run_surrogate_scaled(out: str, quick: bool = False) -> Dict[str, Any]:
     torch.set_num_threads(1)
     N, K, k = (60, 10, 4) if quick else (200, 20, 10)
     rate, tau = 2.0, 0.01
-    seeds = [0] if quick else [0, 1]
-    dts = [1e-3, 1e-4] if quick else [1e-3, 1e-4, 2e-5]
-    cs = [1.0] if quick else [0.3, 1.0, 3.0, 10.0]
+    seeds = seeds or ([0] if quick else [0, 1])
+    dts = dts or ([1e-3, 1e-4] if quick else [1e-3, 1e-4, 2e-5])
+    cs = cs or ([1.0] if quick else [0.3, 1.0, 3.0, 10.0])
     T_trans, T_frame, T_acc = (0.05, 0.05, 0.2) if quick else (0.3, 0.3, 2.0)
     runs, exact = [], []
     for seed in seeds:
@@ -362,6 +365,75 @@ def _plot_surrogate_scaled(payload, path):
 
 
 # ----------------------------------------------------------------------------------------------
+# Tables (the markdown of docs/RESULTS.md, from the JSON files)
+# ----------------------------------------------------------------------------------------------
+
+
+def _pm(v, digits=3) -> str:
+    mean, half = v
+    if half != half:  # one seed: no interval
+        return f"{mean:.{digits}g}"
+    return f"{mean:.{digits}g} ± {half:.2g}"
+
+
+def tables(out: str) -> str:
+    """Markdown tables of every ``event_*.json`` in ``out`` (mean ± 95% CI half-width over seeds)."""
+    parts = []
+
+    def load(name):
+        path = os.path.join(out, f"event_{name}.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    sp = load("spectra")
+    if sp:
+        parts.append("| neuron | N | K | seeds | rate (Hz) | ISI CV | lambda_1 (1/s) | lambda_2 (1/s) | positive | "
+                     "KS entropy (1/s) | KY dimension | mean exponent (1/s) | wall (s) |\n|" + "---|" * 13)
+        for r in sp["summary"]:
+            parts[-1] += (f"\n| {r['neuron']} | {r['N']} | {r['K']} | {r['seeds']} | {_pm(r['rate'])} | {_pm(r['cv'])} | "
+                          f"{_pm(r['lambda1'])} | {_pm(r['lambda2'])} | {_pm(r['n_positive'])} | "
+                          f"{_pm(r['ks_entropy'])} | {_pm(r['ky_dimension'])} | {_pm(r['mean_exponent'])} | "
+                          f"{_pm(r['wall_s'], 2)} |")
+    for name in ("extensive", "extensive_lif"):
+        ex = load(name)
+        if not ex:
+            continue
+        parts.append(f"{ex['settings']['neuron']} networks:\n\n| sweep | N | K | seeds | rate (Hz) | lambda_1 (1/s) | "
+                     "positive / N | KS / N (1/s) | KY / N | lambda_2 (1/s) | mean exponent (1/s) |\n|" + "---|" * 11)
+        for r in ex["summary"]:
+            parts[-1] += (f"\n| {r['sweep']} | {r['N']} | {r['K']} | {r['seeds']} | {_pm(r['rate'])} | "
+                          f"{_pm(r['lambda1'])} | {_pm(r['positive_fraction'])} | {_pm(r['ks_per_neuron'])} | "
+                          f"{_pm(r['ky_per_neuron'])} | {_pm(r['lambda2'])} | {_pm(r['mean_exponent'])} |")
+    su = load("surrogate")
+    if su:
+        k = su["settings"]["k"]
+        ex = {e["seed"]: e for e in su["exact"]}
+        parts.append("| seed | surrogate | dt (s) | lambda_1 (1/s) | lambda_2 | lambda_k | lambda_1 dt (per step) | "
+                     "rate (Hz) |\n|" + "---|" * 8)
+        for seed, e in ex.items():
+            lam = e["exponents"]
+            parts[-1] += (f"\n| {seed} | **exact** | – | {lam[0]:.3g} | {lam[1]:.3g} | {lam[k - 1]:.3g} | – | "
+                          f"{e['rate']:.3g} |")
+        for r in su["runs"]:
+            lam = r["exponents"]
+            parts[-1] += (f"\n| {r['seed']} | {r['surrogate']}({r['scale']:g}) | {r['dt']:g} | {lam[0]:.4g} | "
+                          f"{lam[1]:.4g} | {lam[-1]:.4g} | {lam[0] * r['dt']:.3g} | {r['rate']:.3g} |")
+    sc = load("surrogate_scaled")
+    if sc:
+        parts.append("| seed | c | dt (s) | lambda_1 (1/s) | lambda_2 | lambda_k |\n|" + "---|" * 6)
+        for e in sc["exact"]:
+            lam = e["exponents"]
+            k = sc["settings"]["k"]
+            parts[-1] += f"\n| {e['seed']} | **exact** | – | {lam[0]:.3g} | {lam[1]:.3g} | {lam[k - 1]:.3g} |"
+        for r in sc["runs"]:
+            lam = r["exponents"]
+            parts[-1] += f"\n| {r['seed']} | {r['c']:g} | {r['dt']:g} | {lam[0]:.4g} | {lam[1]:.4g} | {lam[-1]:.4g} |"
+    return "\n\n".join(parts) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
 
@@ -369,10 +441,30 @@ def _plot_surrogate_scaled(payload, path):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m surroflos.event.science", description=__doc__.split("\n\n")[0])
     p.add_argument("experiment", choices=["spectra", "extensive", "extensive_lif", "surrogate", "surrogate_scaled",
-                                          "all"])
+                                          "all", "tables"],
+                   help="an experiment, all of them, or 'tables' (print the markdown tables of the JSON in --out)")
     p.add_argument("--out", default="outputs/event_science")
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds), to check the script runs")
+    p.add_argument("--dts", type=float, nargs="+", help="surrogate experiments: the time steps (s) to run")
+    p.add_argument("--seeds", type=int, nargs="+", help="surrogate experiments: the network seeds")
+    p.add_argument("--surrogates", nargs="+", metavar="NAME:SCALE",
+                   help="surrogate experiment: surrogates as name:scale, e.g. atan:2 triangle:0.3")
+    p.add_argument("--cs", type=float, nargs="+", help="surrogate_scaled: the integrals c (surrogate c dt / tau_m)")
     args = p.parse_args(argv)
+    if args.experiment == "tables":
+        print(tables(args.out), end="")
+        return 0
+    surrogates = None
+    if args.surrogates:
+        surrogates = []
+        for item in args.surrogates:
+            name, _, scale = item.partition(":")
+            try:
+                surrogates.append((name, float(scale)))
+            except ValueError:
+                p.error(f"--surrogates: {item!r} is not NAME:SCALE (e.g. atan:2)")
+    extra = {"surrogate": dict(dts=args.dts, seeds=args.seeds, surrogates=surrogates),
+             "surrogate_scaled": dict(dts=args.dts, seeds=args.seeds, cs=args.cs)}
     os.makedirs(args.out, exist_ok=True)
     names = (["spectra", "extensive", "extensive_lif", "surrogate", "surrogate_scaled"] if args.experiment == "all"
              else [args.experiment])
@@ -386,7 +478,7 @@ def main(argv=None) -> int:
         limit = None
     for name in names:
         t = time.perf_counter()
-        payload = funcs[name](args.out, args.quick)
+        payload = funcs[name](args.out, args.quick, **extra.get(name, {}))
         payload["wall_s"] = time.perf_counter() - t
         payload["quick"] = args.quick
         path = os.path.join(args.out, f"event_{name}.json")
