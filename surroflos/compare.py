@@ -211,7 +211,8 @@ def compare(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, st
         again = resume and os.path.exists(os.path.join(c.out, "checkpoint.pt"))
         log(f"{name} arm ({c.ensemble} members, seeds {c.seed}-{c.seed + c.ensemble - 1}, flossing {c.flossing}) "
             f"-> {c.out}" + (" (resumed)" if again else ""))
-        res = train(c, resume=again, progress=progress, stop_after=stop_after, log=lambda s, n=name: log(f"  [{n}] {s}"))
+        res = train(c, resume=again, progress=progress, stop_after=stop_after,
+                    log=lambda s, n=name: log(f"  [{n}] {s}"))
         interrupted = interrupted or res.interrupted
     if interrupted:
         return ComparisonResult(cfg.out, None, {k: v.out for k, v in arms.items()}, interrupted=True)
@@ -258,7 +259,7 @@ def comparison_table(comparison: dict, cfg: Optional[TrainConfig] = None) -> str
         return "–" if a["metric_mean"] is None else f"{a['metric_mean']:.3f} ± {a['metric_std']:.3f}"
 
     rows = [("", label, "unflossed (none)"),
-            ("members (seeds)", f"{f['n']} ({f['seeds'][0]}-{f['seeds'][-1]})", f"{u['n']} ({u['seeds'][0]}-{u['seeds'][-1]})"),
+            ("members (seeds)", *(f"{a['n']} ({a['seeds'][0]}-{a['seeds'][-1]})" for a in (f, u))),
             (f"success ({metric} {op} {thr:g}), 95% Wilson", succ(f), succ(u)),
             (f"final {metric}, mean ± std", final(f), final(u)),
             ("time to threshold, median epoch", ttt(f), ttt(u)),

@@ -19,7 +19,6 @@ Command line: ``python -m surroflos.study --preset pilot --out outputs/study/pil
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -204,7 +203,8 @@ def summary_table(rows: list[dict]) -> str:
         mw = t["final_metric"]["p_value"]
         lines.append(
             f"| {r['cell']} | {cfg['task']} | {cfg['delay']} ({cfg['delay'] / _tau_m(cfg['beta']):.1f}) | "
-            f"{cfg['beta']:g} | {cfg['surrogate']} | {cfg['g']:g} | {_schedule(cfg)} | {succ(f)} | {succ(u)} | {t['success']['p_value']:.3g} | {fin(f)} | "
+            f"{cfg['beta']:g} | {cfg['surrogate']} | {cfg['g']:g} | {_schedule(cfg)} | {succ(f)} | {succ(u)} | "
+            f"{t['success']['p_value']:.3g} | {fin(f)} | "
             f"{fin(u)} | {_f(mw, '.3g')} | {ttt(f)} | {ttt(u)} | {_f(f['lambda1_before'], '+.3f')} | "
             f"{_f(f['lambda1_preflossed'], '+.3f')} | {_f(f['lambda1_after'], '+.3f')} | "
             f"{_f(u['lambda1_after'], '+.3f')} |")

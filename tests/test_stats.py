@@ -49,7 +49,8 @@ def test_fisher_exact_agrees_with_scipy():
         for a in range(na + 1):
             for b in range(nb + 1):
                 ref = scipy_stats.fisher_exact([[a, na - a], [b, nb - b]], alternative="two-sided").pvalue
-                assert stats.fisher_exact(a, na, b, nb)["p_value"] == pytest.approx(ref, rel=1e-9, abs=1e-15), (a, na, b, nb)
+                got = stats.fisher_exact(a, na, b, nb)["p_value"]
+                assert got == pytest.approx(ref, rel=1e-9, abs=1e-15), (a, na, b, nb)
 
 
 def test_fisher_power():
