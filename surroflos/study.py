@@ -33,14 +33,17 @@ from .train import TrainConfig
 
 __all__ = ["PRESETS", "run_study", "cell_configs", "summary_table", "main"]
 
+# The pilot's network, task and schedule; the other presets change a few of its fields.
+_PILOT_BASE: dict = {"task": "gonogo_temporal", "model": "lif", "N": 64, "beta": 0.8, "reset": "zero", "g": 1.0,
+                     "surrogate": "atan", "delay": 24, "T": None, "epochs": 30, "steps_per_epoch": 10,
+                     "batch": 32, "lr": 3e-3, "pre_steps": 100, "floss_T": 100, "floss_batch": 8,
+                     "lyap_every": 5, "spectrum_T": 200, "spectrum_k": 16, "eval_batch": 256, "seed": 0}
+
 # The coarse pilot of docs/RESULTS.md section 5. Delays are >= 5 membrane time constants
 # (tau_m = -1/log(beta): 4.5 steps at beta 0.8, 19.5 at 0.95).
 PRESETS: dict[str, dict] = {
     "pilot": {
-        "base": {"task": "gonogo_temporal", "model": "lif", "N": 64, "beta": 0.8, "reset": "zero", "g": 1.0,
-                 "surrogate": "atan", "delay": 24, "T": None, "epochs": 30, "steps_per_epoch": 10,
-                 "batch": 32, "lr": 3e-3, "pre_steps": 100, "floss_T": 100, "floss_batch": 8,
-                 "lyap_every": 5, "spectrum_T": 200, "spectrum_k": 16, "eval_batch": 256, "seed": 0},
+        "base": _PILOT_BASE,
         "seeds": 10,
         "cells": [
             {"name": "b0.8-atan-g1", "set": {}},
@@ -58,10 +61,7 @@ PRESETS: dict[str, dict] = {
     # The pilot's follow-up: its most promising cell (wide surrogate, k = 4) on 20 new seeds (10-29, so the
     # cell chosen on seeds 0-9 is tested on others), preflossing and preflossing plus bouts during training.
     "refine": {
-        "base": {"task": "gonogo_temporal", "model": "lif", "N": 64, "beta": 0.8, "reset": "zero", "g": 1.0,
-                 "surrogate": "superspike", "delay": 24, "T": None, "epochs": 30, "steps_per_epoch": 10,
-                 "batch": 32, "lr": 3e-3, "pre_steps": 100, "floss_T": 100, "floss_batch": 8,
-                 "lyap_every": 5, "spectrum_T": 200, "spectrum_k": 16, "eval_batch": 256, "seed": 10},
+        "base": dict(_PILOT_BASE, surrogate="superspike", seed=10),
         "seeds": 20,
         "cells": [{"name": "b0.8-superspike-g1-s10", "set": {}}],
         "flossing": [
@@ -72,10 +72,7 @@ PRESETS: dict[str, dict] = {
     # Second pilot round (seeds 0-9): delayed XOR at d = 24 (5.4 tau_m) with the wide surrogate, and the
     # go/no-go cell with a lower learning rate and twice the epochs (the pilot's learning curves flip).
     "pilot2": {
-        "base": {"task": "gonogo_temporal", "model": "lif", "N": 64, "beta": 0.8, "reset": "zero", "g": 1.0,
-                 "surrogate": "superspike", "delay": 24, "T": None, "epochs": 30, "steps_per_epoch": 10,
-                 "batch": 32, "lr": 3e-3, "pre_steps": 100, "floss_T": 100, "floss_batch": 8,
-                 "lyap_every": 5, "spectrum_T": 200, "spectrum_k": 16, "eval_batch": 256, "seed": 0},
+        "base": dict(_PILOT_BASE, surrogate="superspike"),
         "seeds": 10,
         "cells": [{"name": "xor-d24-superspike", "set": {"task": "xor", "T": 48}},
                   {"name": "gng-superspike-lr1e-3-60ep", "set": {"lr": 1e-3, "epochs": 60}}],
@@ -85,10 +82,7 @@ PRESETS: dict[str, dict] = {
     },
     # The second round's lead (lr 1e-3, 60 epochs, wide surrogate, k = 4) on 20 new seeds (10-29).
     "replicate": {
-        "base": {"task": "gonogo_temporal", "model": "lif", "N": 64, "beta": 0.8, "reset": "zero", "g": 1.0,
-                 "surrogate": "superspike", "delay": 24, "T": None, "epochs": 60, "steps_per_epoch": 10,
-                 "batch": 32, "lr": 1e-3, "pre_steps": 100, "floss_T": 100, "floss_batch": 8,
-                 "lyap_every": 5, "spectrum_T": 200, "spectrum_k": 16, "eval_batch": 256, "seed": 10},
+        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, seed=10),
         "seeds": 20,
         "cells": [{"name": "gng-superspike-lr1e-3-60ep-s10", "set": {}}],
         "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}}],
