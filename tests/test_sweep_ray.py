@@ -11,10 +11,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
+from _processes import alive as _alive, cmdline as _cmdline, stat as _stat, wait as _wait
 from surroflos import cli
 from surroflos.sweep import SweepSpec, plan, run_sweep
 from surroflos.train import ConfigError, TrainConfig, train
@@ -71,6 +71,7 @@ def test_ray_sweep_writes_what_the_local_engine_writes(tmp_path, ray_address):
     ray_rows = run_sweep(_spec(), ray_out, engine="ray", progress=False)
     local_rows = run_sweep(_spec(), local_out, engine="local", workers=1, progress=False)
     assert [r["status"] for r in ray_rows] == ["ran"] * 4, ray_rows
+    assert [r["status"] for r in local_rows] == ["ran"] * 4, local_rows
     assert sorted(os.listdir(os.path.join(ray_out, "packs"))) == sorted(os.listdir(os.path.join(local_out, "packs")))
     names = sorted(os.listdir(os.path.join(local_out, "runs")))
     assert names == sorted(os.listdir(os.path.join(ray_out, "runs"))) and len(names) == 4
@@ -173,33 +174,11 @@ def test_ray_flags_with_the_local_engine_are_refused(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _state(pid: int):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return fields[0], int(fields[1])
-
-
-def _alive(pid: int) -> bool:
-    st = _state(pid)
-    return st is not None and st[0] not in ("Z", "X")
-
-
 def _descendants(pid: int) -> list[int]:
     parents = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
-            st = _state(int(d))
+            st = _stat(int(d))
             if st is not None:
                 parents[int(d)] = st[1]
     found, frontier = [], {pid}
@@ -214,15 +193,6 @@ def _task_processes() -> list[int]:
     """Ray worker processes running a sweep task (their title is ``ray::_ray_job``)."""
     return [int(d) for d in os.listdir("/proc") if d.isdigit() and _alive(int(d))
             and _cmdline(int(d)).startswith("ray::_ray_job")]
-
-
-def _wait(cond, timeout: float, step: float = 0.1) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 # Two runs of thousands of tiny epochs: mid-training when the driver is stopped.

@@ -8,10 +8,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
+from _processes import alive as _alive, cmdline as _cmdline, stat as _stat, wait as _wait
 from surroflos import cli
 from surroflos.sweep import SweepSpec, expand, run_sweep
 from surroflos.train import ConfigError, train
@@ -201,20 +201,6 @@ def test_cli_success_nan_is_refused(tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _stat(pid: int):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return fields[0], int(fields[1])  # state, parent pid
-
-
-def _alive(pid: int) -> bool:
-    st = _stat(pid)
-    return st is not None and st[0] not in ("Z", "X")  # a zombie has exited
-
-
 def _children(pid: int) -> list[int]:
     kids = []
     for d in os.listdir("/proc"):
@@ -225,21 +211,6 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _wait(cond, timeout: float, step: float = 0.05) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 # Four runs on two workers, each long enough (thousands of tiny epochs) to be mid-training when stopped; the
