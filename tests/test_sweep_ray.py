@@ -217,13 +217,13 @@ def _stop_and_check(proc, out, tmp_path, sig, tracked) -> None:
     try:
         os.kill(proc.pid, sig)
         try:
-            code = proc.wait(timeout=60)
+            code = proc.wait(timeout=120)  # a bound for a loaded machine (60 s was exceeded at load 8)
         except subprocess.TimeoutExpired:
             code = None
         log = (tmp_path / "sweep.log").read_text()
         assert code == 130, log
         # Generous bound for a loaded machine: an orphan would run for thousands of epochs.
-        gone = _wait(lambda: not any(_alive(p) for p in tracked()), 30.0)
+        gone = _wait(lambda: not any(_alive(p) for p in tracked()), 60.0)
         assert gone, "still running: " + ", ".join(f"{p} {_cmdline(p)[:60]}" for p in tracked() if _alive(p))
         assert "Traceback" not in log, log
     finally:
