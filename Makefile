@@ -15,8 +15,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/surroflos bench --config cpu
 
+# The fast suite on two pytest workers (a test module stays on one worker), then the tests that stop a sweep's
+# driver with signals in a pytest process of their own.
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow and not isolated" -q -n 2 --dist loadfile
+	$(PY) -m pytest -m "isolated and not slow" -q
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q

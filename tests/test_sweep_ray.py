@@ -243,6 +243,7 @@ def _stop_and_check(proc, out, tmp_path, sig, tracked) -> None:
 
 
 @needs_proc
+@pytest.mark.isolated
 def test_ctrl_c_of_a_driver_on_a_cluster_cancels_its_tasks(tmp_path, ray_address):
     """The driver connects to a running cluster (this module's instance, through --address): Ctrl-C cancels the
     tasks it submitted; the cluster itself stays up."""
@@ -257,6 +258,7 @@ def test_ctrl_c_of_a_driver_on_a_cluster_cancels_its_tasks(tmp_path, ray_address
 
 
 @needs_proc
+@pytest.mark.isolated
 def test_sigterm_of_a_driver_shuts_its_local_ray_down(tmp_path, ray_address):
     """Without --address the driver starts a local Ray instance; SIGTERM cancels the tasks and shuts that
     instance down: no process the driver started outlives it."""

@@ -266,6 +266,7 @@ needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="fi
 
 
 @needs_proc
+@pytest.mark.isolated
 def test_kill_9_of_a_sweep_leaves_no_worker_and_it_resumes(tmp_path):
     proc, out, workers, others = _start_sweep(tmp_path)
     try:
@@ -281,6 +282,7 @@ def test_kill_9_of_a_sweep_leaves_no_worker_and_it_resumes(tmp_path):
 
 
 @needs_proc
+@pytest.mark.isolated
 def test_ctrl_c_of_a_sweep_stops_it_and_its_workers(tmp_path):
     proc, out, workers, others = _start_sweep(tmp_path)
     try:
