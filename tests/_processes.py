@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Callable, Optional
 
@@ -38,3 +39,10 @@ def wait(cond: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
             return True
         time.sleep(step)
     return cond()
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a driver the tests stop with Ctrl-C: SIGINT back to its default. A shell's background
+    job (``cmd &`` without job control, as CI scripts start things) ignores SIGINT, children inherit that, and
+    Python then installs no KeyboardInterrupt handler: the driver would never see the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from _processes import alive as _alive, cmdline as _cmdline, stat as _stat, wait as _wait
+from _processes import alive as _alive, cmdline as _cmdline, default_sigint, stat as _stat, wait as _wait
 from surroflos import cli
 from surroflos.sweep import SweepSpec, plan, run_sweep
 from surroflos.train import ConfigError, TrainConfig, train
@@ -203,7 +203,8 @@ def _start(tmp_path, extra):
     out = tmp_path / "sw"
     log = open(tmp_path / "sweep.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "surroflos", *_LONG, "--out", str(out), *extra], cwd=REPO,
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=default_sigint)
     log.close()
     runs = [out / "runs" / f"xor-d2-rate-{fl}-s0" / "metrics.jsonl" for fl in ("none", "pre")]
     if not _wait(lambda: proc.poll() is None and all(p.exists() and p.stat().st_size > 0 for p in runs), 180):
