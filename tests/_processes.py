@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from typing import Callable, Optional
@@ -46,3 +47,14 @@ def default_sigint() -> None:
     job (``cmd &`` without job control, as CI scripts start things) ignores SIGINT, children inherit that, and
     Python then installs no KeyboardInterrupt handler: the driver would never see the test's Ctrl-C."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def reap(proc, pids) -> None:
+    """Test cleanup: end what a test started (by pid) if the code under test left it running."""
+    for pid in [proc.pid, *pids]:
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    proc.wait()

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from _processes import alive as _alive, cmdline as _cmdline, default_sigint, stat as _stat, wait as _wait
+from _processes import alive as _alive, cmdline as _cmdline, default_sigint, reap as _reap, stat as _stat, wait as _wait
 from surroflos import cli
 from surroflos.sweep import SweepSpec, plan, run_sweep
 from surroflos.train import ConfigError, TrainConfig, train
@@ -228,13 +228,7 @@ def _stop_and_check(proc, out, tmp_path, sig, tracked) -> None:
         assert gone, "still running: " + ", ".join(f"{p} {_cmdline(p)[:60]}" for p in tracked() if _alive(p))
         assert "Traceback" not in log, log
     finally:
-        for pid in [proc.pid, *tracked()]:
-            if _alive(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        proc.wait()
+        _reap(proc, tracked())
     # the same command continues: both runs have a checkpoint to resume
     from surroflos.sweep import spec_from_args
 

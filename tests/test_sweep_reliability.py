@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from _processes import alive as _alive, cmdline as _cmdline, default_sigint, stat as _stat, wait as _wait
+from _processes import alive as _alive, cmdline as _cmdline, default_sigint, reap as _reap, stat as _stat, wait as _wait
 from surroflos import cli
 from surroflos.sweep import SweepSpec, expand, run_sweep
 from surroflos.train import ConfigError, train
@@ -240,17 +240,6 @@ def _start_sweep(tmp_path):
     workers = [p for p in kids if "multiprocessing" in _cmdline(p) and "resource_tracker" not in _cmdline(p)]
     assert len(workers) == 2, [(p, _cmdline(p)) for p in kids]
     return proc, out, workers, [p for p in kids if p not in workers]
-
-
-def _reap(proc, pids) -> None:
-    """Test cleanup: end what this test started (by pid) if the code under test left it running."""
-    for pid in [proc.pid, *pids]:
-        if _alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    proc.wait()
 
 
 def _assert_resumable(out) -> None:
