@@ -179,6 +179,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--threshold", type=at.positive_float, default=d.threshold)
     m.add_argument("--reset", choices=["subtract", "zero"], default=d.reset)
     m.add_argument("--surrogate", choices=_surrogates(), default=d.surrogate)
+    m.add_argument("--surrogate-scale", type=at.positive_float, default=d.surrogate_scale,
+                   help="surrogate width parameter (default: the surrogate's own; larger is narrower)")
     m.add_argument("--K", type=at.positive_int, default=d.K, help="balanced in-degree")
     m.add_argument("--init", choices=["gaussian", "orthogonal", "balanced", "limit_cycle"], default=None,
                    help="recurrent weight initialisation (default: the model's own N(0, g^2/N)); --g is its gain")

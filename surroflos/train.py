@@ -69,7 +69,8 @@ class TrainConfig:
     steps; ``None``: the task's own default; the defaults 6 and 60 are those of the main job, delayed
     XOR, so set them to ``None`` for tasks without a delay such as ``flipflop``), ``task_params`` (further keyword arguments of :func:`surroflos.tasks.make`).
     Model: ``model`` in :data:`MODELS`, ``N`` hidden units, gain ``g``; spiking ``beta``, ``alpha``,
-    ``threshold``, ``reset``, ``surrogate``; balanced ``K`` (in-degree). ``backend``: kernel backend.
+    ``threshold``, ``reset``, ``surrogate`` and its width ``surrogate_scale`` (``None``: the surrogate's own
+    default, see :mod:`surroflos.surrogate`; larger is narrower); balanced ``K`` (in-degree). ``backend``: kernel backend.
     Flossing: ``flossing`` in :data:`FLOSSING_MODES`, ``k`` exponents towards ``target``,
     ``pre_steps``, ``floss_every``/``floss_steps``/``floss_times`` (during training), ``floss_T``
     (steps per estimate), ``floss_batch``, ``floss_lr``; ``local_flossing``: flossing updates use local
@@ -107,6 +108,7 @@ class TrainConfig:
     threshold: float = 1.0
     reset: str = "zero"
     surrogate: str = "atan"
+    surrogate_scale: Optional[float] = None
     K: int = 16
     backend: str = "auto"
     rule: str = "bptt"
@@ -249,6 +251,9 @@ def validate(cfg: TrainConfig):
     from . import surrogate as sg
 
     _check(cfg.surrogate in sg.SURROGATES, f"surrogate must be one of {sorted(sg.SURROGATES)}, got {cfg.surrogate!r}")
+    _check(cfg.surrogate_scale is None or (_is_real(cfg.surrogate_scale) and math.isfinite(cfg.surrogate_scale)
+                                           and cfg.surrogate_scale > 0),
+           f"surrogate_scale must be a positive number or None (the surrogate's own), got {cfg.surrogate_scale!r}")
     _check(cfg.reset in ("subtract", "zero"), f"reset must be 'subtract' or 'zero', got {cfg.reset!r}")
     _check_device(cfg.device, cfg.backend)
     _check(isinstance(cfg.task_params, dict), f"task_params must be a dict, got {cfg.task_params!r}")
@@ -296,6 +301,12 @@ def check_memory(cfg: TrainConfig, task) -> None:
                    f"a {cfg.model} network of N={cfg.N}", "lower --N, --batch, --eval-batch or --T")
 
 
+def _surrogate(cfg: TrainConfig):
+    from . import surrogate as sg
+
+    return sg.get(cfg.surrogate, cfg.surrogate_scale)
+
+
 def build_model(cfg: TrainConfig, task, device: torch.device, dtype: torch.dtype):
     """The network of ``cfg`` sized for ``task`` (weights seeded by ``cfg.seed``)."""
     from .models import BalancedNetwork, RateRNN, SpikingRNN
@@ -309,10 +320,10 @@ def build_model(cfg: TrainConfig, task, device: torch.device, dtype: torch.dtype
         if cfg.backend != "auto":
             kwargs["backend"] = cfg.backend
         return SpikingRNN(task.n_in, cfg.N, task.n_out, neuron=cfg.model, beta=cfg.beta, alpha=cfg.alpha,
-                          threshold=cfg.threshold, reset=cfg.reset, surrogate=cfg.surrogate, g=cfg.g,
+                          threshold=cfg.threshold, reset=cfg.reset, surrogate=_surrogate(cfg), g=cfg.g,
                           generator=gen, device=device, dtype=dtype, **kwargs)
     return BalancedNetwork(cfg.N, cfg.K, n_in=task.n_in, n_out=task.n_out, learn_recurrent=True,
-                           surrogate=cfg.surrogate, generator=gen, device=device, dtype=dtype)
+                           surrogate=_surrogate(cfg), generator=gen, device=device, dtype=dtype)
 
 
 def member_seeds(cfg: TrainConfig) -> Optional[list[int]]:

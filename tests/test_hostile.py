@@ -80,6 +80,7 @@ def _copy_run(trained_run, tmp_path, name="run"):
     (["--threshold", "0"], "--threshold"),
     (["--threshold", "-1"], "--threshold"),
     (["--surrogate", "bogus"], "--surrogate"),
+    (["--surrogate-scale", "0"], "--surrogate-scale"),
     (["--g", "nan"], "--g"),
     (["--model", "cuba", "--alpha", "nan"], "--alpha"),
     (["--device", "foo"], "--device"),

@@ -195,3 +195,24 @@ def test_init_scheme_replaces_the_recurrent_weights(tmp_path, init):
     with pytest.raises(ConfigError, match="sparse"):
         validate(_cfg(tmp_path, init="gaussian", model="balanced", K=4))
     assert sorted(inits.SCHEMES) == ["balanced", "gaussian", "limit_cycle", "orthogonal"]
+
+
+@pytest.mark.parametrize("model", ["lif", "cuba", "balanced"])
+def test_surrogate_scale_sets_the_width_of_the_trained_networks_surrogate(tmp_path, model):
+    from surroflos import surrogate as sg
+    from surroflos.train import build_model, validate
+
+    kw = dict(model=model, surrogate="superspike", K=4)
+    cfg = _cfg(tmp_path, surrogate_scale=7.5, **kw)
+    task = validate(cfg)
+    net = build_model(cfg, task, torch.device("cpu"), torch.float32)
+    assert (net.surrogate.name, net.surrogate.scale) == ("superspike", 7.5)
+    default = build_model(_cfg(tmp_path, **kw), task, torch.device("cpu"), torch.float32)
+    assert default.surrogate.scale == sg.SURROGATES["superspike"][1]  # None keeps the surrogate's own width
+    # The width reaches the surrogate gradient: sigma'(0.5) = 1 / (scale |x| + 1)^2.
+    x = torch.tensor([0.5], requires_grad=True)
+    net.surrogate(x).sum().backward()
+    assert float(x.grad) == pytest.approx(1.0 / (7.5 * 0.5 + 1.0) ** 2, rel=1e-6)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="surrogate_scale"):
+            validate(_cfg(tmp_path, surrogate_scale=bad, **kw))
