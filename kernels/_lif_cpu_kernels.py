@@ -71,6 +71,33 @@ def surrogate_row(v, out, w, sid, c1, c2, one):
             u = c1 * v[j]
             out[j] = c2 * np.exp(-(u * u) * half)
 
+@jit_inline
+def block_span(blk, BLOCK, M):
+    """``(lo, w)``: the first neuron of block ``blk`` and its width (the last block may be partial)."""
+    lo = blk * BLOCK
+    return lo, min(BLOCK, M - lo)
+
+
+@jit_inline
+def per_neuron(p, lo, w):
+    """A block's copy of a parameter: ``out[j] = p[(lo + j) % len(p)]`` (``p``: one value or ``[N]``; the
+    flattened neuron ``i`` of ``[T, K*N]`` has parameter index ``i % N``)."""
+    n = p.shape[0]
+    out = np.empty(w, p.dtype)
+    for j in range(w):
+        out[j] = p[(lo + j) % n]
+    return out
+
+
+@jit_inline
+def block_state(s0, lo, w):
+    """A block's copy of an initial state ``s0[lo:lo + w]`` (the time loop updates it in place)."""
+    out = np.empty(w, s0.dtype)
+    for j in range(w):
+        out[j] = s0[lo + j]
+    return out
+
+
 @jit
 def leaky_fwd(x, mem0, beta, thr, reset, late, g, one, BLOCK, b0, b1, spk, mem):
     """Forward of Leaky over ``x: [T, M]``: writes ``spk`` (``g`` or 0) and ``mem``, both ``[T, M]``.
@@ -80,24 +107,17 @@ def leaky_fwd(x, mem0, beta, thr, reset, late, g, one, BLOCK, b0, b1, spk, mem):
     (``(u - R u) beta + x`` for the zero reset), then the immediate reset when ``late``.
     """
     T, M = x.shape
-    nb = beta.shape[0]
-    nt = thr.shape[0]
     nblk = (M + BLOCK - 1) // BLOCK
     zero = one - one
     xf = x.ravel()
     sf = spk.ravel()
     mf = mem.ravel()
     for blk in range(b0, min(b1, nblk)):
-        lo = blk * BLOCK
-        w = min(BLOCK, M - lo)
-        u = np.empty(w, x.dtype)
-        bl = np.empty(w, x.dtype)
-        th = np.empty(w, x.dtype)
+        lo, w = block_span(blk, BLOCK, M)
+        u = block_state(mem0, lo, w)
+        bl = per_neuron(beta, lo, w)
+        th = per_neuron(thr, lo, w)
         R = np.empty(w, x.dtype)
-        for j in range(w):
-            u[j] = mem0[lo + j]
-            bl[j] = beta[(lo + j) % nb]
-            th[j] = thr[(lo + j) % nt]
         for t in range(T):
             base = t * M + lo
             xs = xf[base:base + w]
@@ -155,8 +175,6 @@ def leaky_bwd_linear(gspk, gmem, has_gmem, mem0, mem, beta, thr, sid, c1, c2, re
     ``c = beta`` (``beta (1 - R)`` for the zero reset). ``gmem`` is one row of zeros unless ``has_gmem``.
     Per-element partials of the parameters' gradients go to ``dbeta``/``dthr`` (``[M]``)."""
     T, M = mem.shape
-    nb = beta.shape[0]
-    nt = thr.shape[0]
     nblk = (M + BLOCK - 1) // BLOCK
     zero = one - one
     rs = one if reset == _SUB else zero  # R enters dthr for the subtract reset only
@@ -165,21 +183,16 @@ def leaky_bwd_linear(gspk, gmem, has_gmem, mem0, mem, beta, thr, sid, c1, c2, re
     mf = mem.ravel()
     gxf = gx.ravel()
     for blk in range(b0, min(b1, nblk)):
-        lo = blk * BLOCK
-        w = min(BLOCK, M - lo)
+        lo, w = block_span(blk, BLOCK, M)
         G = np.zeros(w, mem.dtype)  # G[t+1] (0 after the last step)
         cn = np.zeros(w, mem.dtype)  # c[t+1] (zero reset)
-        bl = np.empty(w, mem.dtype)
-        th = np.empty(w, mem.dtype)
+        bl = per_neuron(beta, lo, w)
+        th = per_neuron(thr, lo, w)
         v = np.empty(w, mem.dtype)
         sm = np.empty(w, mem.dtype)
-        mc = np.empty(w, mem.dtype)  # m[t]
+        mc = block_state(mem[T - 1], lo, w)  # m[t]
         db = np.zeros(w, mem.dtype)
         dt = np.zeros(w, mem.dtype)
-        for j in range(w):
-            bl[j] = beta[(lo + j) % nb]
-            th[j] = thr[(lo + j) % nt]
-            mc[j] = mf[(T - 1) * M + lo + j]
         for t in range(T - 1, -1, -1):
             base = t * M + lo
             gss = gsf[base:base + w]
@@ -237,16 +250,13 @@ def leaky_bwd_general(gspk, gmem, has_gmem, x, mem0, mem, spk, beta, thr, sid, c
     """Backward with the immediate reset and/or the gradient through the reset signal (the PyTorch
     path's general scan, per neuron)."""
     T, M = mem.shape
-    nb = beta.shape[0]
-    nt = thr.shape[0]
     nblk = (M + BLOCK - 1) // BLOCK
     zero = one - one
     for blk in range(b0, min(b1, nblk)):
-        lo = blk * BLOCK
-        w = min(BLOCK, M - lo)
+        lo, w = block_span(blk, BLOCK, M)
         carry = np.zeros(w, mem.dtype)
-        bl = np.empty(w, mem.dtype)
-        th = np.empty(w, mem.dtype)
+        bl = per_neuron(beta, lo, w)
+        th = per_neuron(thr, lo, w)
         vm = np.empty(w, mem.dtype)
         vu = np.empty(w, mem.dtype)
         mm = np.empty(w, mem.dtype)
@@ -254,10 +264,6 @@ def leaky_bwd_general(gspk, gmem, has_gmem, x, mem0, mem, spk, beta, thr, sid, c
         su = np.empty(w, mem.dtype)
         db = np.zeros(w, mem.dtype)
         dt = np.zeros(w, mem.dtype)
-        for j in range(w):
-            i = lo + j
-            bl[j] = beta[i % nb]
-            th[j] = thr[i % nt]
         for t in range(T - 1, -1, -1):
             for j in range(w):
                 u = mem[t - 1, lo + j] if t > 0 else mem0[lo + j]
@@ -329,3 +335,255 @@ def leaky_bwd_general(gspk, gmem, has_gmem, x, mem0, mem, spk, beta, thr, sid, c
             dbeta[lo + j] = db[j]
             dthr[lo + j] = dt[j]
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Synaptic (snnTorch's current-based neuron): syn = alpha syn + x, m = beta mem + syn - reset
+# --------------------------------------------------------------------------------------------------
+
+
+@jit
+def synaptic_fwd(x, syn0, mem0, alpha, beta, thr, reset, late, g, one, BLOCK, b0, b1, spk, syn, mem):
+    """Forward of Synaptic over ``x: [T, M]``: writes ``spk`` (``g`` or 0), ``syn`` and ``mem`` (``[T, M]``).
+
+    The operations and their order are those of the PyTorch path (``_synaptic_forward_torch``):
+    ``R = H(u - theta)`` of the previous membrane ``u``, ``y = alpha y + x``, ``b = beta u + y``, then
+    ``m = b - R theta`` (subtract), ``b - R b`` (zero) or ``b`` (none), then the immediate reset when
+    ``late``. ``R`` is 0 or 1, so ``R theta`` and ``R b`` are exact.
+    """
+    T, M = x.shape
+    nblk = (M + BLOCK - 1) // BLOCK
+    zero = one - one
+    xf = x.ravel()
+    sf = spk.ravel()
+    yf = syn.ravel()
+    mf = mem.ravel()
+    for blk in range(b0, min(b1, nblk)):
+        lo, w = block_span(blk, BLOCK, M)
+        y = block_state(syn0, lo, w)
+        u = block_state(mem0, lo, w)
+        al = per_neuron(alpha, lo, w)
+        bl = per_neuron(beta, lo, w)
+        th = per_neuron(thr, lo, w)
+        for t in range(T):
+            base = t * M + lo
+            xs = xf[base:base + w]
+            ss = sf[base:base + w]
+            ys = yf[base:base + w]
+            ms = mf[base:base + w]
+            if reset == _SUB and not late:  # snnTorch's default: the branch-free loop
+                for j in range(w):
+                    uj = u[j]
+                    r = one if uj > th[j] else zero
+                    yj = y[j] * al[j]
+                    yj = yj + xs[j]
+                    m = uj * bl[j]
+                    m = m + yj
+                    m = m + r * (-th[j])
+                    y[j] = yj
+                    u[j] = m
+                    ys[j] = yj
+                    ss[j] = g if m > th[j] else zero
+                    ms[j] = m
+                continue
+            for j in range(w):
+                uj = u[j]
+                r = one if (reset != _NONE and uj > th[j]) else zero
+                yj = y[j] * al[j]
+                yj = yj + xs[j]
+                m = uj * bl[j]
+                m = m + yj
+                if reset == _SUB:
+                    m = m + r * (-th[j])
+                elif reset == _ZERO:
+                    m = m - r * m
+                s = one if m > th[j] else zero
+                if late:
+                    d = s - r
+                    if reset == _SUB:
+                        m = m + d * (-th[j])
+                    else:
+                        m = m - d * m
+                y[j] = yj
+                u[j] = m
+                ys[j] = yj
+                ss[j] = g if s != zero else zero
+                ms[j] = m
+
+
+@jit
+def synaptic_bwd_linear(gspk, gsyn, gmem, has_gs, has_gy, has_gm, syn0, mem0, syn, mem, alpha, beta, thr, sid, c1,
+                        c2, reset, g, one, params, BLOCK, b0, b1, gx, gsyn0, gmem0, dalpha, dbeta, dthr):
+    """Backward of the delayed, detached reset (snnTorch's default), a linear reverse scan per neuron:
+    ``Gm = g gspk sigma'(m[t] - theta) + gmem[t] + beta Gb[t+1]``, ``Gb = Gm`` (``Gm (1 - R)`` for the zero
+    reset), ``G[t] = Gb + gsyn[t] + alpha G[t+1]``: the gradient on ``x[t]`` (and on ``syn[t]``). The
+    gradient inputs whose ``has_*`` is False are one row of zeros (an unused output). Per-element partials
+    of the parameters' gradients go to ``dalpha``/``dbeta``/``dthr`` (``[M]``) when ``params``."""
+    T, M = mem.shape
+    nblk = (M + BLOCK - 1) // BLOCK
+    zero = one - one
+    rs = one if reset == _SUB else zero  # R enters dthr for the subtract reset only
+    rz = one if reset == _ZERO else zero  # ... and Gb for the zero reset
+    gsf = gspk.ravel()
+    gyf = gsyn.ravel()
+    gmf = gmem.ravel()
+    yf = syn.ravel()
+    mf = mem.ravel()
+    gxf = gx.ravel()
+    for blk in range(b0, min(b1, nblk)):
+        lo, w = block_span(blk, BLOCK, M)
+        cs = np.zeros(w, mem.dtype)  # alpha G[t+1]
+        cm = np.zeros(w, mem.dtype)  # beta Gb[t+1]
+        al = per_neuron(alpha, lo, w)
+        bl = per_neuron(beta, lo, w)
+        th = per_neuron(thr, lo, w)
+        v = np.empty(w, mem.dtype)
+        sm = np.empty(w, mem.dtype)
+        mc = block_state(mem[T - 1], lo, w)  # m[t]
+        da = np.zeros(w, mem.dtype)
+        db = np.zeros(w, mem.dtype)
+        dt = np.zeros(w, mem.dtype)
+        for t in range(T - 1, -1, -1):
+            base = t * M + lo
+            gss = gsf[base:base + w] if has_gs else gsf[lo:lo + w]
+            gys = gyf[base:base + w] if has_gy else gyf[lo:lo + w]
+            gms = gmf[base:base + w] if has_gm else gmf[lo:lo + w]
+            gxs = gxf[base:base + w]
+            ps = mf[base - M:base - M + w] if t > 0 else mem0[lo:lo + w]
+            ys = yf[base - M:base - M + w] if t > 0 else syn0[lo:lo + w]
+            for j in range(w):
+                v[j] = mc[j] - th[j]
+            surrogate_row(v, sm, w, sid, c1, c2, one)
+            if params:
+                for j in range(w):
+                    gs = gss[j] * g
+                    gsm = gs * sm[j]
+                    A = gms[j] + cm[j]
+                    Gm = gsm + A
+                    p = ps[j]
+                    r = one if p > th[j] else zero
+                    Gb = Gm - (rz * r) * Gm
+                    Gn = Gb + (gys[j] + cs[j])
+                    dt[j] = (dt[j] - gsm) - Gm * (rs * r)
+                    da[j] = da[j] + Gn * ys[j]
+                    db[j] = db[j] + Gb * p
+                    cs[j] = al[j] * Gn
+                    cm[j] = bl[j] * Gb
+                    gxs[j] = Gn
+                    mc[j] = p
+            else:  # no parameter gradients (snnTorch's fixed alpha/beta/threshold): without the partials
+                for j in range(w):
+                    gs = gss[j] * g
+                    gsm = gs * sm[j]
+                    A = gms[j] + cm[j]
+                    Gm = gsm + A
+                    p = ps[j]
+                    r = one if p > th[j] else zero
+                    Gb = Gm - (rz * r) * Gm
+                    Gn = Gb + (gys[j] + cs[j])
+                    cs[j] = al[j] * Gn
+                    cm[j] = bl[j] * Gb
+                    gxs[j] = Gn
+                    mc[j] = p
+        for j in range(w):
+            gsyn0[lo + j] = cs[j]
+            gmem0[lo + j] = cm[j]
+            dalpha[lo + j] = da[j]
+            dbeta[lo + j] = db[j]
+            dthr[lo + j] = dt[j]
+
+
+@jit
+def synaptic_bwd_general(gspk, gsyn, gmem, has_gs, has_gy, has_gm, syn0, mem0, syn, mem, spk, alpha, beta, thr, sid,
+                         c1, c2, reset, late, rgrad, g, one, params, BLOCK, b0, b1, gx, gsyn0, gmem0, dalpha, dbeta,
+                         dthr):
+    """Backward with the immediate reset and/or the gradient through the reset signal: the PyTorch path's
+    general scan (``_synaptic_backward_torch``), per neuron. The pre-reset membrane of the immediate reset
+    is recomputed from ``mem[t-1]`` and ``syn[t]``; ``spk`` is read only when ``late``."""
+    T, M = mem.shape
+    nblk = (M + BLOCK - 1) // BLOCK
+    zero = one - one
+    for blk in range(b0, min(b1, nblk)):
+        lo, w = block_span(blk, BLOCK, M)
+        cs = np.zeros(w, mem.dtype)
+        cm = np.zeros(w, mem.dtype)
+        al = per_neuron(alpha, lo, w)
+        bl = per_neuron(beta, lo, w)
+        th = per_neuron(thr, lo, w)
+        vm = np.empty(w, mem.dtype)
+        vu = np.empty(w, mem.dtype)
+        mm = np.empty(w, mem.dtype)
+        bb = np.empty(w, mem.dtype)
+        sm = np.empty(w, mem.dtype)
+        su = np.empty(w, mem.dtype)
+        da = np.zeros(w, mem.dtype)
+        db = np.zeros(w, mem.dtype)
+        dt = np.zeros(w, mem.dtype)
+        for t in range(T - 1, -1, -1):
+            for j in range(w):
+                i = lo + j
+                u = mem[t - 1, i] if t > 0 else mem0[i]
+                vu[j] = u - th[j]
+                b = u * bl[j]
+                b = b + syn[t, i]
+                bb[j] = b
+                if late:
+                    R = one if vu[j] > zero else zero
+                    m = b + R * (-th[j]) if reset == _SUB else b - R * b
+                    mm[j] = m
+                    vm[j] = m - th[j]
+                else:
+                    vm[j] = mem[t, i] - th[j]
+            surrogate_row(vm, sm, w, sid, c1, c2, one)
+            if rgrad:
+                surrogate_row(vu, su, w, sid, c1, c2, one)
+            for j in range(w):
+                i = lo + j
+                u = mem[t - 1, i] if t > 0 else mem0[i]
+                y = syn[t - 1, i] if t > 0 else syn0[i]
+                R = one if (reset != _NONE and vu[j] > zero) else zero
+                A = gmem[t if has_gm else 0, i] + cm[j]
+                C = gsyn[t if has_gy else 0, i] + cs[j]
+                gs = gspk[t if has_gs else 0, i] * g
+                GR = zero
+                if not late:
+                    p = gs * sm[j]
+                    Gm = p + A
+                    dt[j] = dt[j] - p
+                elif reset == _SUB:  # m' = m - (s - R) theta
+                    s = one if spk[t, i] != zero else zero
+                    Gs = gs - A * th[j]
+                    Gm = Gs * sm[j] + A
+                    dt[j] = dt[j] - (s - R) * A
+                    GR = A * th[j]
+                    dt[j] = dt[j] - Gs * sm[j]
+                else:  # zero: m' = m - (s - R) m
+                    s = one if spk[t, i] != zero else zero
+                    m = mm[j]
+                    Gs = gs - A * m
+                    Gm = Gs * sm[j] + A * ((R - s) + one)
+                    GR = A * m
+                    dt[j] = dt[j] - Gs * sm[j]
+                Gb = Gm  # m = b - R theta  |  b - R b  |  b
+                if reset == _SUB:
+                    GR = GR + Gm * (-th[j])
+                    dt[j] = dt[j] - Gm * R
+                elif reset == _ZERO:
+                    GR = GR - Gm * bb[j]
+                    Gb = Gm * (one - R)
+                Gn = Gb + C
+                gx[t, i] = Gn
+                da[j] = da[j] + Gn * y
+                db[j] = db[j] + Gb * u
+                cs[j] = al[j] * Gn
+                c = bl[j] * Gb
+                if rgrad:
+                    c = c + GR * su[j]
+                    dt[j] = dt[j] - GR * su[j]
+                cm[j] = c
+        for j in range(w):
+            gsyn0[lo + j] = cs[j]
+            gmem0[lo + j] = cm[j]
+            dalpha[lo + j] = da[j]
+            dbeta[lo + j] = db[j]
+            dthr[lo + j] = dt[j]

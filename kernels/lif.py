@@ -30,11 +30,11 @@ per step for the default configuration, the spikes included), and saves only the
 ``x`` and the spikes for ``reset_delay=False``); the backward scans time in reverse with the explicit
 per-step gradient formulas (no autograd graph), the same formulas as the Triton backward kernel, whose
 PyTorch reference it is. ``"triton"`` runs one forward kernel and one backward kernel over the whole
-sequence (:mod:`surroflos.kernels.lif_triton`). ``"cpu"`` (``leaky_sequence`` only): compiled numba
-kernels for CPU tensors, one forward and one backward pass over memory, parallel over blocks of neurons,
-the forward bit for bit the PyTorch path's (:mod:`surroflos.kernels.lif_cpu`). ``"auto"``: Triton for
-CUDA tensors; for float32/float64 CPU tensors the numba kernels of ``leaky_sequence`` where numba
-imports; PyTorch otherwise (``synaptic_sequence`` on the CPU, half precision). Both paths are the torch.library custom ops ``surroflos::leaky_sequence`` and
+sequence (:mod:`surroflos.kernels.lif_triton`). ``"cpu"`` (both functions): compiled numba kernels for
+CPU tensors, one forward and one backward pass over memory, parallel over blocks of neurons, the forward
+bit for bit the PyTorch path's (:mod:`surroflos.kernels.lif_cpu`). ``"auto"``: Triton for CUDA tensors;
+for float32/float64 CPU tensors the numba kernels where numba imports; PyTorch otherwise (half
+precision on the CPU, numba missing or ``SURROFLOS_DISABLE_CPU_KERNELS=1``). All paths are the torch.library custom ops ``surroflos::leaky_sequence`` and
 ``surroflos::synaptic_sequence`` (``register_fake`` and ``register_autograd``; the backward is the op
 ``surroflos::*_sequence_backward``), so ``torch.compile`` captures them whole. Double backward is not
 supported.
@@ -117,7 +117,7 @@ def synaptic_sequence(x: Tensor, syn0: Optional[Tensor], mem0: Optional[Tensor],
     m0 = _initial_state("mem0", mem0, x, x2)
     a, b, th = _param("alpha", alpha, x), _param("beta", beta, x), _param("threshold", threshold, x)
     cfg = _config(surrogate, reset, reset_delay, detach_reset, graded)
-    which = _backend(backend, x, cpu_kernel=False)
+    which = _backend(backend, x)
     spk, syn, mem = torch.ops.surroflos.synaptic_sequence(x2, s0, m0, a, b, th, *cfg, which)
     return spk.view(shape), syn.view(shape), mem.view(shape)
 
@@ -632,6 +632,8 @@ def _synaptic_op(x: Tensor, syn0: Tensor, mem0: Tensor, alpha: Tensor, beta: Ten
     if backend == "triton":
         return _triton().synaptic_forward(x.contiguous(), syn0.contiguous(), mem0.contiguous(), alpha, beta,
                                           threshold, reset, late, graded)
+    if backend == "cpu":
+        return _cpu().synaptic_forward(x, syn0, mem0, alpha, beta, threshold, reset, late, graded)
     return _synaptic_forward_torch(x, syn0, mem0, alpha, beta, threshold, reset, late, graded)
 
 
@@ -641,13 +643,19 @@ def _(x, syn0, mem0, alpha, beta, threshold, *args):
 
 
 @torch.library.custom_op("surroflos::synaptic_sequence_backward", mutates_args=())
-def _synaptic_backward_op(grad_spk: Tensor, grad_syn: Tensor, grad_mem: Tensor, syn0: Tensor, mem0: Tensor,
+def _synaptic_backward_op(grad_spk: Optional[Tensor], grad_syn: Optional[Tensor], grad_mem: Optional[Tensor],
+                          syn0: Tensor, mem0: Tensor,
                           syn: Tensor, mem: Tensor, spk: Optional[Tensor], alpha: Tensor, beta: Tensor,
                           threshold: Tensor, surrogate_id: int, scale: float, reset: int, reset_delay: bool,
                           detach_reset: bool, graded: float, backend: str,
                           params_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     late = not reset_delay and reset != _NONE
     rgrad = not detach_reset and reset != _NONE
+    if backend == "cpu":  # an unused output's gradient may be None (no [T, M] zero fill)
+        return _cpu().synaptic_backward(grad_spk, grad_syn, grad_mem, syn0, mem0, syn, mem, spk, alpha, beta,
+                                        threshold, surrogate_id, scale, reset, late, rgrad, graded, params_grad)
+    grad_spk, grad_syn, grad_mem = (torch.zeros_like(mem) if gr is None else gr
+                                    for gr in (grad_spk, grad_syn, grad_mem))
     if backend == "triton":
         return _triton().synaptic_backward(grad_spk, grad_syn, grad_mem, syn0.contiguous(), mem0.contiguous(), syn,
                                            mem, spk, alpha, beta, threshold, surrogate_id, scale, reset, late,
@@ -668,6 +676,8 @@ def _synaptic_setup(ctx, inputs, output):
     late = not cfg[3] and cfg[2] != _NONE
     ctx.save_for_backward(syn0, mem0, syn, mem, spk if late else None, alpha, beta, threshold)
     ctx.cfg = cfg
+    if cfg[-1] == "cpu":  # the CPU kernels take None for an unused output's gradient
+        ctx.set_materialize_grads(False)
 
 
 def _synaptic_autograd(ctx, grad_spk, grad_syn, grad_mem):

@@ -1,6 +1,7 @@
-"""Compiled CPU kernels (numba) for :func:`surroflos.kernels.lif.leaky_sequence`: ``backend="cpu"``.
+"""Compiled CPU kernels (numba) for :func:`surroflos.kernels.lif.leaky_sequence` and ``synaptic_sequence``:
+``backend="cpu"``.
 
-One forward kernel and two backward kernels (the linear scan of the common case: delayed, detached
+Per neuron model one forward kernel and two backward kernels (the linear scan of the common case: delayed, detached
 reset; the general one for the immediate reset and the gradient through the reset signal), each one
 pass over memory: the ``[T, M]`` sequence is cut into blocks of 256 to 2048 contiguous neurons, and
 a block's state (membrane, reset signal, carried gradient, parameter partials) lives in small local
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["numba_importable", "leaky_forward", "leaky_backward"]
+__all__ = ["numba_importable", "leaky_forward", "leaky_backward", "synaptic_forward", "synaptic_backward"]
 
 BLOCK_MIN, BLOCK_MAX = 256, 2048  # neurons per block (runtime: see _block)
 SMALL = 2**18  # element-steps below which one thread runs the kernel
@@ -78,7 +79,7 @@ def _kernels():
     _cache_dir_fallback()
     from . import _lif_cpu_kernels as k
 
-    return k.leaky_fwd, k.leaky_bwd_linear, k.leaky_bwd_general
+    return k
 
 
 _POOL: dict = {}
@@ -161,7 +162,7 @@ def _param_np(p: Tensor, dtype: torch.dtype) -> np.ndarray:
 def leaky_forward(x: Tensor, mem0: Tensor, beta: Tensor, thr: Tensor, reset: int, late: bool,
                   g: float) -> Tuple[Tensor, Tensor]:
     """``(spk, mem)`` of Leaky over ``x: [T, M]`` (float32/float64 accumulation; outputs in x's dtype)."""
-    fwd, _, _ = _kernels()
+    fwd = _kernels().leaky_fwd
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     xa = x.detach().to(acc).contiguous()
     T, M = xa.shape
@@ -180,7 +181,8 @@ def leaky_backward(gspk: Optional[Tensor], gmem: Optional[Tensor], x: Optional[T
                    spk: Optional[Tensor], beta: Tensor, thr: Tensor, sid: int, scale: float, reset: int, late: bool,
                    rgrad: bool, g: float, params_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(grad x, grad mem0, grad beta, grad threshold)``; ``gspk``/``gmem`` may be ``None`` (zero)."""
-    _, bwd_linear, bwd_general = _kernels()
+    k = _kernels()
+    bwd_linear, bwd_general = k.leaky_bwd_linear, k.leaky_bwd_general
     acc = torch.float64 if mem.dtype == torch.float64 else torch.float32
     npd = np.dtype("float64" if acc == torch.float64 else "float32")
     T, M = mem.shape
@@ -219,3 +221,61 @@ def _reduce(partial: Tensor, param: Tensor) -> Tensor:
     if param.ndim == 1:
         return partial.view(-1, param.shape[0]).sum(0).to(param.dtype)
     return partial.sum().to(param.dtype)
+
+
+def _grad_np(grad: Optional[Tensor], acc: torch.dtype, M: int) -> Tuple[np.ndarray, bool]:
+    """An output's gradient for the kernels: ``[T, M]``, or one row of zeros and ``False`` when the output
+    was not used (``None``; adding 0 is exact, and no ``[T, M]`` zero fill is made)."""
+    if grad is None:
+        return np.zeros((1, M), dtype=np.float64 if acc == torch.float64 else np.float32), False
+    return _np(grad.to(acc)), True
+
+
+def synaptic_forward(x: Tensor, syn0: Tensor, mem0: Tensor, alpha: Tensor, beta: Tensor, thr: Tensor, reset: int,
+                     late: bool, g: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(spk, syn, mem)`` of Synaptic over ``x: [T, M]`` (float32/float64 accumulation; outputs in x's dtype)."""
+    fwd = _kernels().synaptic_fwd
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xa = x.detach().to(acc).contiguous()
+    T, M = xa.shape
+    spk, syn, mem = (_empty(T, M, acc) for _ in range(3))
+    if T and M:
+        npd = np.dtype("float64" if acc == torch.float64 else "float32")
+        block = _block(M)
+        _run_blocks(fwd, (xa.numpy(), _np(syn0.to(acc)), _np(mem0.to(acc)), _param_np(alpha, acc),
+                          _param_np(beta, acc), _param_np(thr, acc), reset, late, npd.type(g), npd.type(1), block),
+                    (spk.numpy(), syn.numpy(), mem.numpy()), -(-M // block), _threads(T, M, block))
+    return spk.to(x.dtype), syn.to(x.dtype), mem.to(x.dtype)
+
+
+def synaptic_backward(gspk: Optional[Tensor], gsyn: Optional[Tensor], gmem: Optional[Tensor], syn0: Tensor,
+                      mem0: Tensor, syn: Tensor, mem: Tensor, spk: Optional[Tensor], alpha: Tensor, beta: Tensor,
+                      thr: Tensor, sid: int, scale: float, reset: int, late: bool, rgrad: bool, g: float,
+                      params_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(grad x, grad syn0, grad mem0, grad alpha, grad beta, grad threshold)``; an output's gradient may be
+    ``None`` (that output was not used)."""
+    k = _kernels()
+    acc = torch.float64 if mem.dtype == torch.float64 else torch.float32
+    npd = np.dtype("float64" if acc == torch.float64 else "float32")
+    T, M = mem.shape
+    gx = _empty(T, M, acc)
+    gsyn0, gmem0, da, db, dt = (torch.zeros(M, dtype=acc) for _ in range(5))
+    if T and M:
+        grads = [_grad_np(gr, acc, M) for gr in (gspk, gsyn, gmem)]
+        c1, c2 = _surrogate_constants(sid, scale, npd)
+        m, y = _np(mem.to(acc)), _np(syn.to(acc))
+        a, b, th = (_param_np(p, acc) for p in (alpha, beta, thr))
+        s0, m0 = _np(syn0.to(acc)), _np(mem0.to(acc))
+        block = _block(M)
+        nblk, threads = -(-M // block), _threads(T, M, block)
+        gin = (*(arr for arr, _ in grads), *(has for _, has in grads))
+        outs = (gx.numpy(), gsyn0.numpy(), gmem0.numpy(), da.numpy(), db.numpy(), dt.numpy())
+        if not late and not rgrad:
+            _run_blocks(k.synaptic_bwd_linear, (*gin, s0, m0, y, m, a, b, th, sid, c1, c2, reset, npd.type(g),
+                                                npd.type(1), params_grad, block), outs, nblk, threads)
+        else:
+            sa = _np(spk.to(acc)) if spk is not None else m
+            _run_blocks(k.synaptic_bwd_general, (*gin, s0, m0, y, m, sa, a, b, th, sid, c1, c2, reset, late, rgrad,
+                                                 npd.type(g), npd.type(1), params_grad, block), outs, nblk, threads)
+    return (gx.to(mem.dtype), gsyn0.to(syn0.dtype), gmem0.to(mem0.dtype), _reduce(da, alpha), _reduce(db, beta),
+            _reduce(dt, thr))

@@ -164,7 +164,7 @@ def test_auto_picks_cpu_for_float_cpu_tensors():
     assert lif._backend("auto", x) == "cpu"
     assert lif._backend("auto", x.double()) == "cpu"
     assert lif._backend("auto", x.half()) == "torch"  # half precision: the reference path
-    assert lif._backend("auto", x, cpu_kernel=False) == "torch"  # an op without CPU kernels (Synaptic)
+    assert lif._backend("auto", x, cpu_kernel=False) == "torch"  # an op without CPU kernels
     assert kb.resolve_backend("cpu", "cpu") == "torch"  # ... where "cpu" runs the PyTorch path
 
 
