@@ -5,6 +5,8 @@
   from the hypergeometric distribution with :func:`math.comb` (agrees with ``scipy.stats.fisher_exact``).
 - :func:`fisher_power`: the exact power of that test for given true success rates and sizes.
 - :func:`mann_whitney`: the Mann-Whitney U test of two samples (two-sided; scipy).
+- :func:`mean_interval`: the Student t interval of a mean (scipy's t quantile).
+- :func:`wilcoxon_paired`: the Wilcoxon signed-rank test of paired values (two-sided; scipy).
 - :func:`time_to_threshold`: the first epoch whose validation metric reaches a success threshold.
 
 Everything takes and returns plain Python numbers, so results go to JSON as they are.
@@ -16,7 +18,8 @@ import math
 from statistics import NormalDist
 from typing import Optional, Sequence
 
-__all__ = ["wilson_interval", "fisher_exact", "fisher_power", "mann_whitney", "time_to_threshold", "reaches", "median"]
+__all__ = ["wilson_interval", "fisher_exact", "fisher_power", "mann_whitney", "time_to_threshold", "reaches", "median",
+           "mean_interval", "wilcoxon_paired"]
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -133,3 +136,31 @@ def median(values: Sequence[float]) -> Optional[float]:
         return None
     m = len(vals) // 2
     return float(vals[m]) if len(vals) % 2 else (vals[m - 1] + vals[m]) / 2
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """The Student t interval ``mean +- t_{(1+c)/2, n-1} s / sqrt(n)`` of the mean of ``values`` (n >= 2)."""
+    vals = [float(v) for v in values]
+    n = len(vals)
+    if n < 2:
+        raise ValueError(f"a mean's interval needs at least 2 values, got {n}")
+    from scipy.stats import t
+
+    m = sum(vals) / n
+    s = math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1))
+    h = float(t.ppf(0.5 + confidence / 2.0, n - 1)) * s / math.sqrt(n)
+    return m - h, m + h
+
+
+def wilcoxon_paired(x: Sequence[float], y: Sequence[float]) -> dict:
+    """Wilcoxon's signed-rank test of the paired differences ``x - y`` (two-sided; exact for small n
+    without ties, as scipy chooses). Returns ``{"test", "n", "median_difference", "p_value"}``."""
+    if len(x) != len(y) or not x:
+        raise ValueError(f"paired samples must be non-empty and of equal length, got {len(x)} and {len(y)}")
+    d = [float(a) - float(b) for a, b in zip(x, y)]
+    out = {"test": "Wilcoxon signed-rank (two-sided)", "n": len(d), "median_difference": median(d)}
+    if all(v == 0 for v in d):  # no difference at all (scipy refuses zero differences only)
+        return dict(out, p_value=1.0)
+    from scipy.stats import wilcoxon
+
+    return dict(out, p_value=float(wilcoxon(d).pvalue))

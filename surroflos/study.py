@@ -87,6 +87,35 @@ PRESETS: dict[str, dict] = {
         "cells": [{"name": "gng-superspike-lr1e-3-60ep-s10", "set": {}}],
         "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}}],
     },
+    # Third round: the best setting found (wide surrogate, lr 1e-3, 60 epochs) at longer horizons, 8 and 10.7
+    # tau_m, where fewer unflossed networks should succeed; preflossing and bouts during training; new seeds.
+    "horizon": {
+        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, seed=30),
+        "seeds": 10,
+        "cells": [{"name": "gng-d36-superspike", "set": {"delay": 36}},
+                  {"name": "gng-d48-superspike", "set": {"delay": 48}}],
+        "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}},
+                     {"name": "during-k4", "set": {"flossing": "during", "k": 4, "floss_every": 5,
+                                                   "floss_steps": 20}}],
+    },
+    # Fourth round: a coarse screen of the other axes of question 1 around the d = 36 (8 tau_m) go/no-go cell of
+    # the third round (where 3/10 unflossed networks succeed: room to move either way), on new seeds 40-49.
+    "screen": {
+        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, delay=36, seed=40),
+        "seeds": 10,
+        "cells": [{"name": "gng-d36-N128", "set": {"N": 128}},
+                  {"name": "gng-d36-cuba", "set": {"model": "cuba", "alpha": 0.8}},
+                  {"name": "gng-d36-superspike-scale0.5", "set": {"surrogate_scale": 0.5}},
+                  {"name": "gng-d36-atan", "set": {"surrogate": "atan"}},
+                  {"name": "gng-d36-g1.5", "set": {"g": 1.5}},
+                  {"name": "gng-b0.9-d48", "set": {"beta": 0.9, "delay": 48}}],
+        "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}},
+                     {"name": "during-k16", "set": {"flossing": "during", "k": 16, "floss_every": 5,
+                                                    "floss_steps": 20}},
+                     {"name": "pre500-k16", "set": {"flossing": "pre", "k": 16, "pre_steps": 500}}],
+        "only": {"gng-d36-atan": ["pre-k4", "during-k16"], "gng-d36-g1.5": ["pre-k4", "during-k16"],
+                 "gng-d36-cuba": ["pre-k4", "during-k16"]},
+    },
     # A seconds-long study for tests and for trying the runner.
     "tiny": {
         "base": {"task": "xor", "model": "lif", "N": 8, "delay": 4, "T": 12, "epochs": 2, "steps_per_epoch": 2,
@@ -172,6 +201,10 @@ def _schedule(cfg: dict) -> str:
     return f"{cfg['flossing']} k={cfg['k']} ({sch.pre_steps}{bouts} steps)"
 
 
+def _scale(cfg: dict) -> str:
+    return "" if cfg.get("surrogate_scale") is None else f" ({cfg['surrogate_scale']:g})"
+
+
 def summary_table(rows: list[dict]) -> str:
     """The markdown table of a study: one row per (cell, flossing setting)."""
     head = ("| cell | task | delay (τ_m) | β | surrogate | g | flossing | success flossed [95% CI] | "
@@ -197,7 +230,8 @@ def summary_table(rows: list[dict]) -> str:
         mw = t["final_metric"]["p_value"]
         lines.append(
             f"| {r['cell']} | {cfg['task']} | {cfg['delay']} ({cfg['delay'] / _tau_m(cfg['beta']):.1f}) | "
-            f"{cfg['beta']:g} | {cfg['surrogate']} | {cfg['g']:g} | {_schedule(cfg)} | {succ(f)} | {succ(u)} | "
+            f"{cfg['beta']:g} | {cfg['surrogate']}{_scale(cfg)} | {cfg['g']:g} | {_schedule(cfg)} | "
+            f"{succ(f)} | {succ(u)} | "
             f"{t['success']['p_value']:.3g} | {fin(f)} | "
             f"{fin(u)} | {_f(mw, '.3g')} | {ttt(f)} | {ttt(u)} | {_f(f['lambda1_before'], '+.3f')} | "
             f"{_f(f['lambda1_preflossed'], '+.3f')} | {_f(f['lambda1_after'], '+.3f')} | "

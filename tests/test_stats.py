@@ -81,3 +81,26 @@ def test_time_to_threshold_and_median():
     with pytest.raises(ValueError):
         stats.time_to_threshold([1, 2], [0.1], 0.5)
     assert stats.median([3, 1, 2]) == 2 and stats.median([4, 1]) == 2.5 and stats.median([]) is None
+
+
+def test_mean_interval_hand_computed():
+    # 1..5: mean 3, s = sqrt(2.5), t_{0.975, 4} = 2.7764451; half-width 2.7764451 sqrt(2.5) / sqrt(5) = 1.9632
+    lo, hi = stats.mean_interval([1, 2, 3, 4, 5])
+    assert lo == pytest.approx(3 - 1.963243, abs=1e-5) and hi == pytest.approx(3 + 1.963243, abs=1e-5)
+    lo90, hi90 = stats.mean_interval([1, 2, 3, 4, 5], confidence=0.9)
+    assert lo < lo90 < 3 < hi90 < hi
+    with pytest.raises(ValueError, match="at least 2"):
+        stats.mean_interval([1.0])
+
+
+def test_wilcoxon_paired():
+    # all 5 differences positive: exact two-sided p = 2 / 2^5
+    r = stats.wilcoxon_paired([2, 4, 6, 8, 10], [1, 2, 3, 4, 5])
+    assert r["p_value"] == pytest.approx(2 / 32) and r["median_difference"] == 3 and r["n"] == 5
+    assert stats.wilcoxon_paired([1, 2], [1, 2])["p_value"] == 1.0
+    mixed = stats.wilcoxon_paired([1.0, 2.5, 3.0, 0.2, 5.0, 1.1], [1.5, 2.0, 1.0, 0.9, 2.0, 0.0])
+    scipy_stats = pytest.importorskip("scipy.stats")
+    d = [a - b for a, b in zip([1.0, 2.5, 3.0, 0.2, 5.0, 1.1], [1.5, 2.0, 1.0, 0.9, 2.0, 0.0])]
+    assert mixed["p_value"] == pytest.approx(float(scipy_stats.wilcoxon(d).pvalue), rel=1e-12)
+    with pytest.raises(ValueError, match="equal length"):
+        stats.wilcoxon_paired([1, 2], [1])
