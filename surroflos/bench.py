@@ -8,7 +8,8 @@ whole run takes seconds, for tests):
 ``cpu_kernels``  The compiled CPU kernels (issue 17): LIF neuron forward+backward ``[500, 16, 2048]`` and
          ``[500, 16, 8192]`` float32, ``backend="cpu"`` (numba) on ``--threads`` threads and on 2, against
          snnTorch, the PyTorch path and ``torch.compile`` of the step (targets: >= 50% of the bandwidth
-         floor, >= 5x snnTorch, >= 3x torch.compile, 2 threads never slower than one).
+         floor, >= 5x snnTorch, >= 3x torch.compile, 2 threads never slower than one); then snnTorch's
+         ``Synaptic`` (current-based) at ``[500, 16, 2048]`` against snnTorch and the PyTorch path.
 ``1``    LIF neuron forward+backward ``[500, 64, 4096]``, float32 and bfloat16.
 ``2``    Linear + LIF layer (``N -> N`` weights, the Open Neuromorphic configuration), B=16, T=500,
          N = 4096 and 16384, forward+backward to the layer's weights.
@@ -77,7 +78,8 @@ from ._argtypes import positive_int as _positive_int
 from ._argtypes import seed as _seed
 
 __all__ = ["SCHEMA", "CONFIGS", "GPU_CONFIGS", "Context", "Impl", "Built", "add_bench_parser", "run_bench",
-           "main", "run_config", "format_table", "time_callable", "lif_floor_bytes", "evaluate_target"]
+           "main", "run_config", "format_table", "time_callable", "lif_floor_bytes",
+           "synaptic_floor_bytes", "evaluate_target"]
 
 SCHEMA = "surroflos.bench/1"
 CONFIGS = ("cpu", "cpu_kernels", "1", "2", "3", "4", "ensemble", "event")
@@ -88,6 +90,7 @@ Tensor = torch.Tensor
 
 # snnTorch-compatible neuron used by configs cpu/1/2 (snnTorch Leaky defaults, atan surrogate).
 BETA, THRESHOLD = 0.9, 1.0
+ALPHA = 0.7  # synaptic decay of the Synaptic rows (config cpu_kernels)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,6 +332,17 @@ def lif_floor_bytes(T: int, B: int, N: int, itemsize: int) -> int:
     write the input gradient. Six ``[T, B, N]`` tensors in the input dtype.
     """
     return 6 * T * B * N * itemsize
+
+
+def synaptic_floor_bytes(T: int, B: int, N: int, itemsize: int) -> int:
+    """Fewest bytes a Synaptic forward+backward over ``[T, B, N]`` (gradient to x) must move.
+
+    Forward: read x, write the three outputs (spikes, synaptic current, membrane; the membrane is
+    also the saved state). Backward: read the spike cotangent and the saved membrane, write the input
+    gradient (the saved synaptic current is read only for alpha's gradient). Seven ``[T, B, N]``
+    tensors in the input dtype.
+    """
+    return 7 * T * B * N * itemsize
 
 
 def _floor(ctx: Context, nbytes: float, flops: float, dtype: torch.dtype) -> Dict[str, Any]:
@@ -682,6 +696,57 @@ def _snntorch_forward(device, per_step: Optional[Callable[[Tensor], Tensor]] = N
     return forward
 
 
+def _snntorch_synaptic_forward(device):
+    """snnTorch's ``Synaptic`` (atan surrogate, subtract reset) looped over time: ``(spikes, membrane)``."""
+    import snntorch
+    from snntorch import surrogate as snn_sur
+
+    lif = snntorch.Synaptic(alpha=ALPHA, beta=BETA, threshold=THRESHOLD, spike_grad=snn_sur.atan(),
+                            reset_mechanism="subtract").to(device)
+
+    def forward(x):
+        syn = mem = None
+        spks, mems = [], []
+        for xt in x.unbind(0):
+            if mem is None:
+                syn, mem = torch.zeros_like(xt), torch.zeros_like(xt)
+            spk, syn, mem = lif(xt, syn, mem)
+            spks.append(spk)
+            mems.append(mem)
+        return torch.stack(spks), torch.stack(mems)
+
+    return forward
+
+
+def _synaptic_sequence_fn(backend: str, device: torch.device) -> Callable[[Tensor], tuple]:
+    """``surroflos.kernels.lif.synaptic_sequence`` bound to the Synaptic rows' neuron: ``(spikes, membrane)``."""
+    from . import surrogate as sg
+    from .kernels.lif import synaptic_sequence
+
+    sur = sg.get("atan")
+
+    def forward(x):
+        spk, _, mem = synaptic_sequence(x, None, None, ALPHA, BETA, THRESHOLD, surrogate=sur, backend=backend)
+        return spk, mem
+
+    return forward
+
+
+def _synaptic_dropin_forward(device):
+    from snntorch import surrogate as snn_sur
+
+    from .snntorch import Synaptic
+
+    lif = Synaptic(alpha=ALPHA, beta=BETA, threshold=THRESHOLD, spike_grad=snn_sur.atan(),
+                   reset_mechanism="subtract").to(device)
+
+    def forward(x):
+        spk, _, mem = lif.sequence(x, backend="auto")
+        return spk, mem
+
+    return forward
+
+
 def _norse_lif(device):
     import warnings
 
@@ -846,6 +911,27 @@ def _cpu_kernel_lif_impls(ctx: Context) -> List[Impl]:
             by["ours_dropin"], by["ours_compiled"]]
 
 
+def _cpu_kernel_synaptic_impls(ctx: Context) -> List[Impl]:
+    """The Synaptic rows of config ``cpu_kernels``: snnTorch's loop, the PyTorch path, the compiled CPU kernels
+    on the run's threads and on 2, and the drop-in (``auto``: the CPU kernels)."""
+    dev = ctx.device
+
+    def build(make, threads=None):
+        return lambda: Built(forward=make(), threads=threads)
+
+    return [Impl("snntorch", "snnTorch Synaptic, Python loop", build(lambda: _snntorch_synaptic_forward(dev)),
+                 checked=True),
+            Impl("ours_torch", "ours: synaptic_sequence torch", build(lambda: _synaptic_sequence_fn("torch", dev)),
+                 checked=True),
+            Impl("ours_cpu", "ours: synaptic_sequence cpu (numba)",
+                 build(lambda: _synaptic_sequence_fn("cpu", dev)), checked=True),
+            Impl("ours_cpu_2t", "ours: synaptic_sequence cpu, 2 threads",
+                 build(lambda: _synaptic_sequence_fn("cpu", dev), 2), checked=True,
+                 note="torch.set_num_threads(2) around its forward+backward (the kernels follow torch's count)"),
+            Impl("ours_dropin", "ours: snntorch.Synaptic.sequence", build(lambda: _synaptic_dropin_forward(dev)),
+                 checked=True, note="the drop-in's sequence(backend='auto')")]
+
+
 def _with_threads(fn: Callable[[], Any], threads: Optional[int]) -> Callable[[], Any]:
     if threads is None:
         return fn
@@ -862,10 +948,13 @@ def _with_threads(fn: Callable[[], Any], threads: Optional[int]) -> Callable[[],
 
 
 def _lif_case(ctx: Context, name: str, T: int, B: int, N: int, dtype: torch.dtype, gpu: bool,
-              targets: Sequence[Dict[str, Any]] = (), impls: Optional[List[Impl]] = None) -> Dict[str, Any]:
-    """LIF neuron forward+backward over ``[T, B, N]`` (gradient to the input)."""
+              targets: Sequence[Dict[str, Any]] = (), impls: Optional[List[Impl]] = None,
+              synaptic: bool = False) -> Dict[str, Any]:
+    """LIF neuron forward+backward over ``[T, B, N]`` (gradient to the input); ``synaptic``: snnTorch's
+    current-based ``Synaptic`` instead of ``Leaky`` (reference, floor and title)."""
     item = torch.empty((), dtype=dtype).element_size()
-    floor = _floor(ctx, lif_floor_bytes(T, B, N, item), 0.0, dtype)
+    floor = _floor(ctx, (synaptic_floor_bytes if synaptic else lif_floor_bytes)(T, B, N, item), 0.0, dtype)
+    ref_forward, neuron = (_snntorch_synaptic_forward, "Synaptic") if synaptic else (_snntorch_forward, "Leaky")
 
     def make(gen):
         x = _randn(ctx, (T, B, N), dtype, gen, 0.5, 0.15).requires_grad_(True)
@@ -874,15 +963,16 @@ def _lif_case(ctx: Context, name: str, T: int, B: int, N: int, dtype: torch.dtyp
     sets = _sets(ctx, make, 2 * T * B * N * item, 1)
     bc = min(B, 4)
     xc, gc_ = sets[0][0].detach()[:, :bc].contiguous(), sets[0][1][:, :bc].contiguous()
-    check = _guarded_check(lambda: _reference(_snntorch_forward(ctx.device), [], xc.float(), gc_.float(), True),
+    check = _guarded_check(lambda: _reference(ref_forward(ctx.device), [], xc.float(), gc_.float(), True),
                            xc, gc_, True, True)
     _progress_case(ctx, name)
     rows = _run_impls(ctx, _lif_impls(ctx, gpu) if impls is None else impls,
                       lambda b: _with_threads(_cycle_fwd_bwd(b, sets, True), b.threads), check)
-    case = {"name": name, "title": f"LIF neuron forward+backward [T={T}, B={B}, N={N}] {_dt(dtype)}",
+    title = f"{'Synaptic (current-based LIF)' if synaptic else 'LIF'} neuron forward+backward"
+    case = {"name": name, "title": f"{title} [T={T}, B={B}, N={N}] {_dt(dtype)}",
             "measure": "forward + backward (gradient to x for a random spike cotangent)",
             "dtype": _dt(dtype), "shapes": {"T": T, "B": B, "N": N}, "baseline": "snntorch",
-            "check_reference": f"snnTorch Leaky loop in float32 on x[:, :{bc}]", "floor": floor,
+            "check_reference": f"snnTorch {neuron} loop in float32 on x[:, :{bc}]", "floor": floor,
             "implementations": rows}
     _finish_case(case)
     case["targets"] = [evaluate_target(case, t) for t in targets]
@@ -1335,8 +1425,12 @@ def _config_cpu_kernels(ctx: Context) -> List[Dict[str, Any]]:
                _target(">= 5x snnTorch", "speedup", "ours_cpu", 5.0, "snntorch"),
                _target(">= 3x torch.compile of the step", "speedup", "ours_cpu", 3.0, "ours_compiled"),
                _target("2 threads not slower than the run's threads", "speedup", "ours_cpu_2t", 1.0, "ours_cpu")]
-    return [_lif_case(ctx, f"lif_N{N}", T, B, N, torch.float32, gpu=False, targets=targets,
-                      impls=_cpu_kernel_lif_impls(ctx)) for T, B, N in sizes]
+    T, B, N = (16, 4, 64) if ctx.quick else (500, 16, 2048)
+    syn_targets = [targets[0], targets[1], targets[3]]  # no torch.compile row for Synaptic
+    return [_lif_case(ctx, f"lif_N{n}", t, b, n, torch.float32, gpu=False, targets=targets,
+                      impls=_cpu_kernel_lif_impls(ctx)) for t, b, n in sizes] + [
+        _lif_case(ctx, f"synaptic_N{N}", T, B, N, torch.float32, gpu=False, targets=syn_targets,
+                  impls=_cpu_kernel_synaptic_impls(ctx), synaptic=True)]
 
 
 def _config_1(ctx: Context) -> List[Dict[str, Any]]:
@@ -1384,7 +1478,8 @@ _RUNNERS = {"cpu": _config_cpu, "cpu_kernels": _config_cpu_kernels, "1": _config
             "3": _config_3, "4": _config_4, "ensemble": _config_ensemble}
 _TITLES = {
     "cpu": "CPU: LIF [200, 32, 512] fwd+bwd; scaled-down recurrent training step and Lyapunov spectrum",
-    "cpu_kernels": "CPU kernels (numba): LIF fwd+bwd [500, 16, 2048] and [500, 16, 8192], 1 and 2 threads",
+    "cpu_kernels": "CPU kernels (numba): LIF fwd+bwd [500, 16, 2048] and [500, 16, 8192], Synaptic fwd+bwd "
+                   "[500, 16, 2048], 1 and 2 threads",
     "1": "LIF neuron forward+backward [500, 64, 4096], float32 and bfloat16",
     "2": "Linear + LIF layer, B=16, T=500, N=4096 and 16384 (Open Neuromorphic configuration)",
     "3": "Recurrent LIF network training step, N=1024, n_in=128, B=64, T=500, and peak memory",
