@@ -3,7 +3,7 @@ tangent dynamics, each beside its plain-PyTorch reference.
 
 Layout: ``<concept>.py`` holds the public dispatch function and the PyTorch path,
 ``<concept>_triton.py`` the Triton kernels and ``<concept>_cpu.py`` compiled CPU kernels (numba; so far
-``lif_cpu``), both imported lazily (see :mod:`surroflos.kernels.backend`),
+``lif_cpu`` and ``norse_lif_cpu``), both imported lazily (see :mod:`surroflos.kernels.backend`),
 and a naive per-step reference that the tests compare both against.
 
 =============================  ===============================================================

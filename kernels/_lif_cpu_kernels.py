@@ -65,6 +65,10 @@ def surrogate_row(v, out, w, sid, c1, c2, one):
     elif sid == 4:  # exponential: (scale / 2) exp(-scale |x|)
         for j in range(w):
             out[j] = c2 * np.exp(c1 * abs(v[j]))
+    elif sid < 0:  # no surrogate (Norse's method="heaviside"): no gradient through the spike
+        zero = one - one
+        for j in range(w):
+            out[j] = zero
     else:  # gaussian: scale / sqrt(2 pi) exp(-(scale x)^2 / 2)
         half = one / (one + one)
         for j in range(w):
@@ -587,3 +591,256 @@ def synaptic_bwd_general(gspk, gsyn, gmem, has_gs, has_gy, has_gm, syn0, mem0, s
             dalpha[lo + j] = da[j]
             dbeta[lo + j] = db[j]
             dthr[lo + j] = dt[j]
+
+
+# --------------------------------------------------------------------------------------------------
+# Norse's feed-forward LIF (current-based) and LIF box neurons (kernels/norse_lif.py's PyTorch path):
+# x [T, M] with M = R N, coefficient vectors [N]; the resets are not detached.
+# --------------------------------------------------------------------------------------------------
+
+
+@jit
+def norse_ff_fwd(x, v0, i0, a, c, vl, vth, vr, one, BLOCK, b0, b1, spk, v_all, i_all):
+    """Forward of Norse's LIF: ``j = i + x``, ``u = ((v_leak - v) + j) a + v``, ``i' = j c + j``,
+    ``z = H(u - v_th)``, ``v' = z ? v_reset : u``, in the PyTorch path's operation order (bit for bit)."""
+    T, M = x.shape
+    nblk = (M + BLOCK - 1) // BLOCK
+    zero = one - one
+    xf = x.ravel()
+    sf = spk.ravel()
+    vf = v_all.ravel()
+    if_ = i_all.ravel()
+    for blk in range(b0, min(b1, nblk)):
+        lo, w = block_span(blk, BLOCK, M)
+        v = block_state(v0, lo, w)
+        i = block_state(i0, lo, w)
+        ab = per_neuron(a, lo, w)
+        cb = per_neuron(c, lo, w)
+        lb = per_neuron(vl, lo, w)
+        tb = per_neuron(vth, lo, w)
+        rb = per_neuron(vr, lo, w)
+        for t in range(T):
+            base = t * M + lo
+            xs = xf[base:base + w]
+            ss = sf[base:base + w]
+            vs = vf[base:base + w]
+            is_ = if_[base:base + w]
+            for j in range(w):
+                jj = i[j] + xs[j]
+                vj = v[j]
+                u = lb[j] - vj
+                u = u + jj
+                u = u * ab[j]
+                u = u + vj
+                ni = jj * cb[j]
+                ni = ni + jj
+                z = (u - tb[j]) > zero
+                nv = rb[j] if z else u
+                i[j] = ni
+                v[j] = nv
+                ss[j] = one if z else zero
+                vs[j] = nv
+                is_[j] = ni
+
+
+@jit
+def norse_ff_bwd(gz, gv, gi, has_gz, has_gv, has_gi, x, v0, i0, z, v_all, i_all, a, c, vl, vth, vr, sid, c1, c2,
+                 one, params, BLOCK, b0, b1, gx, gv0, gi0, da, dc, dvl, dvth, dvr):
+    """Reverse-time adjoint of Norse's LIF (kernels/norse_lif.py's recursion): ``Gv = gv + lv``,
+    ``Gu = Gv ((1 - z) + (v_reset - u) sigma') + gz sigma'``, ``lv = (1 - a) Gu``, ``Gi = gi + li``,
+    ``li = Gi (1 + c) + Gu a`` (the gradient on ``x[t]``). ``u`` and ``j`` are recomputed from the saved
+    states. Per-element partials: ``da``, ``dc``, ``dvl`` (the sum of ``Gu``; the host multiplies by ``a``),
+    ``dvth``, ``dvr``. Unused outputs' gradients (``has_* = False``) are one row of zeros."""
+    T, M = x.shape
+    nblk = (M + BLOCK - 1) // BLOCK
+    zero = one - one
+    gzf = gz.ravel()
+    gvf = gv.ravel()
+    gif = gi.ravel()
+    xf = x.ravel()
+    zf = z.ravel()
+    vf = v_all.ravel()
+    if_ = i_all.ravel()
+    gxf = gx.ravel()
+    for blk in range(b0, min(b1, nblk)):
+        lo, w = block_span(blk, BLOCK, M)
+        ab = per_neuron(a, lo, w)
+        cb = per_neuron(c, lo, w)
+        lb = per_neuron(vl, lo, w)
+        tb = per_neuron(vth, lo, w)
+        rb = per_neuron(vr, lo, w)
+        lv = np.zeros(w, x.dtype)
+        li = np.zeros(w, x.dtype)
+        uu = np.empty(w, x.dtype)
+        jb = np.empty(w, x.dtype)
+        dr = np.empty(w, x.dtype)
+        sv = np.empty(w, x.dtype)
+        sp = np.empty(w, x.dtype)
+        pa = np.zeros(w, x.dtype)
+        pc = np.zeros(w, x.dtype)
+        pl = np.zeros(w, x.dtype)
+        pt = np.zeros(w, x.dtype)
+        pr = np.zeros(w, x.dtype)
+        for t in range(T - 1, -1, -1):
+            base = t * M + lo
+            xs = xf[base:base + w]
+            vin = vf[base - M:base - M + w] if t > 0 else v0[lo:lo + w]
+            iin = if_[base - M:base - M + w] if t > 0 else i0[lo:lo + w]
+            for j in range(w):
+                jj = iin[j] + xs[j]
+                d = lb[j] - vin[j]
+                d = d + jj
+                u = d * ab[j]
+                u = u + vin[j]
+                jb[j] = jj
+                dr[j] = d
+                uu[j] = u
+                sv[j] = u - tb[j]
+            surrogate_row(sv, sp, w, sid, c1, c2, one)
+            gzs = gzf[base:base + w] if has_gz else gzf[lo:lo + w]
+            gvs = gvf[base:base + w] if has_gv else gvf[lo:lo + w]
+            gis = gif[base:base + w] if has_gi else gif[lo:lo + w]
+            zs = zf[base:base + w]
+            gxs = gxf[base:base + w]
+            for j in range(w):
+                zj = one if zs[j] != zero else zero
+                jump = rb[j] - uu[j]
+                A = (one - zj) + jump * sp[j]
+                Gv = gvs[j] + lv[j]
+                Gu = Gv * A
+                Gu = Gu + gzs[j] * sp[j]
+                lv[j] = (one - ab[j]) * Gu
+                Gi = gis[j] + li[j]
+                nli = Gi * (one + cb[j])
+                nli = nli + Gu * ab[j]
+                li[j] = nli
+                gxs[j] = nli
+                if params:
+                    Gz = gzs[j] + Gv * jump
+                    pa[j] = pa[j] + Gu * dr[j]
+                    pc[j] = pc[j] + Gi * jb[j]
+                    pl[j] = pl[j] + Gu
+                    pt[j] = pt[j] - Gz * sp[j]
+                    pr[j] = pr[j] + Gv * zj
+        for j in range(w):
+            gv0[lo + j] = lv[j]
+            gi0[lo + j] = li[j]
+            da[lo + j] = pa[j]
+            dc[lo + j] = pc[j]
+            dvl[lo + j] = pl[j]
+            dvth[lo + j] = pt[j]
+            dvr[lo + j] = pr[j]
+
+
+@jit
+def norse_box_fwd(x, v0, a, vl, vth, vr, reset, one, BLOCK, b0, b1, spk, v_all):
+    """Forward of Norse's LIF box: ``u = ((x + v_leak) - v) a + v``, ``s = u - v_th``, ``z = H(s)``,
+    ``v' = z ? v_reset : u`` (``reset == 0``) or ``z ? s : u`` (subtract), bit for bit the PyTorch path."""
+    T, M = x.shape
+    nblk = (M + BLOCK - 1) // BLOCK
+    zero = one - one
+    xf = x.ravel()
+    sf = spk.ravel()
+    vf = v_all.ravel()
+    for blk in range(b0, min(b1, nblk)):
+        lo, w = block_span(blk, BLOCK, M)
+        v = block_state(v0, lo, w)
+        ab = per_neuron(a, lo, w)
+        lb = per_neuron(vl, lo, w)
+        tb = per_neuron(vth, lo, w)
+        rb = per_neuron(vr, lo, w)
+        for t in range(T):
+            base = t * M + lo
+            xs = xf[base:base + w]
+            ss = sf[base:base + w]
+            vs = vf[base:base + w]
+            for j in range(w):
+                vj = v[j]
+                u = xs[j] + lb[j]
+                u = u - vj
+                u = u * ab[j]
+                u = u + vj
+                sj = u - tb[j]
+                z = sj > zero
+                nv = (rb[j] if reset == 0 else sj) if z else u
+                v[j] = nv
+                ss[j] = one if z else zero
+                vs[j] = nv
+
+
+@jit
+def norse_box_bwd(gz, gv, has_gz, has_gv, x, v0, z, v_all, a, vl, vth, vr, reset, sid, c1, c2, one, params, BLOCK,
+                  b0, b1, gx, gv0, da, dvl, dvth, dvr):
+    """Reverse-time adjoint of the LIF box: ``Gv = gv + lv``, ``Gu = Gv A + gz sigma'`` with
+    ``A = (1 - z) + (v_reset - u) sigma'`` (value reset) or ``1 - v_th sigma'`` (subtract),
+    ``lv = (1 - a) Gu``, gradient on ``x[t]`` = ``Gu a``. Partials: ``da``, ``dvl`` (sum of ``Gu``; times
+    ``a`` on the host), ``dvth`` (``-Gz sigma'``, and ``-Gv z`` for the subtract reset), ``dvr``."""
+    T, M = x.shape
+    nblk = (M + BLOCK - 1) // BLOCK
+    zero = one - one
+    gzf = gz.ravel()
+    gvf = gv.ravel()
+    xf = x.ravel()
+    zf = z.ravel()
+    vf = v_all.ravel()
+    gxf = gx.ravel()
+    for blk in range(b0, min(b1, nblk)):
+        lo, w = block_span(blk, BLOCK, M)
+        ab = per_neuron(a, lo, w)
+        lb = per_neuron(vl, lo, w)
+        tb = per_neuron(vth, lo, w)
+        rb = per_neuron(vr, lo, w)
+        lv = np.zeros(w, x.dtype)
+        uu = np.empty(w, x.dtype)
+        dr = np.empty(w, x.dtype)
+        sv = np.empty(w, x.dtype)
+        sp = np.empty(w, x.dtype)
+        pa = np.zeros(w, x.dtype)
+        pl = np.zeros(w, x.dtype)
+        pt = np.zeros(w, x.dtype)
+        pr = np.zeros(w, x.dtype)
+        for t in range(T - 1, -1, -1):
+            base = t * M + lo
+            xs = xf[base:base + w]
+            vin = vf[base - M:base - M + w] if t > 0 else v0[lo:lo + w]
+            for j in range(w):
+                d = xs[j] + lb[j]
+                d = d - vin[j]
+                u = d * ab[j]
+                u = u + vin[j]
+                dr[j] = d
+                uu[j] = u
+                sv[j] = u - tb[j]
+            surrogate_row(sv, sp, w, sid, c1, c2, one)
+            gzs = gzf[base:base + w] if has_gz else gzf[lo:lo + w]
+            gvs = gvf[base:base + w] if has_gv else gvf[lo:lo + w]
+            zs = zf[base:base + w]
+            gxs = gxf[base:base + w]
+            for j in range(w):
+                zj = one if zs[j] != zero else zero
+                if reset == 0:
+                    jump = rb[j] - uu[j]
+                    A = (one - zj) + jump * sp[j]
+                else:
+                    jump = -tb[j]
+                    A = one - tb[j] * sp[j]
+                Gv = gvs[j] + lv[j]
+                Gu = Gv * A
+                Gu = Gu + gzs[j] * sp[j]
+                lv[j] = (one - ab[j]) * Gu
+                gxs[j] = Gu * ab[j]
+                if params:
+                    Gz = gzs[j] + Gv * jump
+                    pa[j] = pa[j] + Gu * dr[j]
+                    pl[j] = pl[j] + Gu
+                    pt[j] = pt[j] - Gz * sp[j]
+                    if reset == 0:
+                        pr[j] = pr[j] + Gv * zj
+                    else:
+                        pt[j] = pt[j] - Gv * zj
+        for j in range(w):
+            gv0[lo + j] = lv[j]
+            da[lo + j] = pa[j]
+            dvl[lo + j] = pl[j]
+            dvth[lo + j] = pt[j]
+            dvr[lo + j] = pr[j]

@@ -1,8 +1,9 @@
 """Which implementation runs: ``backend = "auto" | "torch" | "triton" | "cpu"``.
 
 - ``"torch"``: the plain-PyTorch path (whole-sequence autograd functions where they exist).
-- ``"cpu"``: compiled CPU kernels (numba, :mod:`surroflos.kernels.lif_cpu`) for CPU tensors, where an op has
-  them (``leaky_sequence``, ``synaptic_sequence``); an op without them runs its PyTorch path. Asking for it where numba
+- ``"cpu"``: compiled CPU kernels (numba, :mod:`surroflos.kernels.lif_cpu`, ``norse_lif_cpu``) for CPU tensors,
+  where an op has them (``leaky_sequence``, ``synaptic_sequence``, ``lif_feed_forward_sequence``,
+  ``lif_box_sequence``); an op without them runs its PyTorch path. Asking for it where numba
   does not import, or for tensors on another device, is a clear error (:class:`CpuKernelUnavailableError`).
 - ``"triton"``: the fused Triton kernels. On CUDA tensors they are compiled; on CPU tensors they run
   through Triton's interpreter, which needs ``TRITON_INTERPRET=1`` in the environment *before* the

@@ -31,7 +31,10 @@ Backends (see :mod:`surroflos.kernels.backend`): ``"torch"`` runs a whole-sequen
 loops over time with a few fused tensor operations per step (no autograd graph) and whose backward
 scans time in reverse with the explicit adjoint formulas below; ``"triton"`` runs one forward kernel
 over ``[T, M]`` (state in registers) and one reverse-time backward kernel
-(:mod:`surroflos.kernels.norse_lif_triton`); ``"auto"`` picks Triton for CUDA tensors. Both are
+(:mod:`surroflos.kernels.norse_lif_triton`); ``"cpu"`` runs the same two passes as compiled numba kernels
+for CPU tensors (:mod:`surroflos.kernels.norse_lif_cpu`; the forward bit for bit the PyTorch path's);
+``"auto"`` picks Triton for CUDA tensors and, for float32/float64 CPU tensors, the numba kernels where
+numba imports (else PyTorch). All are
 ``torch.library`` custom ops (``surroflos::norse_lif_ff_fwd``/``_bwd``, ``surroflos::norse_lif_box_fwd``/
 ``_bwd``), so ``torch.compile`` captures them. Forward-mode AD and double backward are not supported.
 
@@ -221,8 +224,14 @@ def _triton_module():
     return norse_lif_triton
 
 
+def _cpu_module():
+    # Imported lazily: numba is imported (and the kernels compiled or loaded from its cache) on first use.
+    from . import norse_lif_cpu
+    return norse_lif_cpu
+
+
 # ----------------------------------------------------------------------------------------------
-# Custom ops (backend "torch" | "triton", already resolved)
+# Custom ops (backend "torch" | "triton" | "cpu", already resolved)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -231,6 +240,8 @@ def _lif_ff_fwd(x: Tensor, v0: Tensor, i0: Tensor, a: Tensor, c: Tensor, v_leak:
                 v_reset: Tensor, surrogate_id: int, scale: float, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     if backend == "triton":
         return _triton_module().lif_ff_forward(x, v0, i0, a, c, v_leak, v_th, v_reset)
+    if backend == "cpu":
+        return _cpu_module().lif_ff_forward(x, v0, i0, a, c, v_leak, v_th, v_reset)
     return _ff_forward_torch(x, v0, i0, a, c, v_leak, v_th, v_reset)
 
 
@@ -240,10 +251,14 @@ def _(x, v0, i0, a, c, v_leak, v_th, v_reset, surrogate_id, scale, backend):
 
 
 @torch.library.custom_op("surroflos::norse_lif_ff_bwd", mutates_args=())
-def _lif_ff_bwd(gz: Tensor, gv: Tensor, gi: Tensor, x: Tensor, v0: Tensor, i0: Tensor, z: Tensor, v: Tensor,
-                i: Tensor, a: Tensor, c: Tensor, v_leak: Tensor, v_th: Tensor, v_reset: Tensor, surrogate_id: int,
-                scale: float, param_grads: bool, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor,
-                                                                        Tensor, Tensor, Tensor]:
+def _lif_ff_bwd(gz: Optional[Tensor], gv: Optional[Tensor], gi: Optional[Tensor], x: Tensor, v0: Tensor, i0: Tensor,
+                z: Tensor, v: Tensor, i: Tensor, a: Tensor, c: Tensor, v_leak: Tensor, v_th: Tensor, v_reset: Tensor,
+                surrogate_id: int, scale: float, param_grads: bool,
+                backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    if backend == "cpu":  # an unused output's gradient may be None (no [T, M] zero fill)
+        return _cpu_module().lif_ff_backward(gz, gv, gi, x, v0, i0, z, v, i, a, c, v_leak, v_th, v_reset,
+                                             surrogate_id, scale, param_grads)
+    gz, gv, gi = (_zeros_if_none(g, x) for g in (gz, gv, gi))
     args = (gz, gv, gi, x, v0, i0, z, v, i, a, c, v_leak, v_th, v_reset, surrogate_id, scale, param_grads)
     if backend == "triton":
         return _triton_module().lif_ff_backward(*args)
@@ -261,6 +276,7 @@ def _lif_ff_setup(ctx, inputs, output):
     ctx.save_for_backward(x, v0, i0, a, c, v_leak, v_th, v_reset, *output)
     ctx.surrogate = (surrogate_id, scale)
     ctx.backend = backend
+    ctx.set_materialize_grads(False)  # unused outputs' gradients stay None (the backward op fills where needed)
 
 
 def _zeros_if_none(g: Optional[Tensor], like: Tensor) -> Tensor:
@@ -269,7 +285,7 @@ def _zeros_if_none(g: Optional[Tensor], like: Tensor) -> Tensor:
 
 def _lif_ff_backward(ctx, gz, gv, gi):
     x, v0, i0, a, c, v_leak, v_th, v_reset, z, v, i = ctx.saved_tensors
-    gz, gv, gi = (_zeros_if_none(g, x) for g in (gz, gv, gi))
+    gz, gv, gi = (None if g is None else g.contiguous() for g in (gz, gv, gi))
     param_grads = any(ctx.needs_input_grad[3:8])
     grads = _lif_ff_bwd(gz, gv, gi, x, v0, i0, z, v, i, a, c, v_leak, v_th, v_reset, *ctx.surrogate,
                         param_grads, ctx.backend)
@@ -284,6 +300,8 @@ def _lif_box_fwd(x: Tensor, v0: Tensor, a: Tensor, v_leak: Tensor, v_th: Tensor,
                  surrogate_id: int, scale: float, backend: str) -> Tuple[Tensor, Tensor]:
     if backend == "triton":
         return _triton_module().lif_box_forward(x, v0, a, v_leak, v_th, v_reset, reset)
+    if backend == "cpu":
+        return _cpu_module().lif_box_forward(x, v0, a, v_leak, v_th, v_reset, reset)
     return _box_forward_torch(x, v0, a, v_leak, v_th, v_reset, reset)
 
 
@@ -293,9 +311,13 @@ def _(x, v0, a, v_leak, v_th, v_reset, reset, surrogate_id, scale, backend):
 
 
 @torch.library.custom_op("surroflos::norse_lif_box_bwd", mutates_args=())
-def _lif_box_bwd(gz: Tensor, gv: Tensor, x: Tensor, v0: Tensor, z: Tensor, v: Tensor, a: Tensor, v_leak: Tensor,
-                 v_th: Tensor, v_reset: Tensor, reset: int, surrogate_id: int, scale: float, param_grads: bool,
-                 backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _lif_box_bwd(gz: Optional[Tensor], gv: Optional[Tensor], x: Tensor, v0: Tensor, z: Tensor, v: Tensor, a: Tensor,
+                 v_leak: Tensor, v_th: Tensor, v_reset: Tensor, reset: int, surrogate_id: int, scale: float,
+                 param_grads: bool, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    if backend == "cpu":
+        return _cpu_module().lif_box_backward(gz, gv, x, v0, z, v, a, v_leak, v_th, v_reset, reset, surrogate_id,
+                                              scale, param_grads)
+    gz, gv = (_zeros_if_none(g, x) for g in (gz, gv))
     args = (gz, gv, x, v0, z, v, a, v_leak, v_th, v_reset, reset, surrogate_id, scale, param_grads)
     if backend == "triton":
         return _triton_module().lif_box_backward(*args)
@@ -312,11 +334,12 @@ def _lif_box_setup(ctx, inputs, output):
     ctx.save_for_backward(x, v0, a, v_leak, v_th, v_reset, *output)
     ctx.static = (reset, surrogate_id, scale)
     ctx.backend = backend
+    ctx.set_materialize_grads(False)
 
 
 def _lif_box_backward(ctx, gz, gv):
     x, v0, a, v_leak, v_th, v_reset, z, v = ctx.saved_tensors
-    gz, gv = (_zeros_if_none(g, x) for g in (gz, gv))
+    gz, gv = (None if g is None else g.contiguous() for g in (gz, gv))
     param_grads = any(ctx.needs_input_grad[2:6])
     grads = _lif_box_bwd(gz, gv, x, v0, z, v, a, v_leak, v_th, v_reset, *ctx.static, param_grads, ctx.backend)
     return (*grads, None, None, None, None)
@@ -403,9 +426,12 @@ def _surrogate(surrogate: Any) -> Tuple[int, float]:
 
 
 @torch.compiler.assume_constant_result
-def _resolve(backend: str, device: str) -> str:
+def _resolve(backend: str, device: str, dtype: str) -> str:
     # Dynamo cannot trace Triton's environment knobs; the answer is a constant of the compiled graph.
-    return resolve_backend(backend, device)
+    resolved = resolve_backend(backend, device, cpu_kernel=True)
+    if resolved == "cpu" and backend == "auto" and dtype not in ("torch.float32", "torch.float64"):
+        return "torch"  # half precision on the CPU: the reference path
+    return resolved
 
 
 def _prepare(x: Tensor, states: Sequence[Tuple[str, Any]], params: Sequence[Tuple[str, Any]],
@@ -415,9 +441,10 @@ def _prepare(x: Tensor, states: Sequence[Tuple[str, Any]], params: Sequence[Tupl
     n = x.shape[-1]
     for name, p in params:
         _check_param(name, p, n, x)
-    resolved = _resolve(backend, str(x.device))
-    if resolved == "triton" and x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise ValueError(f"the Triton kernels support float16, bfloat16, float32 and float64 inputs, not {x.dtype}")
+    resolved = _resolve(backend, str(x.device), str(x.dtype))
+    if resolved in ("triton", "cpu") and x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise ValueError(f"the {resolved} kernels support float16, bfloat16, float32 and float64 inputs, not "
+                         f"{x.dtype}")
     rows = x[0].numel() // n if n else 0
     shape = (x.shape[0], rows, n)
     flat = [_state(name, s, x).reshape(rows, n).contiguous() for name, s in states]
@@ -439,7 +466,7 @@ def lif_feed_forward_sequence(x: Tensor, v0: Tensor, i0: Tensor, *, tau_mem_inv:
         dt: the Euler step.
         surrogate: a :class:`~surroflos.surrogate.Surrogate` (or its name) for the spike's gradient, or
             None for a plain Heaviside step without gradient (Norse's ``method="heaviside"``).
-        backend: ``"auto"`` | ``"torch"`` | ``"triton"`` (see :mod:`surroflos.kernels.backend`).
+        backend: ``"auto"`` | ``"torch"`` | ``"triton"`` | ``"cpu"`` (see :mod:`surroflos.kernels.backend`).
 
     Returns:
         ``(z, v, i)``, each of ``x``'s shape and dtype: the spikes and the states after every step.
