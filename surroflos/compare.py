@@ -15,7 +15,8 @@ interrupt-safe and resumable (``resume=True`` continues unfinished arms and reus
                    "metric_values", "time_to_threshold": {"median", "reached", "epochs"},
                    "lambda1_before", "lambda1_preflossed", "lambda1_after", "seeds", "stopped", ...},
      "unflossed": {...},
-     "tests": {"success": Fisher exact (two-sided), "final_metric": Mann-Whitney U (two-sided)}}
+     "tests": {"success": Fisher exact (two-sided), "final_metric": Mann-Whitney U (two-sided),
+               "reached": Fisher exact of the members that reached the threshold at any epoch}}
 
 ``OUT/comparison.png``: learning curves of both arms (members thin, mean thick), lambda_1 during training,
 and the spectra before/after training of both arms.
@@ -174,8 +175,11 @@ def summarize_arm(result: dict, rows: list, success: float) -> dict:
 
 
 def _tests(f: dict, u: dict) -> dict:
+    rf, ru = f["time_to_threshold"]["reached"], u["time_to_threshold"]["reached"]
     return {"success": stats.fisher_exact(f["successes"], f["n"], u["successes"], u["n"]),
-            "final_metric": stats.mann_whitney(f["metric_values"], u["metric_values"])}
+            "final_metric": stats.mann_whitney(f["metric_values"], u["metric_values"]),
+            # Learning that is unstable reaches the threshold and loses it again: count reaching it at all.
+            "reached": stats.fisher_exact(rf, f["n"], ru, u["n"])}
 
 
 def compare(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, stop_after: Optional[int] = None,
@@ -273,6 +277,8 @@ def comparison_table(comparison: dict, cfg: Optional[TrainConfig] = None) -> str
     fp, mw = t["success"]["p_value"], t["final_metric"]
     lines.append(f"success: Fisher exact two-sided p = {fp:.3g}; final {metric}: Mann-Whitney U = "
                  + (f"{mw['U']:g}, two-sided p = {mw['p_value']:.3g}" if mw["U"] is not None else "n/a"))
+    if "reached" in t:  # comparisons written before this test was added lack it
+        lines.append(f"reached the threshold at any epoch: Fisher exact two-sided p = {t['reached']['p_value']:.3g}")
     return "\n".join(lines)
 
 

@@ -144,9 +144,9 @@ def flossing_mechanism(compare_dir: str, *, lags: Optional[int] = None, trajecto
     gens = _generators(flossed, _SEED_SPECTRUM, _TAG_GRADIENT)
     transient = 20
     x = _long_inputs(task, transient + L + 16, trajectories, gens, device, dtype)
-    record: dict = {"config": flossed.to_dict(), "tau_m": -1.0 / math.log(flossed.beta) if 0 < flossed.beta < 1
-                    else None, "delay": delay, "k": flossed.k, "flossing": flossed.flossing, "lags": list(range(1, L + 1)),
-                    "conditions": {}}
+    tau_m = -1.0 / math.log(flossed.beta) if 0 < flossed.beta < 1 else None
+    record: dict = {"config": flossed.to_dict(), "tau_m": tau_m, "delay": delay, "k": flossed.k,
+                    "flossing": flossed.flossing, "lags": list(range(1, L + 1)), "conditions": {}}
     for name in CONDITIONS:
         log(f"{name}: spectrum of {ks} exponents and gradient norms over {L} lags")
         model = models[name]()

@@ -116,6 +116,14 @@ PRESETS: dict[str, dict] = {
         "only": {"gng-d36-atan": ["pre-k4", "during-k16"], "gng-d36-g1.5": ["pre-k4", "during-k16"],
                  "gng-d36-cuba": ["pre-k4", "during-k16"]},
     },
+    # Confirmation, fixed before its data were seen: the third round's d = 36 (8 tau_m) preflossing cell on 30 new
+    # seeds (100-129). Primary endpoint: final success (Fisher); secondary: reaching the threshold at any epoch.
+    "confirm": {
+        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, delay=36, seed=100),
+        "seeds": 30,
+        "cells": [{"name": "gng-d36-superspike-s100", "set": {}}],
+        "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}}],
+    },
     # A seconds-long study for tests and for trying the runner.
     "tiny": {
         "base": {"task": "xor", "model": "lif", "N": 8, "delay": 4, "T": 12, "epochs": 2, "steps_per_epoch": 2,
@@ -209,8 +217,8 @@ def summary_table(rows: list[dict]) -> str:
     """The markdown table of a study: one row per (cell, flossing setting)."""
     head = ("| cell | task | delay (τ_m) | β | surrogate | g | flossing | success flossed [95% CI] | "
             "success none [95% CI] | Fisher p | final metric flossed | final metric none | MW p | "
-            "time to thr. flossed (n) | time to thr. none (n) | λ1 before | λ1 preflossed | λ1 after flossed | "
-            "λ1 after none |")
+            "time to thr. flossed (n) | time to thr. none (n) | reached p | λ1 before | λ1 preflossed | "
+            "λ1 after flossed | λ1 after none |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         c, cfg = r["comparison"], r["config"]
@@ -228,12 +236,14 @@ def summary_table(rows: list[dict]) -> str:
             return f"{_f(tt['median'], 'g')} ({tt['reached']})"
 
         mw = t["final_metric"]["p_value"]
+        reached = t.get("reached", {}).get("p_value")  # absent in comparisons written before it was added
         lines.append(
             f"| {r['cell']} | {cfg['task']} | {cfg['delay']} ({cfg['delay'] / _tau_m(cfg['beta']):.1f}) | "
             f"{cfg['beta']:g} | {cfg['surrogate']}{_scale(cfg)} | {cfg['g']:g} | {_schedule(cfg)} | "
             f"{succ(f)} | {succ(u)} | "
             f"{t['success']['p_value']:.3g} | {fin(f)} | "
-            f"{fin(u)} | {_f(mw, '.3g')} | {ttt(f)} | {ttt(u)} | {_f(f['lambda1_before'], '+.3f')} | "
+            f"{fin(u)} | {_f(mw, '.3g')} | {ttt(f)} | {ttt(u)} | {_f(reached, '.3g')} | "
+            f"{_f(f['lambda1_before'], '+.3f')} | "
             f"{_f(f['lambda1_preflossed'], '+.3f')} | {_f(f['lambda1_after'], '+.3f')} | "
             f"{_f(u['lambda1_after'], '+.3f')} |")
     return "\n".join(lines) + "\n"

@@ -79,6 +79,8 @@ def test_compare_same_seeds_same_data_and_its_json(tmp_path, monkeypatch):
     assert tests["success"]["table"] == [[f["successes"], 3 - f["successes"]], [u["successes"], 3 - u["successes"]]]
     assert tests["final_metric"]["n"] == [3, 3] and 0.0 <= tests["final_metric"]["p_value"] <= 1.0
     ttt = f["time_to_threshold"]
+    assert tests["reached"]["table"] == [[ttt["reached"], 3 - ttt["reached"]],
+                                         [u["time_to_threshold"]["reached"], 3 - u["time_to_threshold"]["reached"]]]
     assert len(ttt["epochs"]) == 3 and ttt["reached"] == sum(e is not None for e in ttt["epochs"])
     assert payload["arms"] == {"flossed": str(out / "flossed"), "unflossed": str(out / "unflossed")}
     # time to threshold: each member's first epoch at or above the threshold in its arm's metrics.jsonl
