@@ -45,7 +45,7 @@ def cpu_kernels_importable() -> bool:
     """
     if os.environ.get("SURROFLOS_DISABLE_CPU_KERNELS", "0").strip().lower() in ("1", "true", "yes", "on"):
         return False
-    from .lif_cpu import numba_importable
+    from .lif.cpu import numba_importable
     return numba_importable()
 
 

@@ -62,7 +62,7 @@ from torch import Tensor
 
 from surroflos import surrogate as sg
 
-from .backend import acc_dtype, check_backend, resolve_backend
+from ..backend import acc_dtype, check_backend, resolve_backend
 
 __all__ = ["lif_feed_forward_sequence", "lif_box_sequence", "RESETS"]
 
@@ -220,13 +220,13 @@ def _box_backward_torch(gz: Tensor, gv: Tensor, x: Tensor, v0: Tensor, z: Tensor
 
 def _triton_module():
     # Imported lazily: Triton decides interpreter-vs-compiled when the kernels are decorated.
-    from . import norse_lif_triton
+    from . import triton as norse_lif_triton
     return norse_lif_triton
 
 
 def _cpu_module():
     # Imported lazily: numba is imported (and the kernels compiled or loaded from its cache) on first use.
-    from . import norse_lif_cpu
+    from . import cpu as norse_lif_cpu
     return norse_lif_cpu
 
 

@@ -51,8 +51,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .. import surrogate as sg
-from .backend import acc_dtype, resolve_backend
+from ... import surrogate as sg
+from ..backend import acc_dtype, resolve_backend
 
 __all__ = ["leaky_sequence", "synaptic_sequence", "LIFConfigError", "RESETS"]
 
@@ -552,12 +552,12 @@ def _synaptic_backward_torch(gspk: Tensor, gsyn: Tensor, gmem: Tensor, syn0: Ten
 
 
 def _triton():
-    from . import lif_triton  # lazily: Triton decides interpreter-vs-compiled when this is imported
+    from . import triton as lif_triton  # lazily: Triton decides interpreter-vs-compiled when this is imported
     return lif_triton
 
 
 def _cpu():
-    from . import lif_cpu  # lazily: numba is imported (and the kernels compiled or loaded) on first use
+    from . import cpu as lif_cpu  # lazily: numba is imported (and the kernels compiled or loaded) on first use
     return lif_cpu
 
 
