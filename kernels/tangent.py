@@ -31,6 +31,12 @@ Triton kernels one launch for all members; gradients come back per member (``dW 
 
 :func:`fused_tangent_function` maps a known model to a tangent function with the model protocol
 signature ``(x, state, params, Q) -> D Q`` built on these ops (see its docstring for the list).
+
+:func:`lean_dense_tangent` / :func:`lean_tangent_function` are the step-loop form that
+``lyapunov_spectrum(backend="torch")`` runs: the dense formula as plain autograd ops (no custom-op dispatch
+per step), the product taken as ``(d Q)^T W^T`` on the column-major frames ``torch.linalg.qr`` returns (one
+matrix product, no copies), and, on the CPU, only over the neurons with non-zero ``d`` where the
+coefficient vanishes exactly (relu rate networks, the triangle surrogate).
 """
 
 import sys
@@ -41,7 +47,8 @@ from torch import Tensor
 
 from .backend import resolve_backend
 
-__all__ = ["dense_tangent", "block_tangent", "fused_tangent_function", "TangentFn"]
+__all__ = ["dense_tangent", "block_tangent", "fused_tangent_function", "lean_dense_tangent", "lean_tangent_function",
+           "TangentFn", "SPARSE_FRACTION"]
 
 TangentFn = Callable[[Tensor, Tensor, Any, Tensor], Tensor]
 Coef = Union[float, int, Tensor]
@@ -355,6 +362,159 @@ def block_tangent(W: Tensor, d: Coef, a_s: Coef, a_m: Coef, c: Coef, Qs: Tensor,
     _check_weight(W, Qm)
     coefs = [_coef(n, v, Qm) for n, v in (("d", d), ("a_s", a_s), ("a_m", a_m), ("c", c))]
     return _block_op(W, *coefs, Qs, Qm, Qw, _use_triton(backend, Qm))
+
+
+# ------------------------------------------------------------------------------------------------
+# Lean PyTorch path for lyapunov_spectrum's step loop (plain autograd ops, no custom-op dispatch)
+# ------------------------------------------------------------------------------------------------
+
+#: :func:`lean_dense_tangent` with ``sparse=True`` multiplies only the columns of ``W`` of the neurons whose
+#: ``d`` is non-zero in some trajectory of the batch, when they are at most this fraction of the neurons.
+SPARSE_FRACTION = 0.5
+
+
+def _row(t: Coef) -> Coef:
+    """A per-neuron coefficient (``[N]`` or ``[B, N]``) laid along the last axis of a ``[B, k, N]`` frame."""
+    return t.unsqueeze(-2) if isinstance(t, Tensor) and t.ndim else t
+
+
+def _is_zero(t: Coef) -> bool:
+    return not isinstance(t, Tensor) and t == 0
+
+
+def lean_dense_tangent(W: Tensor, d: Coef, a: Coef, Q: Tensor, *, sparse: bool = False,
+                       W_t: Optional[Tensor] = None) -> Tensor:
+    """``W @ (d * Q) + a * Q`` (:func:`dense_tangent` with ``c = 1``) as plain PyTorch ops, for step loops.
+
+    A frame ``Q: [B, N, k]`` is processed as its transpose ``Q^T: [B, k, N]``: ``(d Q)^T W^T`` is ONE matrix
+    product ``[B k, N] @ [N, N]`` (no copy of ``W`` per trajectory, which ``torch.matmul(W, X)`` makes), and
+    the result is returned as the transpose of a contiguous ``[B, k, N]`` tensor, the column-major layout
+    ``torch.linalg.qr`` reads and writes, so a frame passed from QR to tangent map to QR is never copied.
+
+    ``sparse=True`` (CPU, solo frames, ``d`` a ``[B, N]`` tensor): a neuron whose ``d`` is exactly zero
+    contributes exactly nothing to ``W (d Q)``; when at most :data:`SPARSE_FRACTION` of the entries of ``d``
+    are non-zero, only the columns of ``W`` and rows of ``Q`` of the non-zero ones enter the product (one
+    product over the union of the trajectories' neurons when that is small enough, else one per
+    trajectory): the same value up to summation order. Its gradient equals the dense one only where ``d``'s own derivative vanishes with
+    ``d`` (a step function such as relu's ``h > 0``, the triangle surrogate's ``relu(1 - |x|)``): the caller
+    asks for it only there. ``W_t``: ``W.mT.contiguous()`` if the caller keeps one (the sparse product then
+    gathers contiguous rows of it instead of strided columns of ``W``). Ensemble frames ``[E, B, N, k]`` take
+    the batched product of :func:`_wmm`.
+    Coefficients: numbers, ``[]``, ``[N]`` or ``[B, N]`` (ensembles: anything broadcasting to ``[E, B, N]``).
+    """
+    if Q.ndim != 3:
+        return _dense_torch(W, _coef("d", d, Q), _coef("a", a, Q), None, Q)
+    Qt = Q.mT  # [B, k, N]
+    Y = None
+    if sparse and isinstance(d, Tensor) and d.ndim == 2 and Q.device.type == "cpu" \
+            and not torch.compiler.is_compiling():
+        Y = _sparse_product(W if W_t is None else W_t.mT, d, Qt, W_t)
+    if Y is None:
+        Y = torch.matmul(Qt * _row(d), W.mT)
+    return (Y if _is_zero(a) else Y + _row(a) * Qt).mT
+
+
+def _sparse_product(W: Tensor, d: Tensor, Qt: Tensor, W_t: Optional[Tensor]) -> Optional[Tensor]:
+    """``(d Q)^T W^T`` over the neurons with non-zero ``d`` only, or None when too few of them are zero.
+
+    One product over the union of the trajectories' active neurons when it is small enough, else one per
+    trajectory over its own (``B`` products ``[k, m_b] @ [m_b, N]``)."""
+    N = W.shape[-1]
+    nz = d != 0
+    union = nz.any(0)
+
+    def rows_of_wt(idx: Tensor) -> Tensor:  # W[:, idx]^T: [m, N]
+        return W.index_select(1, idx).mT if W_t is None else W_t.index_select(0, idx)
+
+    if int(union.sum()) <= SPARSE_FRACTION * N:  # a host sync: cheap on the CPU
+        idx = union.nonzero().squeeze(1)
+        X = Qt.index_select(-1, idx) * d.index_select(-1, idx).unsqueeze(-2)  # [B, k, m]
+        return torch.matmul(X, rows_of_wt(idx))  # [B k, m] @ [m, N]
+    if int(nz.sum()) > SPARSE_FRACTION * N * d.shape[0]:
+        return None
+    out = []
+    for b in range(d.shape[0]):
+        idx = nz[b].nonzero().squeeze(1)
+        X = Qt[b].index_select(-1, idx) * d[b].index_select(-1, idx)  # [k, m_b]
+        out.append(torch.matmul(X, rows_of_wt(idx)))
+    return torch.stack(out)
+
+
+class _Transposed:
+    """``W.mT.contiguous()`` computed once per weight tensor, version and grad mode (one estimate's cache)."""
+
+    def __init__(self) -> None:
+        self.key: Any = None
+        self.value: Optional[Tensor] = None
+
+    def __call__(self, W: Tensor) -> Tensor:
+        key = (id(W), W._version, torch.is_grad_enabled())
+        if key != self.key:
+            self.key, self.value = key, W.mT.contiguous()
+        return self.value  # type: ignore[return-value]
+
+
+def _lean_lif() -> TangentFn:
+    transposed = _Transposed()
+
+    def lif_tangent_lean(x: Tensor, U: Tensor, p: Any, Q: Tensor) -> Tensor:
+        v = U - p.threshold
+        d = p.surrogate.derivative(v)
+        if p.reset == "subtract":
+            a = p.beta if p.detach_reset else p.beta - p.threshold * d
+        else:
+            a = p.beta * (1.0 - _spiking_fire(v, p))
+            if not p.detach_reset:
+                a = a - p.beta * U * d
+        # triangle (id 3): d = scale relu(1 - |v|) is exactly zero off its support, and so is its derivative
+        sparse = p.surrogate.id == 3 and Q.ndim == 3 and Q.device.type == "cpu"
+        return lean_dense_tangent(p.weight_rec, d, a, Q, sparse=sparse,
+                                  W_t=transposed(p.weight_rec) if sparse else None)
+    return lif_tangent_lean
+
+
+def _lean_rate(reference: TangentFn) -> TangentFn:
+    transposed = _Transposed()
+
+    def rate_tangent_lean(x: Tensor, h: Tensor, p: Any, Q: Tensor) -> Tensor:
+        if p.nonlinearity == "tanh":
+            dphi = 1.0 - torch.tanh(h) ** 2
+        elif p.nonlinearity == "relu":
+            dphi = (h > 0).to(h.dtype)  # a step: no gradient of its own
+        else:
+            return reference(x, h, p, Q)
+        sparse = p.nonlinearity == "relu" and Q.ndim == 3 and Q.device.type == "cpu"
+        W_t = transposed(p.weight_rec) if sparse else None
+        if p.dt == 1.0:
+            return lean_dense_tangent(p.weight_rec, dphi, 0.0, Q, sparse=sparse, W_t=W_t)
+        return lean_dense_tangent(p.weight_rec, p.dt * dphi, 1.0 - p.dt, Q, sparse=sparse, W_t=W_t)
+    return rate_tangent_lean
+
+
+def lean_tangent_function(model: Any) -> Optional[TangentFn]:
+    """The step-loop form of a known model's tangent map, or None (use the model's own).
+
+    :class:`~surroflos.RateRNN` (``rate_tangent``) and the LIF :class:`~surroflos.SpikingRNN`
+    (``lif_tangent``, every reset), recognised by their reference tangent function as in
+    :func:`fused_tangent_function`: the same formula through :func:`lean_dense_tangent` (one matrix product
+    per step without copies of ``W``; relu rate networks and the triangle surrogate skip the neurons whose
+    coefficient is exactly zero). What ``lyapunov_spectrum(backend="torch")`` runs; a fresh function per
+    call, as it keeps the transpose of the recurrent weights for the sparse product (recomputed when the
+    weight tensor, its version or the grad mode changes).
+    """
+    try:
+        reference = getattr(model, "tangent_function", None)
+    except Exception:
+        return None
+    if reference is None:
+        return None
+    spiking = sys.modules.get(__package__.rsplit(".", 1)[0] + ".models.spiking")
+    rate = sys.modules.get(__package__.rsplit(".", 1)[0] + ".models.rate")
+    if spiking is not None and reference is spiking.lif_tangent:
+        return _lean_lif()
+    if rate is not None and reference is rate.rate_tangent:
+        return _lean_rate(reference)
+    return None
 
 
 # ------------------------------------------------------------------------------------------------

@@ -10,6 +10,11 @@ whole run takes seconds, for tests):
          snnTorch, the PyTorch path and ``torch.compile`` of the step (targets: >= 50% of the bandwidth
          floor, >= 5x snnTorch, >= 3x torch.compile, 2 threads never slower than one); then snnTorch's
          ``Synaptic`` (current-based) at ``[500, 16, 2048]`` against snnTorch and the PyTorch path.
+``cpu_lyapunov``  Issue 17's Lyapunov cases: the k=32 spectrum of a tanh rate network N=256 (T=1000) and of
+         a LIF network N=512 (T=500; atan surrogate, never zero; triangle, zero off its support: the sparse
+         product), 4 trajectories, forward and forward+backward, ``lyapunov_spectrum`` against the naive loop
+         (tangent matmul + ``torch.linalg.qr`` every step); ours with QR every step (rate, LIF) and every
+         10 steps (LIF). Targets: rate >= 1.5x, LIF >= 3x the naive loop.
 ``1``    LIF neuron forward+backward ``[500, 64, 4096]``, float32 and bfloat16.
 ``2``    Linear + LIF layer (``N -> N`` weights, the Open Neuromorphic configuration), B=16, T=500,
          N = 4096 and 16384, forward+backward to the layer's weights.
@@ -82,7 +87,7 @@ __all__ = ["SCHEMA", "CONFIGS", "GPU_CONFIGS", "Context", "Impl", "Built", "add_
            "synaptic_floor_bytes", "evaluate_target"]
 
 SCHEMA = "surroflos.bench/1"
-CONFIGS = ("cpu", "cpu_kernels", "1", "2", "3", "4", "ensemble", "event")
+CONFIGS = ("cpu", "cpu_kernels", "cpu_lyapunov", "1", "2", "3", "4", "ensemble", "event")
 GPU_CONFIGS = ("1", "2", "3", "4")
 TARGET_DEVICE = "H100"
 
@@ -1046,7 +1051,7 @@ def _accepts(fn: Callable, name: str) -> bool:
         return False
 
 
-def _spiking_rnn(ctx: Context, sizes: Dict[str, int], backend: Optional[str]):
+def _spiking_rnn(ctx: Context, sizes: Dict[str, int], backend: Optional[str], surrogate: str = "atan"):
     from .models import SpikingRNN
 
     kw = {}
@@ -1056,7 +1061,7 @@ def _spiking_rnn(ctx: Context, sizes: Dict[str, int], backend: Optional[str]):
         kw["backend"] = backend
     gen = torch.Generator().manual_seed(ctx.seed + 11)
     return SpikingRNN(sizes["n_in"], sizes["N"], sizes["n_out"], neuron="lif", beta=BETA, threshold=THRESHOLD,
-                      surrogate="atan", g=1.0, input_scale=1.0 / math.sqrt(sizes["n_in"]), generator=gen,
+                      surrogate=surrogate, g=1.0, input_scale=1.0 / math.sqrt(sizes["n_in"]), generator=gen,
                       device=ctx.device, dtype=torch.float32, **kw)
 
 
@@ -1212,8 +1217,20 @@ def naive_lyapunov(model, x: Tensor, k: int, state0: Tensor, Q0: Tensor) -> Tens
     return torch.sort(log_sum / (x.shape[0] * float(model.dt)), dim=-1, descending=True).values
 
 
+def _lyap_model(ctx: Context, sizes: Dict[str, int], network: str, surrogate: str):
+    """The network of a Lyapunov case: the LIF ``SpikingRNN`` of the other cases (``surrogate``), or a chaotic
+    tanh ``RateRNN`` (g = 1.5)."""
+    if network == "lif":
+        return _spiking_rnn(ctx, {"N": sizes["N"], "n_in": sizes["n_in"], "n_out": 1}, None, surrogate=surrogate)
+    from .models import RateRNN
+
+    return RateRNN(sizes["n_in"], sizes["N"], 1, g=1.5, input_scale=1.0 / math.sqrt(sizes["n_in"]),
+                   generator=torch.Generator().manual_seed(ctx.seed + 11), device=ctx.device, dtype=torch.float32)
+
+
 def _lyap_case(ctx: Context, name: str, sizes: Dict[str, int], with_grad: bool, gpu: bool,
-               targets: Sequence[Dict[str, Any]] = ()) -> Dict[str, Any]:
+               targets: Sequence[Dict[str, Any]] = (), network: str = "lif",
+               surrogate: str = "atan") -> Dict[str, Any]:
     from ._random import orthonormal_frame
     from .flossing import flossing_loss
     from .lyapunov import lyapunov_spectrum
@@ -1231,9 +1248,11 @@ def _lyap_case(ctx: Context, name: str, sizes: Dict[str, int], with_grad: bool, 
         flops *= 3.0
     floor = _floor(ctx, nbytes, flops, torch.float32)
     x = _randn(ctx, (T, B, n_in), torch.float32, ctx.generator(4))
-    sizes_rnn = {"N": N, "n_in": n_in, "n_out": 1}
     state_gen = torch.Generator().manual_seed(ctx.seed + 5)
-    u0 = torch.rand(B, N, generator=state_gen).to(ctx.device) * THRESHOLD
+    if network == "lif":
+        u0 = torch.rand(B, N, generator=state_gen).to(ctx.device) * THRESHOLD
+    else:
+        u0 = torch.randn(B, N, generator=state_gen).to(ctx.device)
 
     def frame():
         return orthonormal_frame(B, N, k, generator=torch.Generator().manual_seed(ctx.seed + 6),
@@ -1252,14 +1271,14 @@ def _lyap_case(ctx: Context, name: str, sizes: Dict[str, int], with_grad: bool, 
         return run
 
     def naive_build():
-        model = _spiking_rnn(ctx, sizes_rnn, None)
+        model = _lyap_model(ctx, sizes, network, surrogate)
         Q0 = frame()
         compute = lambda: naive_lyapunov(model, x, k, u0, Q0)  # noqa: E731
         return Built(run=timed(compute, model), result=compute)
 
     def ours_build(backend):
         def build():
-            model = _spiking_rnn(ctx, sizes_rnn, None)
+            model = _lyap_model(ctx, sizes, network, surrogate)
             kw: Dict[str, Any] = {}
             note = ""
             if _accepts(lyapunov_spectrum, "backend"):
@@ -1297,9 +1316,10 @@ def _lyap_case(ctx: Context, name: str, sizes: Dict[str, int], with_grad: bool, 
     _progress_case(ctx, name)
     rows = _run_impls(ctx, impls, lambda bt: bt.run, check)
     what = "forward + backward of the flossing loss to W_rec" if with_grad else "forward (no gradient)"
+    net = "tanh rate network (g=1.5)" if network == "rate" else f"LIF network ({surrogate} surrogate)"
     case = {"name": name,
-            "title": f"Lyapunov spectrum k={k}, N={N}, {B} trajectories, T={T}, qr_every={q}: "
-                     + ("forward+backward" if with_grad else "forward"),
+            "title": f"Lyapunov spectrum of a {net}, k={k}, N={N}, {B} trajectories, T={T}, ours qr_every={q} "
+                     "(naive: every step): " + ("forward+backward" if with_grad else "forward"),
             "measure": what, "dtype": "float32", "shapes": dict(sizes), "baseline": "naive",
             "check_reference": "naive loop (QR every step) on the same network, state and frame: mean exponents",
             "floor": floor, "implementations": rows}
@@ -1419,6 +1439,25 @@ def _config_cpu(ctx: Context) -> List[Dict[str, Any]]:
     ]
 
 
+def _config_cpu_lyapunov(ctx: Context) -> List[Dict[str, Any]]:
+    """Issue 17's Lyapunov cases: a rate network N=256 (T=1000) and a LIF network N=512 (T=500), k=32, B=4,
+    forward and forward+backward, against the naive loop (QR every step); LIF with the atan surrogate (never zero) and the
+    triangle surrogate (zero off its support: the sparse product), ours with QR every step and every 10."""
+    q = ctx.quick
+    rate = dict(T=20, B=2, N=24, n_in=4, k=4, qr_every=1) if q else dict(T=1000, B=4, N=256, n_in=16, k=32,
+                                                                           qr_every=1)
+    lif = dict(rate, N=32 if q else 512, T=20 if q else 500)
+    rate_t = [_target(">= 1.5x the naive loop", "speedup", "ours_torch", 1.5, "naive")]
+    lif_t = [_target(">= 3x the naive loop", "speedup", "ours_torch", 3.0, "naive")]
+    cases = []
+    for grad, what in ((False, "forward"), (True, "forward_backward")):
+        cases.append(_lyap_case(ctx, f"lyapunov_rate_{what}", rate, grad, gpu=False, targets=rate_t, network="rate"))
+        for sur, every in (("atan", 1), ("atan", 10), ("triangle", 1), ("triangle", 10)):
+            cases.append(_lyap_case(ctx, f"lyapunov_lif_{sur}_q{every}_{what}", dict(lif, qr_every=every), grad,
+                                    gpu=False, targets=lif_t, network="lif", surrogate=sur))
+    return cases
+
+
 def _config_cpu_kernels(ctx: Context) -> List[Dict[str, Any]]:
     sizes = [(16, 4, 64), (16, 4, 256)] if ctx.quick else [(500, 16, 2048), (500, 16, 8192)]
     targets = [_target(">= 50% of the bandwidth floor", "fraction", "ours_cpu", 0.5),
@@ -1474,12 +1513,15 @@ def _config_ensemble(ctx: Context) -> List[Dict[str, Any]]:
             for E in Es]
 
 
-_RUNNERS = {"cpu": _config_cpu, "cpu_kernels": _config_cpu_kernels, "1": _config_1, "2": _config_2,
+_RUNNERS = {"cpu": _config_cpu, "cpu_kernels": _config_cpu_kernels, "cpu_lyapunov": _config_cpu_lyapunov,
+            "1": _config_1, "2": _config_2,
             "3": _config_3, "4": _config_4, "ensemble": _config_ensemble}
 _TITLES = {
     "cpu": "CPU: LIF [200, 32, 512] fwd+bwd; scaled-down recurrent training step and Lyapunov spectrum",
     "cpu_kernels": "CPU kernels (numba): LIF fwd+bwd [500, 16, 2048] and [500, 16, 8192], Synaptic fwd+bwd "
                    "[500, 16, 2048], 1 and 2 threads",
+    "cpu_lyapunov": "CPU Lyapunov spectra (issue 17): rate N=256 (T=1000) and LIF N=512 (T=500; atan, triangle), "
+                    "k=32, B=4",
     "1": "LIF neuron forward+backward [500, 64, 4096], float32 and bfloat16",
     "2": "Linear + LIF layer, B=16, T=500, N=4096 and 16384 (Open Neuromorphic configuration)",
     "3": "Recurrent LIF network training step, N=1024, n_in=128, B=64, T=500, and peak memory",

@@ -21,7 +21,15 @@ differentiated (the local form of seed 003).
 ``backend="triton"`` (the default ``"auto"`` picks it for CUDA inputs) swaps the model's tangent map
 for the fused one of :mod:`surroflos.kernels.tangent` where the model is a known one, and
 re-orthonormalises with CholeskyQR2 (:mod:`surroflos.kernels.qr`); ``backend="torch"`` is the plain
-PyTorch computation (model tangent map, ``torch.linalg.qr``).
+PyTorch computation (``torch.linalg.qr``; for a known model, the rate network and the LIF network, its
+tangent formula in the step-loop form of :func:`surroflos.kernels.tangent.lean_tangent_function`, else the
+model's own map).
+
+The step loop is kept lean: a solo frame ``[B, D, k]`` is carried column-major (as the transpose of a
+contiguous ``[B, k, D]``), the layout ``torch.linalg.qr`` reads and writes, so that with the lean maps the
+tangent product is one matrix product ``[B k, D] @ [D, D]`` and the frame is never copied; the finiteness
+checks cost no host sync per step (flags are read every 64 steps on the CPU, at the end on accelerators)
+and the lost-precision diagnostic is computed from the stored ``R`` factors in batches.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from ._random import orthonormal_frame, randn
 from .ensemble import draw_per_member
 from .kernels.backend import check_backend, resolve_backend
 from .kernels.qr import cholesky_qr2
-from .kernels.tangent import fused_tangent_function
+from .kernels.tangent import fused_tangent_function, lean_tangent_function
 from .models.base import check_inputs, check_state_and_model, jvp_tangent
 from .models.layered import as_model
 
@@ -164,7 +172,7 @@ def _prepare(model, inputs, state0, generator, backend: str = "torch"):
         raise ValueError("state0 contains NaN or inf")
     params = model.params()
     step = model.step_function
-    tangent = fused_tangent_function(model, "triton") if backend == "triton" else None
+    tangent = fused_tangent_function(model, "triton") if backend == "triton" else lean_tangent_function(model)
     if tangent is None:
         tangent = getattr(model, "tangent_function", None)
     if tangent is None:
@@ -174,12 +182,22 @@ def _prepare(model, inputs, state0, generator, backend: str = "torch"):
 
 
 class _FiniteGuard:
-    """Checks state and QR diagonal for NaN/inf; immediately on CPU, deferred on accelerators (no sync).
+    """Checks state and QR diagonal for NaN/inf without a host sync per step.
 
-    For an ensemble (``members=E``) the check is per member: a member that diverges is recorded (its
+    Every step appends ``max |state|`` (a tensor: two ops, no sync; finite exactly when the state is) to a
+    pending list, every QR ``max |log R_ii|``; on the CPU the list is read every :attr:`CHECK_EVERY` steps
+    (one sync for all of them), on accelerators only at the end (and before an error of the model is let
+    through, :meth:`reporting`), and
+    the first non-finite entry in step order is reported: the step where the state stopped being finite, or
+    where the frame degenerated (the state is checked first at a step). The detached ``R`` factors wait the
+    same way for the lost-precision diagnostic (:meth:`qr`), which is then computed for all of them at once.
+
+    For an ensemble (``members=E``) the flags are per member: a member that diverges is recorded (its
     estimate becomes NaN, the others are untouched, as every operation acts member by member) and only a
-    divergence of every member raises.
+    divergence of every member raises, naming the step by which all had diverged.
     """
+
+    CHECK_EVERY = 64
 
     def __init__(self, device: torch.device, qr_every: int, method: str = "householder",
                  members: int | None = None) -> None:
@@ -187,33 +205,27 @@ class _FiniteGuard:
         self.method = method
         self.qr_every = qr_every
         self.members = members
-        self.flags: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        self.pending: list[tuple[int, bool, torch.Tensor]] = []  # (step, is_state, max |x|)
+        self.steps = 0  # state entries in pending
+        self.factors: list[tuple[torch.Tensor, torch.Tensor]] = []  # (log|R_ii|, R), detached
         self.min_kept: torch.Tensor | None = None
         self.diverged: torch.Tensor | None = None  # [E] bool, ensembles only
 
-    def _ok(self, x: torch.Tensor) -> torch.Tensor:
-        """Finite everywhere: a scalar, or one flag per member for an ensemble."""
-        if self.members is None:
-            return torch.isfinite(x).all()
-        return torch.isfinite(x).reshape(self.members, -1).all(dim=1)
+    def _size(self, x: torch.Tensor) -> torch.Tensor:
+        """``max |x|`` (per member for an ensemble): finite exactly when ``x`` is, as the maximum propagates
+        NaN; two cheap ops per step, read later by :meth:`flush`."""
+        a = x.detach().abs()
+        return a.amax() if self.members is None else a.reshape(self.members, -1).amax(dim=1)
 
-    def check(self, t: int, state: torch.Tensor, logdiag: torch.Tensor) -> None:
-        s_ok, r_ok = self._ok(state), self._ok(logdiag)
-        if self.members is not None:
-            self._record(t, s_ok & r_ok, s_ok)
-        elif self.eager:
-            self._raise_if_bad(t, bool(s_ok), bool(r_ok))
-        else:
-            self.flags.append((t, s_ok, r_ok))
+    def check_state(self, t: int, state: torch.Tensor) -> None:
+        """Record whether the state after step ``t`` is finite; called every step, before that step's QR."""
+        self.pending.append((t, True, self._size(state)))
+        self.steps += 1
+        if self.eager and self.steps >= self.CHECK_EVERY:
+            self.flush()
 
-    def _record(self, t: int, ok: torch.Tensor, s_ok: torch.Tensor) -> None:
-        bad = ~ok
-        self.diverged = bad if self.diverged is None else self.diverged | bad
-        if self.eager and bool(self.diverged.all()):
-            self._raise_all_diverged(t)
-
-    def qr(self, t: int, state: torch.Tensor, Q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Re-orthonormalise ``Q``; return the new frame and ``log|R_ii|`` after checking both.
+    def qr(self, t: int, Q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Re-orthonormalise ``Q``; return the new frame and ``log|R_ii|`` (their finiteness recorded).
 
         Also tracks how much of each column survived orthogonalisation, ``|R_ii| / ||q_i||``: below
         ``sqrt(eps)`` of the dtype the small directions are being lost to rounding (``qr_every`` too
@@ -226,25 +238,61 @@ class _FiniteGuard:
             Qn, R = cholesky_qr2(flat if flat.dtype in (torch.float32, torch.float64) else flat.float())
             Qn, R = Qn.to(Q.dtype).reshape(Q.shape), R.to(Q.dtype).reshape(*Q.shape[:-2], *R.shape[-2:])
         logdiag = R.diagonal(dim1=-2, dim2=-1).abs().log()
-        self.check(t, state, logdiag)
-        with torch.no_grad():
-            # ||q_i|| = ||R[:, i]|| as Q = Qn R with orthonormal Qn: the [k, k] factor instead of the [D, k] frame
-            kept = (logdiag - R.norm(dim=-2).log())
-            kept = kept[torch.isfinite(kept)].min() if self.members is not None and kept.isfinite().any() else kept.min()
-        self.min_kept = kept if self.min_kept is None else torch.minimum(self.min_kept, kept)
+        self.pending.append((t, False, self._size(logdiag)))
+        self.factors.append((logdiag.detach(), R.detach()))
+        if len(self.factors) >= self.CHECK_EVERY:
+            self._reduce_kept()
         return Qn, logdiag
 
-    def check_state(self, t: int, state: torch.Tensor) -> None:
-        """State-only check, run every step so that the reported step is the one where it diverged."""
-        s_ok = self._ok(state)
-        if self.members is not None:
-            self._record(t, s_ok, s_ok)
-        elif self.eager:
-            self._raise_if_bad(t, bool(s_ok), True)
-        else:
-            self.flags.append((t, s_ok, torch.ones_like(s_ok)))
+    def _reduce_kept(self) -> None:
+        """Fold the waiting factors into ``min_kept`` (no sync): ``||q_i|| = ||R[:, i]||`` as ``Q = Qn R``."""
+        if not self.factors:
+            return
+        logdiag = torch.stack([f[0] for f in self.factors])
+        kept = logdiag - torch.stack([f[1] for f in self.factors]).norm(dim=-2).log()
+        self.factors = []
+        if self.members is not None:  # a diverged member's NaN must not hide the others' values
+            kept = torch.where(kept.isfinite(), kept, torch.inf)
+        kept = kept.min()
+        self.min_kept = kept if self.min_kept is None else torch.minimum(self.min_kept, kept)
+
+    def flush(self) -> None:
+        """Read the pending flags (one sync); raise for the first non-finite entry (solo) or record the
+        diverged members (ensemble; raise when all have)."""
+        if not self.pending:
+            return
+        pending, self.pending, self.steps = self.pending, [], 0
+        ok = torch.isfinite(torch.stack([f for _, _, f in pending])).cpu()  # [n] or [n, E]
+        if self.members is None:
+            bad = (~ok).nonzero()
+            if len(bad):
+                t, is_state, _ = pending[int(bad[0])]
+                self._raise_if_bad(t, not is_state, is_state)
+            return
+        bad = ~ok
+        if self.diverged is not None:
+            bad[0] |= self.diverged.cpu()
+        cum = bad.cumsum(dim=0) > 0  # [n, E]: diverged by entry i
+        self.diverged = cum[-1]
+        every = cum.all(dim=1).nonzero()
+        if len(every):
+            self._raise_all_diverged(pending[int(every[0])][0])
+
+    @contextlib.contextmanager
+    def reporting(self):
+        """Around the step loop: an error raised by a model fed a state that already diverged (a step or map
+        that cannot take NaN) is reported as that divergence, as the per-step check did."""
+        try:
+            yield
+        except NonFiniteError:
+            raise
+        except Exception:
+            self.flush()
+            raise
 
     def finish(self) -> None:
+        self.flush()
+        self._reduce_kept()
         if self.members is not None and self.diverged is not None and bool(self.diverged.all()):
             self._raise_all_diverged(None)
         if self.min_kept is not None:
@@ -257,12 +305,6 @@ class _FiniteGuard:
                     + (f"Lower qr_every={self.qr_every}, " if self.qr_every > 1 else "")
                     + "ask for fewer exponents k, or use float64.",
                     RuntimeWarning, stacklevel=3)
-        if self.flags:
-            ok = torch.stack([torch.stack([s, r]) for _, s, r in self.flags]).cpu()
-            bad = (~ok.all(dim=1)).nonzero()
-            if len(bad):
-                i = int(bad[0])
-                self._raise_if_bad(self.flags[i][0], bool(ok[i, 0]), bool(ok[i, 1]))
 
     def _raise_all_diverged(self, t: int | None) -> None:
         raise NonFiniteError(f"every member's state or tangent frame became NaN/inf{'' if t is None else f' by step {t}'}:"
@@ -312,7 +354,10 @@ def lyapunov_spectrum(model, inputs: torch.Tensor, k: int, *, qr_every: int = 1,
         backend: ``"auto"`` (Triton for CUDA inputs, else torch), ``"torch"`` or ``"triton"``
             (:mod:`surroflos.kernels.backend`). With ``"triton"`` the tangent map is the fused one of
             :func:`surroflos.kernels.tangent.fused_tangent_function` when the model is a known one,
-            else the model's own; ``"torch"`` always uses the model's own tangent map.
+            else the model's own; ``"torch"`` uses the PyTorch step-loop form of the known models' maps
+            (:func:`surroflos.kernels.tangent.lean_tangent_function`: ``RateRNN``, LIF ``SpikingRNN``; the
+            same formula, equal up to summation order; neurons whose surrogate slope is exactly zero, as
+            relu's and the triangle surrogate's off their support, skipped on the CPU), else the model's own.
         qr: re-orthonormalisation: ``"householder"`` (``torch.linalg.qr``), ``"cholesky_qr2"``
             (:mod:`surroflos.kernels.qr`, falls back to Householder per trajectory when the frame is
             ill-conditioned) or ``"auto"`` (CholeskyQR2 with the Triton backend, else Householder).
@@ -327,7 +372,9 @@ def lyapunov_spectrum(model, inputs: torch.Tensor, k: int, *, qr_every: int = 1,
     Raises:
         ValueError: bad shapes or arguments, NaN inputs; :class:`NonFiniteError` (a ValueError) when
         the state or the frame stops being finite, naming the step (for an ensemble: when every member's
-        does; single members are reported in ``result.diverged``).
+        does, naming the step by which all had; single members are reported in ``result.diverged``). On
+        the CPU the check runs every 64 steps (so up to 63 steps run past a divergence before the error),
+        on accelerators at the end.
     """
     model = _check_model(model)
     k = _check_int("k", k, 1)
@@ -346,10 +393,11 @@ def lyapunov_spectrum(model, inputs: torch.Tensor, k: int, *, qr_every: int = 1,
                          "nothing is left to accumulate")
     guard = _FiniteGuard(inputs.device, qr_every, qr_method, members=E)
     dt = float(model.dt)
+    xs = inputs.unbind(0)
 
-    with contextlib.nullcontext() if grad_through_transient else torch.no_grad():
+    with guard.reporting(), contextlib.nullcontext() if grad_through_transient else torch.no_grad():
         for t in range(transient):
-            state = step(inputs[t], state, params)[1]
+            state = step(xs[t], state, params)[1]
             guard.check_state(t, state)
         if frame0 is None:
             Q = draw_per_member(lambda g: orthonormal_frame(batch, model.state_dim, k, generator=g,
@@ -360,37 +408,41 @@ def lyapunov_spectrum(model, inputs: torch.Tensor, k: int, *, qr_every: int = 1,
                 raise ValueError(f"frame0 must be a tensor of shape {list(want)} (batch, D, k), got "
                                  f"{list(getattr(frame0, 'shape', [])) or type(frame0).__name__}")
             Q = frame0.to(device=inputs.device, dtype=inputs.dtype)
+        if Q.ndim == 3:  # column-major frames, the layout torch.linalg.qr reads and writes (no copies)
+            Q = Q.mT.contiguous().mT
         for j, t in enumerate(range(transient, start)):
-            Q = tangent(inputs[t], state, params, Q)
-            state = step(inputs[t], state, params)[1]
+            Q = tangent(xs[t], state, params, Q)
+            state = step(xs[t], state, params)[1]
             guard.check_state(t, state)
             if (j + 1) % qr_every == 0 or t == start - 1:
-                Q, logdiag = guard.qr(t, state, Q)
+                Q, _ = guard.qr(t, Q)
 
     log_sum = torch.zeros(*Q.shape[:-2], k, dtype=inputs.dtype, device=inputs.device)
-    history, times = [], []
-    for j, t in enumerate(range(start, T)):
-        Q = tangent(inputs[t], state, params, Q)
-        if detach_state:
-            with torch.no_grad():
-                state = step(inputs[t], state, params)[1]
-        else:
-            state = step(inputs[t], state, params)[1]
-        guard.check_state(t, state)
-        if (j + 1) % qr_every == 0 or t == T - 1:
-            Q, logdiag = guard.qr(t, state, Q)
-            log_sum = log_sum + logdiag
-            history.append(log_sum.detach() / ((j + 1) * dt))
-            times.append((j + 1) * dt)
+    history, counts = [], []
+    with guard.reporting():
+        for j, t in enumerate(range(start, T)):
+            Q = tangent(xs[t], state, params, Q)
+            if detach_state:
+                with torch.no_grad():
+                    state = step(xs[t], state, params)[1]
+            else:
+                state = step(xs[t], state, params)[1]
+            guard.check_state(t, state)
+            if (j + 1) % qr_every == 0 or t == T - 1:
+                Q, logdiag = guard.qr(t, Q)
+                log_sum = log_sum + logdiag
+                history.append(log_sum.detach())
+                counts.append(j + 1)
     guard.finish()
     exponents = torch.sort(log_sum / (n_acc * dt), dim=-1, descending=True).values
-    hist = torch.sort(torch.stack(history), dim=-1, descending=True).values
+    times = torch.tensor(counts, dtype=torch.float64) * dt
+    scale = times.to(device=inputs.device, dtype=inputs.dtype).view(-1, *[1] * log_sum.ndim)
+    hist = torch.sort(torch.stack(history) / scale, dim=-1, descending=True).values
     diverged = None
     if E is not None:  # a member whose state or frame stopped being finite: its exponents are NaN
         diverged = guard.diverged.detach() if guard.diverged is not None else torch.zeros(E, dtype=torch.bool)
         exponents = torch.where(diverged.to(exponents.device).view(E, 1, 1), torch.nan, exponents)
-    return LyapunovResult(exponents, dt, n_acc, qr_every, hist, torch.tensor(times, dtype=torch.float64),
-                          diverged)
+    return LyapunovResult(exponents, dt, n_acc, qr_every, hist, times, diverged)
 
 
 def max_lyapunov_bruteforce(model, inputs: torch.Tensor, *, eps: float | None = None, transient: int = 0,

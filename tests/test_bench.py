@@ -273,3 +273,21 @@ def test_ensemble_config_quick(tmp_path, capsys):
     assert 3.5 <= m4["ensemble"] / m1["ensemble"] <= 4.5
     assert 3.5 <= m4["solo"] / m1["solo"] <= 4.5
     assert "network-epochs/s" in capsys.readouterr().out
+
+
+def test_cpu_lyapunov_quick(tmp_path, capsys):
+    """--config cpu_lyapunov (issue 17's Lyapunov cases): rate and LIF (atan, triangle; ours with QR every step
+    and every 10), forward and forward+backward, ours checked against the naive loop, targets evaluated."""
+    args = _parse(["--config", "cpu_lyapunov", "--quick", "--out", str(tmp_path), "--budget", "0.2", "--repeats", "3"])
+    assert bench.run_bench(args) == 0
+    payload = json.loads((tmp_path / "bench_cpu_lyapunov.json").read_text())
+    assert payload["status"] == "ok"
+    names = [c["name"] for c in payload["cases"]]
+    variants = ["rate"] + [f"lif_{s}_q{q}" for s, q in (("atan", 1), ("atan", 10), ("triangle", 1), ("triangle", 10))]
+    assert names == [f"lyapunov_{v}_{w}" for w in ("forward", "forward_backward") for v in variants]
+    for case in payload["cases"]:
+        rows = {r["name"]: r for r in case["implementations"]}
+        assert set(rows) == {"naive", "ours_torch"} and case["baseline"] == "naive"
+        assert rows["ours_torch"]["check"]["lambda_max_abs_err"] < 1e-4  # same spectrum as the naive loop
+        assert len(case["targets"]) == 1 and case["targets"][0]["text"].startswith(">= ")
+    assert "lyapunov_lif_triangle_q10_forward" in capsys.readouterr().out

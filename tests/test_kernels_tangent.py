@@ -452,3 +452,151 @@ def test_torch_compile_inductor_on_cuda():
     g0 = torch.autograd.grad(l0, (W, d, Q))
     for a, b in zip(torch.autograd.grad(l1, (W, d, Q)), g0):
         assert_close_rel(a, b, grad_rtol + rtol, "grad")
+
+
+# --------------------------------------------------------------------------------------------------
+# 7. The lean step-loop path (lean_dense_tangent, lean_tangent_function): what lyapunov_spectrum's torch
+#    backend runs, against the naive reference and the models' own maps, dense and sparse
+# --------------------------------------------------------------------------------------------------
+
+LEAN_COEFS = [("BN", "float"), ("BN", "0d"), ("N", "N"), ("BN", "BN"), ("BN", "zero")]  # (d, a)
+
+
+def _lean_coef(kind, B, N, seed, dtype):
+    return 0.0 if kind == "zero" else coef(kind, B, N, seed, dtype)
+
+
+def _sparse_d(B, N, seed, dtype, active, shared):
+    """A [B, N] coefficient that is exactly zero outside ``active`` neurons per trajectory (the same ones in every
+    trajectory when ``shared``): what relu's slope or the triangle surrogate give."""
+    d = torch.rand(B, N, generator=gen(seed), dtype=F64) + 0.5
+    keep = torch.rand(1 if shared else B, N, generator=gen(seed + 1), dtype=F64) < active
+    return (d * keep).to(dtype).to(DEVICE).requires_grad_(True)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "column_major"])
+@pytest.mark.parametrize("kinds", LEAN_COEFS, ids=["-".join(k) for k in LEAN_COEFS])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_lean_dense_tangent_matches_naive(shape, kinds, layout):
+    B, N, k = shape
+    W = rnd(N, N, seed=1, dtype=F32, scale=N ** -0.5)
+    Q = rnd(B, N, k, seed=2, dtype=F32, grad=False)
+    Q = (Q if layout == "contiguous" else Q.mT.contiguous().mT).requires_grad_(True)
+    d, a = coef(kinds[0], B, N, 3, F32), _lean_coef(kinds[1], B, N, 4, F32)
+    rtol, grad_rtol = tangent_rtols(B, N, k)
+    compare(lambda: kt.lean_dense_tangent(W, d, a, Q),
+            lambda: naive_dense(*(t.double() if isinstance(t, torch.Tensor) else t for t in (W, d, a, Q))).float(),
+            tensors(W, d, a, Q), rtol=rtol, grad_rtol=grad_rtol)
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+@pytest.mark.parametrize("case", ["union", "per_trajectory", "dense_fallback", "all_zero"])
+def test_lean_sparse_product_is_the_dense_one(case, dtype):
+    """The sparse product (only the neurons with non-zero d) against the dense path and the naive reference:
+    float64 equal up to summation order (1e-12 relative), float32 within rounding of the float64 truth, values
+    and gradients (W, Q and a; d's gradient is only claimed where d is non-zero: the callers' d have zero
+    derivative where they vanish)."""
+    B, N, k = 3, 64, 5
+    active, shared = {"union": (0.3, True), "per_trajectory": (0.3, False), "dense_fallback": (0.9, False),
+                      "all_zero": (0.0, True)}[case]
+    W = rnd(N, N, seed=1, dtype=dtype, scale=N ** -0.5)
+    Q = rnd(B, N, k, seed=2, dtype=dtype, grad=False).mT.contiguous().mT.requires_grad_(True)
+    a = rnd(N, seed=4, dtype=dtype)
+    d = _sparse_d(B, N, 3, dtype, active, shared)
+    Qt = Q.detach().mT
+    taken = kt._sparse_product(W.detach(), d.detach(), Qt, None)
+    assert (taken is None) == (case == "dense_fallback")
+    for W_t in (None, W.mT.contiguous()):
+        out = kt.lean_dense_tangent(W, d, a, Q, sparse=True, W_t=W_t)
+        dense = kt.lean_dense_tangent(W, d, a, Q)
+        ref = naive_dense(*(t.double() for t in (W, d, a, Q))).to(dtype)
+        G = torch.randn(out.shape, generator=gen(7), dtype=F64).to(dtype).to(DEVICE)
+        wrt = [W, Q, a, d]
+        got = (out.detach(),) + torch.autograd.grad(out, wrt, G)
+        want = (dense.detach(),) + torch.autograd.grad(dense, wrt, G)
+        truth = (ref.detach(),) + torch.autograd.grad(ref, wrt, G)
+        mask = (d.detach() != 0).to(dtype)  # d's gradient: where d is non-zero
+        got, want, truth = ([*t[:4], t[4] * mask] for t in (got, want, truth))
+        rtol, grad_rtol = tangent_rtols(B, N, k, dtype)
+        for i, (g_, w_, t_) in enumerate(zip(got, want, truth)):
+            if dtype == F64:
+                assert_close_rel(g_, w_, 1e-12, f"output {i} vs the dense path")
+                assert_close_rel(g_, t_, 1e-12, f"output {i} vs the naive reference")
+            else:
+                assert_close_rel(g_, t_, rtol if i == 0 else grad_rtol, f"output {i} vs the float64 reference")
+
+
+LEAN_MODELS = [n for n in MODELS if n.startswith(("lif-", "rate-"))]
+
+
+@pytest.mark.parametrize("name", LEAN_MODELS)
+def test_lean_tangent_equals_the_models_own(name):
+    model, state = MODELS[name]()
+    lean = kt.lean_tangent_function(model)
+    assert lean is not None, f"{name} should be recognised"
+    x = torch.randn(B_M, model.n_in, generator=gen(4), dtype=F64).to(DEVICE)
+    Q = torch.randn(B_M, model.state_dim, K_M, generator=gen(5), dtype=F64).to(DEVICE).requires_grad_(True)
+    state = state.clone().requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    compare(lambda: lean(x, state, model.params(), Q), lambda: model.tangent_function(x, state, model.params(), Q),
+            [state, Q] + params, rtol=1e-12)
+
+
+def test_lean_registry_leaves_other_models_alone():
+    assert kt.lean_tangent_function(LinearMap(torch.eye(3, dtype=F64))) is None
+    assert kt.lean_tangent_function(_spiking("cuba")()[0]) is None  # cuba: the model's own block map
+
+    class Custom(sf.RateRNN):  # replaces the tangent map: must keep it
+        tangent_function = staticmethod(lambda x, h, p, Q: 2.0 * Q)
+    assert kt.lean_tangent_function(Custom(2, 4, 1)) is None
+
+
+class _OwnMap:
+    """Wraps a model so that lyapunov_spectrum cannot recognise it: it runs the model's own tangent map."""
+
+    def __init__(self, model):
+        self.m = model
+        self.tangent_function = lambda x, s, p, Q: model.tangent_function(x, s, p, Q)
+
+    def __getattr__(self, name):
+        return getattr(self.m, name)
+
+
+@pytest.mark.parametrize("kind", ["rate-tanh", "rate-relu-sparse", "lif-atan", "lif-triangle-sparse",
+                                  "lif-zero-attached"])
+def test_lyapunov_torch_lean_path_equals_the_models_own_map(kind):
+    """lyapunov_spectrum(backend="torch") (lean maps, sparse for relu / triangle) against the same estimate with
+    the model's own tangent map: exponents and the flossing gradient, float64, 1e-12 relative."""
+    N = 40
+    if kind.startswith("rate"):
+        relu = "relu" in kind
+        model = sf.RateRNN(2, N, 1, g=1.8 if not relu else 1.2, nonlinearity="relu" if relu else "tanh",
+                           dt=0.5 if relu else 1.0, generator=gen(0), dtype=F64)
+        state0 = model.initial_state(2, random=True, generator=gen(1)) - (2.0 if relu else 0.0)
+        x = torch.randn(30, 2, 2, generator=gen(2), dtype=F64) - (1.0 if relu else 0.0)
+    else:
+        kw = dict(surrogate="triangle", beta=0.8, input_scale=0.5) if "triangle" in kind else dict(input_scale=2.0)
+        if "zero" in kind:
+            kw.update(reset="zero", detach_reset=False)
+        model = sf.SpikingRNN(2, N, 1, g=2.5, generator=gen(0), dtype=F64, **kw)
+        state0 = model.initial_state(2, random=True, generator=gen(1)) - (1.5 if "triangle" in kind else 0.0)
+        x = torch.randn(30, 2, 2, generator=gen(2), dtype=F64) - (0.6 if "triangle" in kind else 0.0)
+    if "sparse" in kind:  # precondition: the sparse product is really taken at some steps
+        calls = []
+        real = kt._sparse_product
+        kt._sparse_product = lambda *a: calls.append(r := real(*a)) or r
+        try:
+            sf.lyapunov_spectrum(model, x, 3, state0=state0, generator=gen(3), backend="torch")
+        finally:
+            kt._sparse_product = real
+        assert any(c is not None for c in calls), "the sparse product was never used"
+    out = []
+    for m in (model, _OwnMap(model)):
+        model.zero_grad(set_to_none=True)
+        res = sf.lyapunov_spectrum(m, x, 3, qr_every=2, transient=2, frame_warmup=3, state0=state0,
+                                   generator=gen(3), backend="torch")
+        sf.flossing_loss(res.exponents).backward()
+        out.append((res.exponents.detach(), model.weight_rec.grad.clone(), res.history))
+    assert float(out[0][0].std()) > 1e-3
+    for i, what in enumerate(("exponents", "d loss / d weight_rec", "history")):
+        assert_close_rel(out[0][i], out[1][i], 1e-12, what)

@@ -792,6 +792,26 @@ def test_diverging_network_raises_nonfinite_error_naming_the_step(dtype, where):
         max_lyapunov_bruteforce(model, x, state0=s0, generator=gen(92))
 
 
+def test_a_step_that_fails_on_the_diverged_state_is_reported_as_the_divergence(monkeypatch):
+    # The finiteness flags are read every CHECK_EVERY entries on the CPU: a model whose step raises when fed a
+    # non-finite state (before the next read) must still produce the divergence error naming the step.
+    model, x, s0, t_bad = _diverging_relu_net(torch.float64)
+    step = model.step_function
+
+    def strict_step(x_t, h, p):
+        if not bool(torch.isfinite(h).all()):
+            raise RuntimeError("strict_step: non-finite state")
+        return step(x_t, h, p)
+
+    strict = types.SimpleNamespace(**{n: getattr(model, n) for n in ("n_in", "state_dim", "dt", "params",
+                                                                      "initial_state", "tangent_function")})
+    strict.step_function = strict_step
+    monkeypatch.setattr(lyap_mod._FiniteGuard, "CHECK_EVERY", 10**6)  # the step fails before any read
+    for kw in (dict(), dict(transient=t_bad + 3)):
+        with pytest.raises(NonFiniteError, match=rf"state became NaN/inf at step {t_bad}\b"):
+            lyapunov_spectrum(strict, x, 2, state0=s0, generator=gen(92), **kw)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="deferred (no-sync) finiteness checks run on accelerators")
 def test_diverging_network_on_accelerator_reports_the_same_step():
     model, x, s0, t_bad = _diverging_relu_net(torch.float32, device="cuda")
