@@ -180,16 +180,30 @@ class SimulationResult:
 
 
 class _Engine:
-    """One running simulation: the heap of keys, the global offset and the compiled loop."""
+    """One running simulation: the heap of keys, the global offset and the compiled loop.
 
-    def __init__(self, net: "EventNetwork", phases: np.ndarray) -> None:
+    The eager heap (records hold the true keys, ``hpos`` their positions) by default; ``lazy=True`` (purely
+    inhibitory networks: every kick ``<= 0``, so kicks only delay spikes) the lazy heap of
+    :mod:`~surroflos.event._kernels`: the true keys in ``key [N, 1]``, the records only lower bounds of them, no
+    positions. Both give the same spikes bit for bit; the lazy one measured slower (BENCHMARKS.md)."""
+
+    def __init__(self, net: "EventNetwork", phases: np.ndarray, lazy: bool = False) -> None:
         self.net = net
         self.model = kern.LIF if net.neuron == "lif" else kern.THETA
         self.p = net._kernel_params()
         self.g = np.array([1.0 if self.model == kern.LIF else 0.0, 0.0])
+        self.lazy = bool(lazy)
+        if self.lazy and not (net.jump <= 0).all():
+            raise ValueError("the lazy heap needs purely inhibitory kicks")
         self.h = kern.alloc_heap(net.N)
-        self.hpos = np.empty(net.N, dtype=np.int32)
-        kern.heapify(net._keys_from_phases(phases), self.h, self.hpos)
+        keys = net._keys_from_phases(phases)
+        if self.lazy:
+            self.key = keys.reshape(-1, 1).copy()
+            self.hpos = _EMPTY_I
+        else:
+            self.key = _EMPTY_K
+            self.hpos = np.empty(net.N, dtype=np.int32)
+        kern.heapify(keys, self.h, self.hpos)
 
     def time(self) -> float:
         if self.model == kern.LIF:
@@ -200,19 +214,24 @@ class _Engine:
                 out_i: Optional[np.ndarray] = None, Q: Optional[np.ndarray] = None,
                 logdet: Optional[np.ndarray] = None) -> int:
         net = self.net
-        return int(kern.advance(self.model, n, t_stop, self.h, self.hpos, net.indptr, net.indices, net.jump, self.p,
-                                self.g, _EMPTY_F if out_t is None else out_t, _EMPTY_I if out_i is None else out_i,
-                                _EMPTY_Q if Q is None else Q, _EMPTY_F if logdet is None else logdet))
+        return int(kern.advance(self.model, n, t_stop, self.h, self.hpos, self.key, net.indptr, net.indices, net.jump,
+                                self.p, self.g, _EMPTY_F if out_t is None else out_t,
+                                _EMPTY_I if out_i is None else out_i, _EMPTY_Q if Q is None else Q,
+                                _EMPTY_F if logdet is None else logdet))
 
     def phases(self) -> np.ndarray:
-        keys = np.empty(self.net.N, dtype=np.float64)
-        kern.keys_of(self.h, self.hpos, keys)
+        if self.lazy:
+            keys = self.key[:, 0].copy()
+        else:
+            keys = np.empty(self.net.N, dtype=np.float64)
+            kern.keys_of(self.h, self.hpos, keys)
         return self.net._phases_from_keys(keys, self.g)
 
 
 _EMPTY_F = np.zeros(0, dtype=np.float64)
 _EMPTY_I = np.zeros(0, dtype=np.int32)
 _EMPTY_Q = np.zeros((0, 0), dtype=np.float64)
+_EMPTY_K = np.zeros((0, 1), dtype=np.float64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,9 +401,9 @@ class EventNetwork:
         """Number of presynaptic partners of each neuron, ``[N]``."""
         return np.bincount(self.indices, minlength=self.N)
 
-    def _engine(self, state0: Optional[np.ndarray]) -> _Engine:
+    def _engine(self, state0: Optional[np.ndarray], lazy: bool = False) -> _Engine:
         u = self.initial_state() if state0 is None else self.check_state(state0)
-        return _Engine(self, u)
+        return _Engine(self, u, lazy)
 
     # -- simulation ------------------------------------------------------------------------------
 
