@@ -1644,12 +1644,8 @@ def _fmt(v: Optional[float], spec: str, suffix: str = "") -> str:
     return "-" if v is None else format(v, spec) + suffix
 
 
-def format_table(payload: Dict[str, Any]) -> str:
-    """A plain-text table of one configuration's payload (as returned by :func:`run_config`)."""
-    if payload.get("config") == "event":
-        from .event.bench import format_table as event_table
-
-        return event_table(payload)
+def header_lines(payload: Dict[str, Any]) -> List[str]:
+    """The table's first lines: config and title, device, threads and load, the note, a failed status."""
     dev = payload.get("device", {})
     lines = [f"== config {payload['config']}: {payload['title']}",
              f"   device: {dev.get('type')} {dev.get('name', '')}".rstrip()
@@ -1660,7 +1656,19 @@ def format_table(payload: Dict[str, Any]) -> str:
         lines.append(f"   note: {payload['note']}")
     if payload.get("status", "ok") != "ok":
         lines.append(f"   {payload['status']}")
+    return lines
+
+
+def format_table(payload: Dict[str, Any]) -> str:
+    """A plain-text table of one configuration's payload (as returned by :func:`run_config`)."""
+    if payload.get("config") == "event":
+        from .event.bench import format_table as event_table
+
+        return event_table(payload)
+    lines = header_lines(payload)
+    if payload.get("status", "ok") != "ok":
         return "\n".join(lines)
+    dev = payload.get("device", {})
     for case in payload["cases"]:
         fl = case["floor"]
         floor = (f"floor {fl['ms']:.3f} ms ({fl['bound']} bound: {fl['bytes'] / 1e6:.1f} MB at "

@@ -7,6 +7,8 @@ Cases (``--quick`` shrinks every size so the run takes seconds, for tests):
               ``graph="out"``) at ``N = 1e4, 1e5, 1e6``, in the steady state (after one spike per neuron):
               spikes per second of wall time for
               - ``heap``: :class:`~surroflos.event.EventNetwork` (compiled 4-ary heap loop, O(K log N) per spike),
+              - ``lazy``: the same loop with the lazy heap (kicks update true keys only, stale roots re-sifted;
+                same spikes bit for bit),
               - ``naive``: the same dynamics and arithmetic with an O(N) scan for the next spiker per spike
                 (:func:`~surroflos.event._kernels.naive_advance`; checked to give the same spikes bit for bit),
               - ``stepped``: the time-stepped :class:`~surroflos.BalancedNetwork` with the same graph
@@ -19,7 +21,8 @@ Cases (``--quick`` shrinks every size so the run takes seconds, for tests):
               exponents, ``qr_every = N / 4``: wall time per spike, and the extrapolated wall time of a full
               spectrum over 100 spikes per neuron.
 
-Timing: ``time.perf_counter`` around each compiled call; ``ctx.repeats`` repeats (fewer when one would exceed
+Timing: ``time.perf_counter`` around each compiled call (and ``time.process_time``: spikes per CPU second,
+less sensitive to a shared machine's load); ``ctx.repeats`` repeats (fewer when one would exceed
 the budget), each continuing the same simulation; medians and inter-quartile ranges. numba runs on one thread;
 the QRs' BLAS is limited to one thread while timed (threadpoolctl, where installed).
 """
@@ -67,28 +70,29 @@ def _repeats(ctx, est_s: float) -> int:
     return int(max(3, min(ctx.repeats, ctx.budget_s // max(est_s, 1e-9))))
 
 
-def _heap_row(net: EventNetwork, ctx, n_per_run: int) -> Dict[str, Any]:
+def _heap_row(net: EventNetwork, ctx, n_per_run: int, lazy: bool) -> Dict[str, Any]:
     t0 = time.perf_counter()
-    eng = net._engine(None)
+    eng = net._engine(None, lazy=lazy)
     first = time.perf_counter()
     eng.advance(net.N)  # steady state; the first call also loads (or compiles) the loop
     first = time.perf_counter() - first
     t_setup = time.perf_counter() - t0
-    rates, sims = [], []
+    rates, cpu_rates, sims = [], [], []
     t_probe = time.perf_counter()
-    tb = eng.time()
     eng.advance(n_per_run)
     est = time.perf_counter() - t_probe
     for _ in range(_repeats(ctx, est)):
         tb = eng.time()
+        c = time.process_time()
         t = time.perf_counter()
         eng.advance(n_per_run)
         dt = time.perf_counter() - t
         rates.append(n_per_run / dt)
+        cpu_rates.append(n_per_run / max(time.process_time() - c, 1e-9))
         sims.append((eng.time() - tb) / dt)
-    return {"name": "heap", "status": "ok", "spikes_per_s": _stats(rates),
-            "sim_per_wall": statistics.median(sims), "spikes_per_run": n_per_run, "first_call_s": first,
-            "setup_s": t_setup}
+    return {"name": "lazy" if lazy else "heap", "status": "ok", "spikes_per_s": _stats(rates),
+            "spikes_per_cpu_s": _stats(cpu_rates), "sim_per_wall": statistics.median(sims),
+            "spikes_per_run": n_per_run, "first_call_s": first, "setup_s": t_setup}
 
 
 def _naive_row(net: EventNetwork, ctx, n_per_run: int, check: bool) -> Dict[str, Any]:
@@ -154,23 +158,25 @@ def _simulate_case(ctx) -> Dict[str, Any]:
         build = time.perf_counter() - t
         n_heap = 20 * N if ctx.quick else max(200_000, N)
         n_naive = 200 if ctx.quick else max(200, int(2e8 // N))
-        heap = _heap_row(net, ctx, n_heap)
+        heap = _heap_row(net, ctx, n_heap, lazy=False)
+        lazy = _heap_row(net, ctx, n_heap, lazy=True)
         naive = _naive_row(net, ctx, n_naive, check=True)
         stepped = _stepped_row(net, ctx, 20 if ctx.quick else 100, 1e-4)
-        for r in (heap, naive, stepped):
+        for r in (heap, lazy, naive, stepped):
             r["N"] = N
             r["K"] = net.K
             if r["status"] == "ok":
                 r["us_per_spike"] = 1e6 / r["spikes_per_s"]["median"]
                 r["speedup_heap_vs_this"] = heap["spikes_per_s"]["median"] / r["spikes_per_s"]["median"]
         heap["build_network_s"] = build
-        rows += [heap, naive, stepped]
-    heaps = [r for r in rows if r["name"] == "heap"]
-    base = heaps[0]
-    for r in heaps:
-        r["cost_growth"] = r["us_per_spike"] / base["us_per_spike"]
-        r["log_growth"] = math.log(r["N"]) / math.log(base["N"])
-    last = heaps[-1]
+        rows += [heap, lazy, naive, stepped]
+    for name in ("heap", "lazy"):
+        rs = [r for r in rows if r["name"] == name]
+        for r in rs:
+            r["cost_growth"] = r["us_per_spike"] / rs[0]["us_per_spike"]
+            r["log_growth"] = math.log(r["N"]) / math.log(rs[0]["N"])
+    heaps = [r for r in rows if r["name"] == "heap"]  # what EventNetwork.simulate runs
+    base, last = heaps[0], heaps[-1]
     targets = [
         {"text": f">= {TARGET_SPIKES_PER_S:.0e} spikes/s at N = {last['N']}", "value": last["spikes_per_s"]["median"],
          "result": ("pass" if last["spikes_per_s"]["median"] >= TARGET_SPIKES_PER_S else "fail") if not ctx.quick
@@ -238,21 +244,22 @@ def run_config(ctx) -> Dict[str, Any]:
     return payload
 
 
+def _median(row: Dict[str, Any], key: str) -> str:
+    return f"{row[key]['median']:.3g}" if key in row else "-"
+
+
 def format_table(payload: Dict[str, Any]) -> str:
-    """A plain-text table of the event payload."""
-    dev = payload.get("device", {})
-    lines = [f"== config event: {payload['title']}",
-             f"   device: {dev.get('type')} {dev.get('name', '')}".rstrip()
-             + (f", load {dev['load_average'][0]:.2f}" if "load_average" in dev else "")
-             + (" [--quick sizes]" if payload.get("quick") else "")]
+    """A plain-text table of the event payload (header as every config's: :func:`surroflos.bench.header_lines`)."""
+    from .. import bench as B
+
+    lines = B.header_lines(payload)
     if payload.get("status", "ok") != "ok":
-        lines.append(f"   {payload['status']}")
         return "\n".join(lines)
     for case in payload["cases"]:
         lines += ["", f"-- {case['name']}: {case['title']}"]
         if case["name"] == "simulate":
             hdr = (f"   {'N':>8} {'impl':<8} {'spikes/s':>10} {'IQR':>21} {'us/spike':>9} {'heap x':>8} "
-                   f"{'sim s/wall s':>12}  check")
+                   f"{'sim s/wall s':>12} {'spikes/CPU s':>12}  check")
             lines += [hdr, "   " + "-" * (len(hdr) - 3)]
             for r in case["rows"]:
                 if r["status"] != "ok":
@@ -260,12 +267,13 @@ def format_table(payload: Dict[str, Any]) -> str:
                     continue
                 s = r["spikes_per_s"]
                 lines.append(f"   {r['N']:>8} {r['name']:<8} {s['median']:>10.3g} [{s['q1']:>9.3g}, {s['q3']:>9.3g}] "
-                             f"{r['us_per_spike']:>9.3g} {r['speedup_heap_vs_this']:>8.3g} {r['sim_per_wall']:>12.3g}  "
-                             f"{r.get('check', {}).get('summary', '')}")
+                             f"{r['us_per_spike']:>9.3g} {r['speedup_heap_vs_this']:>8.3g} {r['sim_per_wall']:>12.3g} "
+                             f"{_median(r, 'spikes_per_cpu_s'):>12}  {r.get('check', {}).get('summary', '')}")
             for r in case["rows"]:
-                if r["name"] == "heap" and "cost_growth" in r:
-                    lines.append(f"   heap N={r['N']}: cost per spike x{r['cost_growth']:.2f} of N={case['rows'][0]['N']}"
-                                 f" (log N ratio {r['log_growth']:.2f}); network built in {r['build_network_s']:.2f} s")
+                if "cost_growth" in r:
+                    built = f"; network built in {r['build_network_s']:.2f} s" if "build_network_s" in r else ""
+                    lines.append(f"   {r['name']} N={r['N']}: cost per spike x{r['cost_growth']:.2f} of N="
+                                 f"{case['rows'][0]['N']} (log N ratio {r['log_growth']:.2f}){built}")
         else:
             hdr = f"   {'k':>6} {'us/spike':>10} {'wall s':>8} {'spikes':>8} {'full spectrum, 100 spikes/neuron':>34}"
             lines += [hdr, "   " + "-" * (len(hdr) - 3)]
