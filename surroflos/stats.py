@@ -5,6 +5,8 @@
   from the hypergeometric distribution with :func:`math.comb` (agrees with ``scipy.stats.fisher_exact``).
 - :func:`fisher_power`: the exact power of that test for given true success rates and sizes.
 - :func:`mann_whitney`: the Mann-Whitney U test of two samples (two-sided; scipy).
+- :func:`mantel_haenszel`: the Cochran-Mantel-Haenszel test of several 2 x 2 tables (one per comparison)
+  and the pooled odds ratio: is there a common effect across comparisons too small to show in any one?
 - :func:`mean_interval`: the Student t interval of a mean (scipy's t quantile).
 - :func:`wilcoxon_paired`: the Wilcoxon signed-rank test of paired values (two-sided; scipy).
 - :func:`time_to_threshold`: the first epoch whose validation metric reaches a success threshold.
@@ -19,7 +21,7 @@ from statistics import NormalDist
 from typing import Optional, Sequence
 
 __all__ = ["wilson_interval", "fisher_exact", "fisher_power", "mann_whitney", "time_to_threshold", "reaches", "median",
-           "mean_interval", "wilcoxon_paired"]
+           "mean_interval", "wilcoxon_paired", "mantel_haenszel"]
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -164,3 +166,44 @@ def wilcoxon_paired(x: Sequence[float], y: Sequence[float]) -> dict:
     from scipy.stats import wilcoxon
 
     return dict(out, p_value=float(wilcoxon(d).pvalue))
+
+
+def mantel_haenszel(tables: Sequence[Sequence[Sequence[int]]], correction: bool = True) -> dict:
+    """Cochran-Mantel-Haenszel test of K 2 x 2 tables ``[[a, b], [c, d]]`` (rows: arm A, arm B; columns:
+    success, failure), stratified by table, against a common odds ratio of 1 (two-sided, chi-square with
+    one degree of freedom; ``correction``: the 0.5 continuity correction).
+
+    ``statistic = (|sum a - sum E[a]| - 0.5)^2 / sum Var(a)`` with the hypergeometric ``E[a] = (a+b)(a+c)/n``
+    and ``Var(a) = (a+b)(c+d)(a+c)(b+d) / (n^2 (n-1))``; the pooled odds ratio is Mantel and Haenszel's
+    ``sum(a d / n) / sum(b c / n)``. Tables with a zero margin carry no information and add nothing.
+    Returns ``{"test", "strata", "statistic", "p_value", "odds_ratio", "successes_a", "n_a", "successes_b",
+    "n_b"}`` (``odds_ratio`` is ``inf`` when no table has ``b c > 0``).
+    """
+    if not tables:
+        raise ValueError("the Mantel-Haenszel test needs at least one 2 x 2 table")
+    obs = exp = var = num = den = 0.0
+    totals = [0, 0, 0, 0]
+    for t in tables:
+        (a, b), (c, d) = t
+        if min(a, b, c, d) < 0:
+            raise ValueError(f"table counts must be non-negative, got {t}")
+        n = a + b + c + d
+        for i, v in enumerate((a, a + b, c, c + d)):
+            totals[i] += v
+        if n < 2:
+            continue
+        obs += a
+        exp += (a + b) * (a + c) / n
+        var += (a + b) * (c + d) * (a + c) * (b + d) / (n * n * (n - 1))
+        num += a * d / n
+        den += b * c / n
+    if var == 0:
+        stat, p = 0.0, 1.0
+    else:
+        dev = max(abs(obs - exp) - (0.5 if correction else 0.0), 0.0)
+        stat = dev * dev / var
+        p = math.erfc(math.sqrt(stat / 2.0))  # chi-square survival function, 1 degree of freedom
+    ratio = num / den if den > 0 else (math.inf if num > 0 else float("nan"))
+    return {"test": "Cochran-Mantel-Haenszel (two-sided)" + (", continuity-corrected" if correction else ""),
+            "strata": len(tables), "statistic": stat, "p_value": p, "odds_ratio": ratio,
+            "successes_a": totals[0], "n_a": totals[1], "successes_b": totals[2], "n_b": totals[3]}

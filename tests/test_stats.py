@@ -104,3 +104,37 @@ def test_wilcoxon_paired():
     assert mixed["p_value"] == pytest.approx(float(scipy_stats.wilcoxon(d).pvalue), rel=1e-12)
     with pytest.raises(ValueError, match="equal length"):
         stats.wilcoxon_paired([1, 2], [1])
+
+
+def test_mantel_haenszel_one_table_is_the_scaled_pearson_test():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    t = [[7, 3], [3, 7]]
+    r = stats.mantel_haenszel([t], correction=False)
+    pearson = scipy_stats.chi2_contingency(t, correction=False)
+    n = 20
+    # one stratum: the CMH statistic is Pearson's chi-square times (n - 1) / n (hypergeometric variance)
+    assert r["statistic"] == pytest.approx(pearson.statistic * (n - 1) / n, rel=1e-12)
+    assert r["p_value"] == pytest.approx(float(scipy_stats.chi2.sf(r["statistic"], 1)), rel=1e-12)
+    assert r["odds_ratio"] == pytest.approx(7 * 7 / (3 * 3))
+    assert (r["successes_a"], r["n_a"], r["successes_b"], r["n_b"]) == (7, 10, 3, 10)
+
+
+def test_mantel_haenszel_pools_strata():
+    # Hand-computed: two tables of n = 20, E[a] = 5 and 7.5, Var(a) = 10*10*10*10/(400*19) and
+    # 10*10*15*5/(400*19); observed a = 7 + 9.
+    tables = [[[7, 3], [3, 7]], [[9, 1], [6, 4]]]
+    r = stats.mantel_haenszel(tables)
+    var = 10 * 10 * 10 * 10 / (400 * 19) + 10 * 10 * 15 * 5 / (400 * 19)
+    assert r["statistic"] == pytest.approx((abs(16 - 12.5) - 0.5) ** 2 / var, rel=1e-12)
+    assert r["odds_ratio"] == pytest.approx((7 * 7 / 20 + 9 * 4 / 20) / (3 * 3 / 20 + 1 * 6 / 20), rel=1e-12)
+    assert r["strata"] == 2 and r["p_value"] < 0.05
+    # order of strata is irrelevant; swapping the arms leaves the test and inverts the odds ratio
+    assert stats.mantel_haenszel(tables[::-1])["p_value"] == pytest.approx(r["p_value"], rel=1e-12)
+    swapped = stats.mantel_haenszel([[t[1], t[0]] for t in tables])
+    assert swapped["p_value"] == pytest.approx(r["p_value"], rel=1e-12)
+    assert swapped["odds_ratio"] == pytest.approx(1 / r["odds_ratio"], rel=1e-12)
+    # a table with a zero margin adds nothing
+    assert stats.mantel_haenszel(tables + [[[0, 5], [0, 5]]])["statistic"] == pytest.approx(r["statistic"])
+    assert stats.mantel_haenszel([[[0, 5], [0, 5]]])["p_value"] == 1.0
+    with pytest.raises(ValueError, match="at least one"):
+        stats.mantel_haenszel([])
