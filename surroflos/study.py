@@ -113,8 +113,10 @@ PRESETS: dict[str, dict] = {
                      {"name": "during-k16", "set": {"flossing": "during", "k": 16, "floss_every": 5,
                                                     "floss_steps": 20}},
                      {"name": "pre500-k16", "set": {"flossing": "pre", "k": 16, "pre_steps": 500}}],
-        "only": {"gng-d36-atan": ["pre-k4", "during-k16"], "gng-d36-g1.5": ["pre-k4", "during-k16"],
-                 "gng-d36-cuba": ["pre-k4", "during-k16"]},
+        # Compute (the shared machine ran at load 10-12): one or two flossing settings per cell.
+        "only": {"gng-d36-N128": ["pre-k4"], "gng-d36-cuba": ["pre-k4"], "gng-d36-atan": ["pre-k4"],
+                 "gng-d36-superspike-scale0.5": ["pre-k4", "pre500-k16"], "gng-d36-g1.5": ["pre-k4"],
+                 "gng-b0.9-d48": ["pre-k4", "during-k16"]},
     },
     # Confirmation, fixed before its data were seen: the third round's d = 36 (8 tau_m) preflossing cell on 30 new
     # seeds (100-129). Primary endpoint: final success (Fisher); secondary: reaching the threshold at any epoch.
