@@ -172,11 +172,12 @@ def leaky_fwd(x, mem0, beta, thr, reset, late, g, one, BLOCK, b0, b1, spk, mem):
 
 
 @jit
-def leaky_bwd_linear(gspk, gmem, has_gmem, mem0, mem, beta, thr, sid, c1, c2, reset, g, one, params, BLOCK, b0, b1,
+def leaky_bwd_linear(gspk, gmem, has_gspk, has_gmem, mem0, mem, beta, thr, sid, c1, c2, reset, g, one, params, BLOCK, b0, b1,
                      gx, gmem0, dbeta, dthr):
     """Backward of the delayed, detached reset: ``G[t] = (gmem[t] + g gspk[t] sigma'(m[t] - theta))
     + c[t+1] G[t+1]`` scanned in reverse (the PyTorch path's linear scan and its rounding order), with
-    ``c = beta`` (``beta (1 - R)`` for the zero reset). ``gmem`` is one row of zeros unless ``has_gmem``.
+    ``c = beta`` (``beta (1 - R)`` for the zero reset). ``gspk``/``gmem`` are one row of zeros unless
+    ``has_gspk``/``has_gmem`` (an unused output).
     Per-element partials of the parameters' gradients go to ``dbeta``/``dthr`` (``[M]``)."""
     T, M = mem.shape
     nblk = (M + BLOCK - 1) // BLOCK
@@ -199,7 +200,7 @@ def leaky_bwd_linear(gspk, gmem, has_gmem, mem0, mem, beta, thr, sid, c1, c2, re
         dt = np.zeros(w, mem.dtype)
         for t in range(T - 1, -1, -1):
             base = t * M + lo
-            gss = gsf[base:base + w]
+            gss = gsf[base:base + w] if has_gspk else gsf[lo:lo + w]
             gxs = gxf[base:base + w]
             gms = gmf[base:base + w] if has_gmem else gmf[lo:lo + w]
             ps = mf[base - M:base - M + w] if t > 0 else mem0[lo:lo + w]
@@ -249,7 +250,7 @@ def leaky_bwd_linear(gspk, gmem, has_gmem, mem0, mem, beta, thr, sid, c1, c2, re
 
 
 @jit
-def leaky_bwd_general(gspk, gmem, has_gmem, x, mem0, mem, spk, beta, thr, sid, c1, c2, reset, late, rgrad, g,
+def leaky_bwd_general(gspk, gmem, has_gspk, has_gmem, x, mem0, mem, spk, beta, thr, sid, c1, c2, reset, late, rgrad, g,
                       one, params, BLOCK, b0, b1, gx, gmem0, dbeta, dthr):
     """Backward with the immediate reset and/or the gradient through the reset signal (the PyTorch
     path's general scan, per neuron)."""
@@ -293,7 +294,7 @@ def leaky_bwd_general(gspk, gmem, has_gmem, x, mem0, mem, spk, beta, thr, sid, c
                 u = mem[t - 1, lo + j] if t > 0 else mem0[lo + j]
                 R = one if (reset != _NONE and vu[j] > zero) else zero
                 A = gmem[t, lo + j] + carry[j] if has_gmem else carry[j]
-                gs = gspk[t, lo + j]
+                gs = gspk[t if has_gspk else 0, lo + j]
                 if g != one:
                     gs = gs * g
                 GR = zero

@@ -187,12 +187,8 @@ def leaky_backward(gspk: Optional[Tensor], gmem: Optional[Tensor], x: Optional[T
     npd = np.dtype("float64" if acc == torch.float64 else "float32")
     T, M = mem.shape
     m = mem.detach().to(acc).contiguous()
-    gs = torch.zeros((1, M), dtype=acc) if gspk is None else gspk.detach().to(acc).contiguous()
-    if gspk is None:
-        gs = gs.expand(T, M).contiguous() if T else gs[:0]
-    has_gmem = gmem is not None
-    # Without a membrane gradient the kernels read one row of zeros (adding 0 is exact) instead of [T, M].
-    gm = gmem.detach().to(acc).contiguous() if has_gmem else torch.zeros((1, M), dtype=acc)
+    # An unused output's gradient: the kernels read one row of zeros (adding 0 is exact) instead of [T, M].
+    (gs, has_gspk), (gm, has_gmem) = _grad_np(gspk, acc, M), _grad_np(gmem, acc, M)
     gx = _empty(T, M, acc)
     gmem0 = torch.zeros(M, dtype=acc)
     db = torch.zeros(M, dtype=acc)
@@ -205,12 +201,12 @@ def leaky_backward(gspk: Optional[Tensor], gmem: Optional[Tensor], x: Optional[T
         nblk, threads = -(-M // block), _threads(T, M, block)
         outs = (gx.numpy(), gmem0.numpy(), db.numpy(), dt.numpy())
         if not late and not rgrad:
-            _run_blocks(bwd_linear, (gs.numpy(), gm.numpy(), has_gmem, m0, m.numpy(), b, th, sid, c1, c2, reset,
+            _run_blocks(bwd_linear, (gs, gm, has_gspk, has_gmem, m0, m.numpy(), b, th, sid, c1, c2, reset,
                                      npd.type(g), npd.type(1), params_grad, block), outs, nblk, threads)
         else:
             xa = _np(x.to(acc)) if x is not None else m.numpy()
             sa = _np(spk.to(acc)) if spk is not None else m.numpy()
-            _run_blocks(bwd_general, (gs.numpy(), gm.numpy(), has_gmem, xa, m0, m.numpy(), sa, b, th, sid, c1, c2,
+            _run_blocks(bwd_general, (gs, gm, has_gspk, has_gmem, xa, m0, m.numpy(), sa, b, th, sid, c1, c2,
                                       reset, late, rgrad, npd.type(g), npd.type(1), params_grad, block), outs, nblk,
                         threads)
     return gx.to(mem.dtype), gmem0.to(mem0.dtype), _reduce(db, beta), _reduce(dt, thr)
