@@ -31,7 +31,7 @@ from .compare import compare
 from .errors import UsageError
 from .train import TrainConfig
 
-__all__ = ["PRESETS", "run_study", "cell_configs", "summary_table", "main"]
+__all__ = ["PRESETS", "run_study", "cell_configs", "summary_table", "pooled_analysis", "pooled_table", "main"]
 
 # The pilot's network, task and schedule; the other presets change a few of its fields.
 _PILOT_BASE: dict = {"task": "gonogo_temporal", "model": "lif", "N": 64, "beta": 0.8, "reset": "zero", "g": 1.0,
@@ -281,16 +281,77 @@ def _write(out: str, rows: list, records: list, command: Optional[str]) -> None:
     atomic_write(os.path.join(out, "summary.md"), lambda fh: fh.write(text))
 
 
+def _pool_name(cfg: dict) -> str:
+    return "preflossing, k = 4" if cfg.get("flossing") == "pre" and cfg.get("k") == 4 else "other flossing settings"
+
+
+def pooled_analysis(rows: list[dict]) -> dict:
+    """Cochran-Mantel-Haenszel tests over comparisons (docs/RESULTS.md section 5, "Pooled analysis").
+
+    ``rows``: comparison records as in a study's ``comparisons.jsonl`` (only ``cell``, ``flossing_setting``,
+    ``config.flossing``, ``config.k`` and the arms' ``successes``, ``n`` and ``time_to_threshold.reached`` are
+    read). Rows with preflossing of k = 4 exponents form one pool, all other flossing settings another; each
+    row is one stratum. Returns ``{pool: {"strata": [...], "success": test, "reached": test}}`` with the tests
+    of :func:`surroflos.stats.mantel_haenszel` (flossed arm first).
+    """
+    from . import stats
+
+    pools: dict = {}
+    for r in rows:
+        f, u = r["comparison"]["flossed"], r["comparison"]["unflossed"]
+        pools.setdefault(_pool_name(r["config"]), []).append({
+            "cell": r["cell"], "flossing_setting": r["flossing_setting"],
+            "success": [[f["successes"], f["n"] - f["successes"]], [u["successes"], u["n"] - u["successes"]]],
+            "reached": [[f["time_to_threshold"]["reached"], f["n"] - f["time_to_threshold"]["reached"]],
+                        [u["time_to_threshold"]["reached"], u["n"] - u["time_to_threshold"]["reached"]]]})
+    return {name: {"strata": strata,
+                   "success": stats.mantel_haenszel([t["success"] for t in strata]),
+                   "reached": stats.mantel_haenszel([t["reached"] for t in strata])}
+            for name, strata in pools.items()}
+
+
+def pooled_table(result: dict) -> str:
+    """The markdown table of :func:`pooled_analysis`."""
+    lines = ["| pool | comparisons | endpoint | flossed | unflossed | pooled odds ratio (MH) | CMH p |",
+             "|---|---|---|---|---|---|---|"]
+    for name, pool in result.items():
+        for endpoint in ("success", "reached"):
+            t = pool[endpoint]
+            label = "final success" if endpoint == "success" else "reached at any epoch"
+            lines.append(f"| {name} | {t['strata']} | {label} | {t['successes_a']}/{t['n_a']} | "
+                         f"{t['successes_b']}/{t['n_b']} | {t['odds_ratio']:.2f} | {t['p_value']:.3g} |")
+    return "\n".join(lines) + "\n"
+
+
+def _pool_main(paths: list) -> int:
+    rows = []
+    for path in paths:
+        try:
+            with open(path) as fh:
+                rows += [json.loads(line) for line in fh if line.strip()]
+        except (OSError, ValueError) as e:
+            print(f"python -m surroflos.study: error: --pool {path}: {e}", file=sys.stderr)
+            return 2
+    print(pooled_table(pooled_analysis(rows)))
+    return 0
+
+
 def main(argv: Optional[list] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m surroflos.study", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default=None)
     p.add_argument("--spec", default=None, help="a JSON specification {base, cells, flossing, seeds[, only]}")
     p.add_argument("--seeds", type=int, default=None, help="members per arm (default: the specification's)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the specification's)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", default=None, help="the study's folder (required unless --pool)")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--pool", nargs="+", default=None, metavar="COMPARISONS_JSONL",
+                   help="instead of running: the pooled Cochran-Mantel-Haenszel tests of these comparisons")
     args = p.parse_args(argv)
+    if args.pool is not None:
+        return _pool_main(args.pool)
     try:
+        if args.out is None:
+            raise UsageError("--out is required (the study's folder)")
         if (args.preset is None) == (args.spec is None):
             raise UsageError("give one of --preset or --spec")
         if args.spec is not None:

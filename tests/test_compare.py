@@ -203,3 +203,31 @@ def test_study_shares_the_unflossed_arm_and_writes_records(tmp_path):
     lines.clear()
     run_study(spec, str(tmp_path / "study"), log=lines.append)  # finished: nothing is trained again
     assert sum("finished run" in s for s in lines) == 4 and not any("arm (" in s for s in lines)
+
+
+def _pool_row(cell, flossing, k, fs, fn, fr, us, un, ur):
+    return {"cell": cell, "flossing_setting": f"{flossing}-k{k}", "config": {"flossing": flossing, "k": k},
+            "comparison": {"flossed": {"successes": fs, "n": fn, "time_to_threshold": {"reached": fr}},
+                           "unflossed": {"successes": us, "n": un, "time_to_threshold": {"reached": ur}}}}
+
+
+def test_pooled_analysis_strata_pools_and_command(tmp_path, capsys):
+    from surroflos.study import main, pooled_analysis, pooled_table
+
+    rows = [_pool_row("a", "pre", 4, 7, 10, 9, 3, 10, 7), _pool_row("b", "pre", 4, 9, 10, 10, 6, 10, 8),
+            _pool_row("a", "pre", 16, 1, 10, 6, 0, 10, 2), _pool_row("c", "during", 4, 6, 20, 13, 2, 20, 7)]
+    res = pooled_analysis(rows)
+    assert set(res) == {"preflossing, k = 4", "other flossing settings"}
+    pre = res["preflossing, k = 4"]
+    assert [s["cell"] for s in pre["strata"]] == ["a", "b"]
+    assert pre["success"] == stats.mantel_haenszel([[[7, 3], [3, 7]], [[9, 1], [6, 4]]])
+    assert pre["reached"] == stats.mantel_haenszel([[[9, 1], [7, 3]], [[10, 0], [8, 2]]])
+    other = res["other flossing settings"]
+    assert other["success"]["successes_a"] == 7 and other["success"]["n_b"] == 30
+    table = pooled_table(res)
+    assert "| preflossing, k = 4 | 2 | final success | 16/20 | 9/20 |" in table
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["--pool", str(path)]) == 0 and capsys.readouterr().out.strip() == table.strip()
+    assert main(["--pool", str(tmp_path / "missing.jsonl")]) == 2
+    assert "--pool" in capsys.readouterr().err
