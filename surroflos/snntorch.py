@@ -634,7 +634,9 @@ class _SequenceMixin:
         fused whole-sequence PyTorch path of :mod:`surroflos.kernels.lif` (``Leaky``, ``Synaptic``) or
         :mod:`surroflos.kernels.recurrent` (``RLeaky``, ``RSynaptic``) where it can express the layer,
         else the PyTorch loop; ``"triton"`` the Triton kernels (NotImplementedError where they cannot
-        express the layer); ``"auto"`` Triton for CUDA tensors, else ``"torch"``. ``x`` may also be
+        express the layer); ``"auto"`` Triton for CUDA tensors; on the CPU the compiled CPU kernels of
+        ``Leaky`` and ``Synaptic`` (numba, :mod:`surroflos.kernels.lif`'s ``backend="cpu"``; the PyTorch path
+        where numba is missing or ``SURROFLOS_DISABLE_CPU_KERNELS=1``), else ``"torch"``. ``x`` may also be
         integer or boolean; ``x`` and the state are converted to the dtype snnTorch's step promotes the
         membrane to (see the module docstring), which the outputs have.
         """
