@@ -231,3 +231,20 @@ def test_pooled_analysis_strata_pools_and_command(tmp_path, capsys):
     assert main(["--pool", str(path)]) == 0 and capsys.readouterr().out.strip() == table.strip()
     assert main(["--pool", str(tmp_path / "missing.jsonl")]) == 2
     assert "--pool" in capsys.readouterr().err
+
+
+def test_make_train_runs_the_study_setting_it_claims(monkeypatch):
+    """`make train` (the Makefile's MAIN_JOB) is the confirmed study cell with preflossing k = 4, seeds 0-7."""
+    import pathlib
+    import re
+    import shlex
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    flags = shlex.split(re.search(r"^MAIN_JOB := (.*?)(?<!\\)$", text, re.M | re.S).group(1).replace("\\\n", " "))
+    seen = {}
+    monkeypatch.setattr(cli, "_cmd_compare", lambda cfg, args: seen.setdefault("cfg", cfg) and 0)
+    cli.main(["train", *flags])
+    spec = PRESETS["confirm"]
+    want = TrainConfig.from_dict({**spec["base"], **spec["flossing"][0]["set"], "ensemble": 8, "seed": 0,
+                                  "out": "outputs/train"})
+    assert seen["cfg"] == want
