@@ -19,20 +19,32 @@ Member ``e`` of an ensemble computes exactly what the solo model :func:`member` 
 ``RateRNN(..., ensemble=E)`` / ``SpikingRNN(..., ensemble=E)``.
 
 Members may differ in the values of any tensor (weights, and ``beta``, ``alpha``, ``threshold`` of
-spiking networks, scalar or per neuron); settings that are not tensors (sizes, ``dt``, nonlinearity,
-neuron type, reset, surrogate and its width, readout kind) must be equal.
+spiking networks, scalar or per neuron) and in the initial gain ``g`` (kept per member); settings that are
+not tensors (sizes, ``dt``, nonlinearity, neuron type, reset, surrogate and its width, readout kind) must
+be equal. The surrogate width in particular is one scalar of the fused kernels, so members of different
+widths cannot share an ensemble.
+
+Training (:func:`surroflos.train.train`): members may also differ in their learning rates. An optimiser of
+stacked parameters has one learning rate, but Adam's step is linear in it (its moments do not depend on
+it), so :class:`MemberUpdates` rescales each member's step by ``lr_e / lr`` after the optimiser's, which is
+the step a solo optimiser at ``lr_e`` takes; :func:`surroflos.floss` takes one learning rate per member the
+same way. :func:`select` takes some members as a smaller ensemble (a flossing bout of the members whose
+flossing mode has it). ``TrainConfig.members`` and :func:`surroflos.train.ensemble_config` name each
+member's settings (:data:`surroflos.train.MEMBER_FIELDS`); ``surroflos sweep`` packs grid points that
+differ only in them.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["stack", "stack_into", "member", "ensemble_size", "member_view", "check_generators", "draw_per_member",
-           "MemberUpdates"]
+__all__ = ["stack", "stack_into", "member", "select", "ensemble_size", "member_view", "check_generators",
+           "draw_per_member", "MemberUpdates"]
 
 # Attributes that may differ between members (kept per member as a tuple); the rest must be equal.
 _PER_MEMBER_ATTRS = ("g",)
@@ -156,6 +168,26 @@ def member(model: nn.Module, index: int) -> nn.Module:
     return solo
 
 
+def select(model: nn.Module, indices: Sequence[int]) -> nn.Module:
+    """The ensemble of members ``indices`` of ``model`` (a copy, in that order): member ``j`` of the result
+    is member ``indices[j]`` of ``model``."""
+    E = ensemble_size(model)
+    if E is None:
+        raise ValueError(f"{type(model).__name__} is not an ensemble")
+    idx = list(indices)
+    if not idx or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < E for i in idx):
+        raise ValueError(f"indices must be members in [0, {E}), at least one, got {indices!r}")
+    sub = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, t in _tensors(model).items():
+            _replace(sub, name, t.detach()[idx].clone())
+    for attr in _PER_MEMBER_ATTRS:
+        values = getattr(sub, attr, None)
+        if isinstance(values, tuple):
+            setattr(sub, attr, tuple(values[i] for i in idx))
+    return sub
+
+
 class MemberUpdates:
     """Per-member gradient clipping and stopping around an optimiser of ensemble parameters.
 
@@ -165,12 +197,21 @@ class MemberUpdates:
     (stopped here: its gradients are zeroed and its parameters put back after every step, so the others
     go on undisturbed).
 
+    Per-member learning rates: an optimiser of stacked parameters has one learning rate, but the step of
+    Adam (and of SGD, RMSprop, ...: every optimiser whose step is ``lr`` times a direction computed from the
+    gradients and its state) is linear in ``lr``, and its state does not depend on ``lr``. With
+    ``lr_scale[e] = lr_e / lr`` (``lr``: the optimiser's), :meth:`step_` rescales member e's step after the
+    optimiser's, ``p_e <- p_e + lr_scale[e] (p_e' - p_e)``, which is the step of a solo optimiser with
+    ``lr_e`` (to rounding: one subtraction and one product more). Members with scale 1 keep the
+    optimiser's step untouched.
+
     Args:
         params: the ensemble's parameters being optimised, each with a leading member axis.
         members: E.
+        lr_scale: ``None`` (every member at the optimiser's learning rate) or E positive factors.
     """
 
-    def __init__(self, params, members: int) -> None:
+    def __init__(self, params, members: int, lr_scale: Optional[Sequence[float]] = None) -> None:
         self.params = [p for p in params]
         for p in self.params:
             if p.ndim == 0 or p.shape[0] != members:
@@ -178,6 +219,12 @@ class MemberUpdates:
         self.members = members
         self._saved: dict[int, list[torch.Tensor]] = {}
         self.reasons: dict[int, str] = {}
+        self.lr_scale: Optional[list[float]] = None
+        if lr_scale is not None:
+            scale = [float(v) for v in lr_scale]
+            if len(scale) != members or not all(math.isfinite(v) and v > 0 for v in scale):
+                raise ValueError(f"lr_scale must be {members} positive numbers (one per member), got {lr_scale!r}")
+            self.lr_scale = None if all(v == 1.0 for v in scale) else scale
 
     @property
     def stopped(self) -> list[int]:
@@ -219,3 +266,22 @@ class MemberUpdates:
             for member, saved in self._saved.items():
                 for p, v in zip(self.params, saved):
                     p[member] = v
+
+    def step_(self, optimizer: torch.optim.Optimizer, max_norm: Optional[float] = None) -> None:
+        """One update of every member still going: :meth:`clip_`, ``optimizer.step()`` with each member's
+        step rescaled to its learning rate (``lr_scale``), then :meth:`restore_`."""
+        self.clip_(max_norm)
+        if self.lr_scale is None:
+            optimizer.step()
+        else:
+            with torch.no_grad():
+                before = [p.detach().clone() for p in self.params]
+            optimizer.step()
+            with torch.no_grad():
+                for p, old in zip(self.params, before):
+                    scale = torch.tensor(self.lr_scale, dtype=p.dtype, device=p.device)
+                    scale = scale.view(-1, *([1] * (p.ndim - 1)))
+                    moved = old + scale * (p - old)
+                    keep = (scale == 1.0).expand_as(p)  # members at the optimiser's rate: its step as it is
+                    p.copy_(torch.where(keep, p, moved))
+        self.restore_()

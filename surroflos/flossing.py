@@ -144,7 +144,8 @@ def _input_source(inputs: InputSource, T: int, batch: int, n_in: int, input_std:
     raise TypeError("inputs must be None, a tensor [T, B, n_in] or a callable (step, generator) -> tensor")
 
 
-def floss(model, steps: int, *, k: int, T: int = 100, batch: int = 16, lr: float = 1e-3, target: Target = 0.0,
+def floss(model, steps: int, *, k: int, T: int = 100, batch: int = 16, lr: Union[float, Sequence[float]] = 1e-3,
+          target: Target = 0.0,
           params: Optional[Iterable[torch.nn.Parameter]] = None, inputs: InputSource = None,
           local: bool = False, callback: Optional[Callable[[int, torch.Tensor, float], Optional[bool]]] = None,
           qr_every: int = 1, transient: Optional[int] = None, frame_warmup: Optional[int] = None,
@@ -160,7 +161,8 @@ def floss(model, steps: int, *, k: int, T: int = 100, batch: int = 16, lr: float
         T: length of each estimate in steps, including ``transient`` (default ``T // 4``) and
             ``frame_warmup`` (default ``T // 4``).
         batch: trajectories per estimate.
-        lr: Adam learning rate.
+        lr: Adam learning rate; for an ensemble also one per member (a list of E: member e flosses as a
+            solo run with ``lr[e]``, see :class:`surroflos.ensemble.MemberUpdates`).
         target: scalar or per-exponent target (0 = the edge of chaos).
         params: parameters to update; default ``model.flossing_parameters()`` (recurrent, input
             weights and bias, not the readout).
@@ -183,8 +185,10 @@ def floss(model, steps: int, *, k: int, T: int = 100, batch: int = 16, lr: float
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    lrs = list(lr) if isinstance(lr, (list, tuple)) else None  # one per member of an ensemble
+    for v in [lr] if lrs is None else lrs:
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
+            raise ValueError(f"lr must be a positive number (or one per member of an ensemble), got {lr!r}")
     if isinstance(T, bool) or not isinstance(T, int) or T < 2:
         raise ValueError(f"T must be an int >= 2, got {T!r}")
     check_backend(backend)
@@ -193,13 +197,16 @@ def floss(model, steps: int, *, k: int, T: int = 100, batch: int = 16, lr: float
     model = as_model(model)
     members = getattr(model, "ensemble", None)
     _check_target(target, k, members)
+    if lrs is not None and (members is None or len(lrs) != members):
+        raise ValueError(f"lr: a list of learning rates is for an ensemble, one per member"
+                         + ("" if members is None else f" ({members})") + f"; got {len(lrs)}")
     transient = T // 4 if transient is None else transient
     frame_warmup = T // 4 if frame_warmup is None else frame_warmup
     plist = list(model.flossing_parameters() if params is None else params)
     if not plist:
         raise ValueError("no parameters to floss (all frozen?)")
     like = plist[0]
-    opt = torch.optim.Adam(plist, lr=lr)
+    opt = torch.optim.Adam(plist, lr=lr if lrs is None else lrs[0])
     draw = _input_source(inputs, T, batch, model.n_in, input_std, like)
     new_generator = lambda: torch.Generator(device="cpu").manual_seed(int(torch.randint(0, 2**62, (1,)).item()))  # noqa: E731
     if members is None:
@@ -208,7 +215,7 @@ def floss(model, steps: int, *, k: int, T: int = 100, batch: int = 16, lr: float
     else:
         g = check_generators(generator, members) or [generator or new_generator() for _ in range(members)]
         draw = draw if isinstance(inputs, torch.Tensor) else _member_inputs(draw, members)
-        guard = MemberUpdates(plist, members)
+        guard = MemberUpdates(plist, members, lr_scale=None if lrs is None else [v / lrs[0] for v in lrs])
     exps, losses = [], []
     bar = _progress(steps, progress, "flossing")
     for i in range(steps):
@@ -236,9 +243,7 @@ def floss(model, steps: int, *, k: int, T: int = 100, batch: int = 16, lr: float
                 member_loss = flossing_loss(res.exponents[active.to(res.exponents.device)], tgt)
                 member_loss.sum().backward()
                 per_member[active] = member_loss.detach().cpu()
-            guard.clip_(max_grad_norm)
-            opt.step()
-            guard.restore_()
+            guard.step_(opt, max_grad_norm)  # per-member clipping, learning rates and stopping
             mean = res.exponents.detach().mean(-2)
             loss_value = per_member
         exps.append(mean)

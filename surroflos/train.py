@@ -26,7 +26,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -36,11 +36,12 @@ from ._io import atomic_json, atomic_write, ensure_writable_folder
 from .checkpoint import CheckpointError, check_finite_state, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .errors import UsageError
 from .flossing import FlossingSchedule, floss
-from .ensemble import MemberUpdates
+from .ensemble import MemberUpdates, select
 from .learning import RULES, MemberRules, make_rule
 from .lyapunov import lyapunov_spectrum
 
-__all__ = ["TrainConfig", "TrainResult", "ConfigError", "train", "build_model", "MODELS", "FLOSSING_MODES", "RULES"]
+__all__ = ["TrainConfig", "TrainResult", "ConfigError", "train", "build_model", "MODELS", "FLOSSING_MODES", "RULES",
+           "MEMBER_FIELDS", "ensemble_config", "member_config"]
 
 MODELS = ("rate", "lif", "cuba", "balanced")
 FLOSSING_MODES = ("none", "pre", "during")
@@ -51,6 +52,13 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Offsets that give each random stream its own seed (fixed forever: changing them changes every run).
 _SEED_MODEL, _SEED_DATA, _SEED_EVAL, _SEED_FLOSS, _SEED_SPECTRUM, _SEED_FEEDBACK, _SEED_INIT = 0, 1, 2, 3, 4, 5, 6
 
+
+# Settings that may differ between the members of an ensemble (TrainConfig.members): they keep every
+# tensor's shape, so the members still train as one. Model values (g: initial weights; beta, alpha,
+# threshold: per-member tensors of the spiking network), the optimiser's and flossing's learning rates
+# (per-member rescaled steps, surroflos.ensemble.MemberUpdates), the flossing target and the flossing mode
+# (a member flosses in the bouts its own schedule has, and is left alone in the others).
+MEMBER_FIELDS = ("seed", "g", "beta", "alpha", "threshold", "lr", "floss_lr", "target", "flossing")
 
 # The files a run folder holds (checked to be writable files before any work starts).
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "result.json", "learning_curve.png",
@@ -93,7 +101,11 @@ class TrainConfig:
     ``seed + e`` and every random stream (weights, batches, validation set, flossing inputs, spectra)
     that a solo run with that seed uses; optimiser state and gradient clipping are per member, and a
     member whose loss or spectrum diverges is stopped and reported while the others go on. ``success``:
-    the metric value counted as a success in the ensemble's summary (reporting only).
+    the metric value counted as a success in the ensemble's summary (reporting only). ``members``: ``None``
+    or E dicts, member e's settings where they differ from this configuration's: any of
+    :data:`MEMBER_FIELDS` (``seed``, default ``seed + e``; ``g``, ``beta``, ``alpha``, ``threshold``, ``lr``,
+    ``floss_lr``, ``target``, ``flossing``), so that member e reproduces the solo run
+    :func:`member_config` ``(cfg, e)``; :func:`ensemble_config` builds such a configuration from solo ones.
     """
 
     task: str = "xor"
@@ -141,6 +153,7 @@ class TrainConfig:
     out: str = "outputs/train"
     ensemble: Optional[int] = None
     success: Optional[float] = None
+    members: Optional[list] = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -261,9 +274,12 @@ def validate(cfg: TrainConfig):
                                     and cfg.ensemble >= 1),
            f"ensemble must be a positive int (the number of members) or None, got {cfg.ensemble!r}")
     if cfg.ensemble is not None:
-        _check(cfg.seed + cfg.ensemble - 1 <= MAX_SEED, f"seed + ensemble - 1 must be at most {MAX_SEED}")
+        _check(cfg.members is not None or cfg.seed + cfg.ensemble - 1 <= MAX_SEED,
+               f"seed + ensemble - 1 must be at most {MAX_SEED}")
         _check(cfg.model in ("rate", "lif", "cuba"), f"ensemble trains rate, lif and cuba networks, not "
                f"{cfg.model!r} (the balanced network's sparse weights have no member axis yet)")
+    if cfg.members is not None:
+        _check_members(cfg)
     _check(cfg.success is None or (_is_real(cfg.success) and math.isfinite(cfg.success)),
            f"success must be a finite number or None, got {cfg.success!r}")
     for name in ("delay", "T"):
@@ -290,6 +306,22 @@ def validate(cfg: TrainConfig):
     _check(ks <= state_dim, f"spectrum_k={ks} exceeds the state dimension {state_dim}")
     _check(cfg.spectrum_T >= 8, f"spectrum_T must be >= 8 steps, got {cfg.spectrum_T}")
     return _make_task(cfg)
+
+
+def _check_members(cfg: TrainConfig) -> None:
+    """``cfg.members``: E dicts of :data:`MEMBER_FIELDS`, each member's solo configuration valid."""
+    _check(isinstance(cfg.members, list) and all(isinstance(m, dict) for m in cfg.members),
+           f"members must be a list of dicts (one per member), got {cfg.members!r}")
+    _check(cfg.ensemble == len(cfg.members), f"members lists {len(cfg.members)} members but ensemble is "
+           f"{cfg.ensemble!r}; give ensemble = len(members)")
+    for e, m in enumerate(cfg.members):
+        bad = sorted(map(str, set(m) - set(MEMBER_FIELDS)))
+        _check(not bad, f"member {e} sets {bad}, which cannot differ between the members of an ensemble (they "
+               f"would change shapes or settings shared by all); per member: {', '.join(MEMBER_FIELDS)}")
+        try:
+            validate(member_config(cfg, e))
+        except ConfigError as err:
+            raise ConfigError(f"member {e}: {err}") from None
 
 
 def check_memory(cfg: TrainConfig, task) -> None:
@@ -327,13 +359,51 @@ def build_model(cfg: TrainConfig, task, device: torch.device, dtype: torch.dtype
 
 
 def member_seeds(cfg: TrainConfig) -> Optional[list[int]]:
-    """The seeds of an ensemble's members, ``seed .. seed + E - 1`` (``None`` for a solo run)."""
-    return None if cfg.ensemble is None else [cfg.seed + e for e in range(cfg.ensemble)]
+    """The seeds of an ensemble's members, ``seed .. seed + E - 1`` unless ``members`` sets them (``None``
+    for a solo run)."""
+    return None if cfg.ensemble is None else [member_config(cfg, e).seed for e in range(cfg.ensemble)]
 
 
 def member_config(cfg: TrainConfig, index: int) -> TrainConfig:
-    """The solo configuration that member ``index`` of an ensemble run reproduces."""
-    return dataclasses.replace(cfg, seed=cfg.seed + index, ensemble=None)
+    """The solo configuration that member ``index`` of an ensemble run reproduces: seed ``seed + index``,
+    then the member's own settings (``members[index]``)."""
+    own = cfg.members[index] if cfg.members is not None else {}
+    return dataclasses.replace(cfg, **{"seed": cfg.seed + index, **own, "ensemble": None, "members": None})
+
+
+def member_settings(cfg: TrainConfig) -> Optional[list[dict]]:
+    """Each member's values of :data:`MEMBER_FIELDS` (``None`` for a solo run)."""
+    if cfg.ensemble is None:
+        return None
+    return [{k: getattr(member_config(cfg, e), k) for k in MEMBER_FIELDS} for e in range(cfg.ensemble)]
+
+
+def ensemble_config(configs: Sequence[TrainConfig], out: Optional[str] = None) -> TrainConfig:
+    """One ensemble run whose member e reproduces the solo run ``configs[e]``.
+
+    The configurations may differ in :data:`MEMBER_FIELDS` (and ``out``) only. Runs that differ only in
+    consecutive seeds give the plain ``ensemble = E`` configuration; otherwise ``members`` lists, for every
+    member, the fields that differ between them (and its seed). ``out``: the ensemble's folder (default the
+    first configuration's).
+
+    Raises:
+        ConfigError: no configurations, an ensemble among them, or two that differ in a field that is not
+            member-wise (named).
+    """
+    configs = list(configs)
+    _check(bool(configs), "ensemble_config needs at least one configuration")
+    first = configs[0]
+    for i, c in enumerate(configs):
+        _check(c.ensemble is None and c.members is None, f"configuration {i} is already an ensemble")
+        a, b = c.to_dict(), first.to_dict()
+        diff = sorted(k for k in a if k not in MEMBER_FIELDS and k != "out" and a[k] != b[k])
+        _check(not diff, f"configuration {i} differs from configuration 0 in {diff}, which the members of one "
+               f"ensemble share; per member: {', '.join(MEMBER_FIELDS)}")
+    varying = [k for k in MEMBER_FIELDS if k != "seed" and len({repr(getattr(c, k)) for c in configs}) > 1]
+    ens = dataclasses.replace(first, ensemble=len(configs), out=first.out if out is None else out)
+    if varying or [c.seed for c in configs] != [first.seed + e for e in range(len(configs))]:
+        ens.members = [{"seed": c.seed, **{k: getattr(c, k) for k in varying}} for c in configs]
+    return ens
 
 
 def _generators(cfg: TrainConfig, stream: int, offset: int = 0):
@@ -594,19 +664,27 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
 
     ck = open_run() if dp is None else dp.on_main(open_run)
     E = cfg.ensemble
+    # An ensemble's members as solo runs (their own seeds and member-wise settings, TrainConfig.members)
+    solo = None if E is None else [member_config(cfg, e) for e in range(E)]
+    seeds = member_seeds(cfg)
     model = build_initialized_model(cfg, task, device, dtype)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr if E is None else solo[0].lr)
     # The random feedback of e-prop/RFLO is drawn from its own seeded stream: rebuilt identically on resume.
     if E is None:
         rule = make_rule(cfg.rule, model, generator=torch.Generator().manual_seed(_seed(cfg.seed, _SEED_FEEDBACK)))
     else:  # each member's own rule and feedback (BPTT runs vectorised below and needs none)
-        rule = None if cfg.rule == "bptt" else MemberRules(model, lambda solo, e: make_rule(
-            cfg.rule, solo, generator=torch.Generator().manual_seed(_seed(cfg.seed + e, _SEED_FEEDBACK))))
+        rule = None if cfg.rule == "bptt" else MemberRules(model, lambda net, e: make_rule(
+            cfg.rule, net, generator=torch.Generator().manual_seed(_seed(seeds[e], _SEED_FEEDBACK))))
     g_data = _generators(cfg, _SEED_DATA)
     g_floss = _generators(cfg, _SEED_FLOSS)
-    # Ensembles: per-member clipping, and members that diverge are frozen while the others go on.
-    members = None if E is None else MemberUpdates(list(model.parameters()), E)
-    schedule = cfg.schedule()
+    # Ensembles: per-member clipping and learning rates, and members that diverge are frozen while the
+    # others go on.
+    members = None if E is None else MemberUpdates(list(model.parameters()), E,
+                                                   lr_scale=[c.lr / solo[0].lr for c in solo])
+    schedule = cfg.schedule() if E is None else _union_schedule([c.schedule() for c in solo])
+    # Which members floss in a bout: all of a solo run; of an ensemble, those whose own schedule has it.
+    flossers = (lambda when: None) if E is None else (lambda when: [  # noqa: E731
+        e for e, c in enumerate(solo) if (c.schedule().pre_steps > 0 if when is None else c.schedule().due(when))])
     k_spec = cfg.spectrum_k or cfg.k
     state: dict[str, Any] = {"epoch": 0, "metrics": [], "spectrum_before": None, "preflossed": False,
                              "preflossing": None, "stopped": {}}
@@ -637,15 +715,51 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             return
         members.stop(e, reason)
         state["stopped"][str(e)] = reason
-        log(f"member {e} (seed {cfg.seed + e}) stopped: {reason}")
+        log(f"member {e} (seed {seeds[e]}) stopped: {reason}")
         if len(members.stopped) == E:
             raise FloatingPointError(f"every member of the ensemble diverged ({reason}); lower --lr, set "
                                      "--grad-clip, or lower --g")
 
-    def floss_bout(steps: int) -> dict:
+    def floss_bout(steps: int, when: Optional[int] = None) -> Optional[dict]:
+        """Flossing bout (``when``: the epoch it precedes, ``None``: preflossing); for an ensemble only the
+        members whose own schedule has it and that are still going (``None`` if there are none)."""
         t0 = time.perf_counter()
-        if members is not None:  # floss the members still training; frozen ones stay as they are
+        if members is not None:
+            idx = [e for e in flossers(when) if e not in members.stopped]
+            if not idx:
+                return None
+            net = model if len(idx) == E else select(model, idx)  # the members that floss, as one ensemble
             saved = [p.detach().clone() for p in model.parameters()]
+            lrs, targets = [solo[e].floss_lr for e in idx], [solo[e].target for e in idx]
+            hist = floss(net, steps, k=cfg.k, T=cfg.floss_T, batch=cfg.floss_batch,
+                         lr=lrs[0] if len(set(lrs)) == 1 else lrs,
+                         target=targets[0] if len(set(targets)) == 1 else [[t] for t in targets],
+                         inputs=floss_inputs, generator=[g_floss[e] for e in idx], progress=progress,
+                         max_grad_norm=cfg.grad_clip, local=cfg.local_flossing)
+            if net is not model:
+                with torch.no_grad():
+                    for p, q in zip(model.parameters(), net.parameters()):
+                        p[idx] = q
+            for j, reason in hist.stopped.items():
+                e = idx[j]
+                with torch.no_grad():  # its weights before the bout: the update that diverged is undone
+                    for p, v in zip(model.parameters(), saved):
+                        p[e] = v[e]
+                stop(e, reason)
+            lam = hist.exponents
+
+            def spread(v):  # per participant -> per member (None for the members left out)
+                if v is None or len(idx) == E:
+                    return v
+                full = [None] * E
+                for j, e in enumerate(idx):
+                    full[e] = v[j]
+                return full
+
+            return {"steps": len(hist), "lambda_first": spread(_values(lam[0])) if len(hist) else None,
+                    "lambda_last": spread(_values(lam[-1])) if len(hist) else None,
+                    "loss_last": spread(_values(hist.loss[-1])) if len(hist) else None,
+                    "seconds": time.perf_counter() - t0}
         if dp is None:
             hist = floss(model, steps, k=cfg.k, T=cfg.floss_T, batch=cfg.floss_batch, lr=cfg.floss_lr,
                          target=cfg.target, inputs=floss_inputs, generator=g_floss, progress=progress,
@@ -656,13 +770,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             hist = floss_data_parallel(dp, model, steps, k=cfg.k, T=cfg.floss_T, batch=cfg.floss_batch,
                                        lr=cfg.floss_lr, target=cfg.target, inputs=floss_inputs, generator=g_floss,
                                        max_grad_norm=cfg.grad_clip, local=cfg.local_flossing, progress=progress)
-        if members is not None:
-            members.restore_()
-            for e, reason in hist.stopped.items():
-                with torch.no_grad():  # its weights before the bout: the update that diverged is undone
-                    for p, v in zip(model.parameters(), saved):
-                        p[e] = v[e]
-                stop(e, reason)
         lam = hist.exponents
         return {"steps": len(hist), "lambda_first": _values(lam[0]) if len(hist) else None,
                 "lambda_last": _values(lam[-1]) if len(hist) else None,
@@ -715,7 +822,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             t0 = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch + 1}
             if schedule.due(epoch):
-                row["flossing"] = floss_bout(schedule.steps)
+                bout = floss_bout(schedule.steps, epoch)
+                if bout is not None:
+                    row["flossing"] = bout
             model.train()
             losses = []
             for _ in range(cfg.steps_per_epoch):
@@ -737,13 +846,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                         loss[members.active.to(loss.device)].sum().backward()
                 if dp is not None:  # summed: the gradient of the global batch's loss
                     dp.all_reduce_grads(model.parameters())
-                if members is not None:
-                    members.clip_(cfg.grad_clip)
-                elif cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                if members is not None:
-                    members.restore_()
+                if members is not None:  # per member: clipping, learning rate, stopped members left alone
+                    members.step_(opt, cfg.grad_clip)
+                else:
+                    if cfg.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
                 losses.append(loss.detach().cpu())
             model.eval()
             with torch.no_grad():
@@ -815,6 +923,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     return TrainResult(cfg, state["metrics"], final, state["spectrum_before"], after, cfg.out)
 
 
+def _union_schedule(schedules: list) -> FlossingSchedule:
+    """An ensemble's bouts: every bout of any member's schedule (members share pre_steps, floss_every,
+    floss_steps and floss_times, and differ only in which of the bouts they take part in)."""
+    during = [s for s in schedules if s.times]
+    d = during[0] if during else FlossingSchedule()
+    return FlossingSchedule(pre_steps=max(s.pre_steps for s in schedules), every=d.every, steps=d.steps,
+                            times=d.times)
+
+
 def _no_log(_message: str) -> None:
     pass
 
@@ -828,16 +945,17 @@ def _mean(v) -> float:
 
 
 def _member_results(cfg: TrainConfig, task, state: dict, after: list) -> list[dict]:
-    """``result.json``'s ``members``: each member's seed and final values, as its solo run reports them."""
+    """``result.json``'s ``members``: each member's seed, settings (:data:`MEMBER_FIELDS`) and final values,
+    as its solo run reports them."""
     last = state["metrics"][-1] if state["metrics"] else {}
     out = []
-    for e, seed in enumerate(member_seeds(cfg)):
+    for e, settings in enumerate(member_settings(cfg)):
         stopped = state["stopped"].get(str(e))
         final = {task.metric: None if stopped else (last.get(task.metric) or [None] * cfg.ensemble)[e],
                  "val_loss": None if stopped else (last.get("val_loss") or [None] * cfg.ensemble)[e],
                  "metric": task.metric, "higher_is_better": task.higher_is_better, "epochs": state["epoch"],
                  "rule": cfg.rule, "local_flossing": cfg.local_flossing}
-        out.append({"seed": seed, "final": final, "stopped": stopped,
+        out.append({"seed": settings["seed"], "settings": settings, "final": final, "stopped": stopped,
                     "spectrum_before": state["spectrum_before"][e], "spectrum_after": after[e]})
     return out
 
@@ -915,7 +1033,7 @@ def _plots(cfg: TrainConfig, task, model, state: dict, after: list, x_val: torch
     a2.set_xlabel("epoch")
     a2.set_ylabel(task.metric)
     a2.set_title(f"{cfg.task}, delay {cfg.delay}, flossing {cfg.flossing}"
-                 + ("" if E is None else f", {E} members (seeds {cfg.seed}-{cfg.seed + E - 1})"))
+                 + ("" if E is None else f", {E} members (seeds {_seed_range(member_seeds(cfg))})"))
     plotting.save_figure(fig, os.path.join(cfg.out, "learning_curve.png"))
 
     fig, (ax,) = plotting.figure(1)
@@ -949,9 +1067,16 @@ def _plots(cfg: TrainConfig, task, model, state: dict, after: list, x_val: torch
         spikes = model.spikes(states) if E is None else model.spikes(states)[:, 0]  # (member 0's)
         unit = "s" if cfg.model == "balanced" else "steps"  # SpikingRNN counts time in steps (dt = 1)
         plot_raster(spikes.cpu(), float(model.dt), os.path.join(cfg.out, "raster.png"),
-                    title=f"{cfg.model}: spikes on one validation trial" + ("" if E is None else
-                                                                            f" (member 0, seed {cfg.seed})"),
+                    title=f"{cfg.model}: spikes on one validation trial"
+                    + ("" if E is None else f" (member 0, seed {member_seeds(cfg)[0]})"),
                     time_unit=unit)
+
+
+def _seed_range(seeds: list) -> str:
+    """``0-15`` for consecutive seeds, else the first few listed."""
+    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds[:6])) + (" ..." if len(seeds) > 6 else "")
 
 
 def _nan(v):

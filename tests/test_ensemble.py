@@ -329,3 +329,134 @@ def test_ensemble_config_checks(tmp_path):
         train(TrainConfig(**dict(TINY, ensemble=0, out=str(tmp_path / "c"))))
     with pytest.raises(tr.ConfigError, match="seed \\+ ensemble - 1"):
         train(TrainConfig(**dict(TINY, ensemble=3, seed=2**63 - 3, out=str(tmp_path / "d"))))
+
+
+# ------------------------------------------------------------------------------------------------
+# Member-wise settings: lr, floss_lr, g, beta, alpha, threshold, target, flossing mode, seed
+# ------------------------------------------------------------------------------------------------
+
+def test_member_updates_rescale_each_members_step_to_its_learning_rate():
+    """Adam's step is linear in lr: the ensemble at lr_0 with steps rescaled by lr_e / lr_0 is Adam at lr_e."""
+    lrs = [1e-2, 3e-3, 4e-2]
+    w = torch.randn(3, 4, 5, generator=gen(0), dtype=F64)
+    ens = torch.nn.Parameter(w.clone())
+    opt = torch.optim.Adam([ens], lr=lrs[0])
+    upd = MemberUpdates([ens], 3, lr_scale=[v / lrs[0] for v in lrs])
+    solos = [torch.nn.Parameter(w[e].clone()) for e in range(3)]
+    solo_opts = [torch.optim.Adam([p], lr=v) for p, v in zip(solos, lrs)]
+    for step in range(5):
+        grad = torch.randn(3, 4, 5, generator=gen(10 + step), dtype=F64)
+        ens.grad = grad.clone()
+        upd.step_(opt, max_norm=0.5)
+        for e, (p, o) in enumerate(zip(solos, solo_opts)):
+            p.grad = grad[e].clone()
+            torch.nn.utils.clip_grad_norm_([p], 0.5)
+            o.step()
+    for e in range(3):
+        assert close(ens[e], solos[e])
+    assert not close(solos[1], solos[2], 1e-3)  # the learning rates matter: the check can fail
+    with pytest.raises(ValueError, match="lr_scale must be 3 positive numbers"):
+        MemberUpdates([ens], 3, lr_scale=[1.0, 0.0, 1.0])
+
+
+def test_floss_with_a_learning_rate_per_member_equals_solo():
+    E, lrs = 3, [2e-2, 5e-3, 6e-2]
+    ens = MAKERS["lif"](gens(range(E)), E)
+    kw = dict(k=2, T=30, batch=3, progress=False, max_grad_norm=0.3)
+    sf.floss(ens, 3, lr=lrs, generator=gens(range(20, 20 + E)), **kw)
+    for e in range(E):
+        solo = MAKERS["lif"](gen(e))
+        sf.floss(solo, 3, lr=lrs[e], generator=gen(20 + e), **kw)
+        assert all(close(pe[e], ps) for pe, ps in zip(ens.parameters(), solo.parameters()))
+    with pytest.raises(ValueError, match="one per member"):
+        sf.floss(ens, 1, lr=[1e-3, 1e-3], **kw)
+
+
+def test_select_takes_members_in_order():
+    from surroflos.ensemble import select
+
+    solos = [sf.SpikingRNN(2, 5, 1, beta=b, g=g, generator=gen(i), dtype=F64)
+             for i, (b, g) in enumerate([(0.9, 1.0), (0.7, 2.0), (0.5, 3.0)])]
+    sub = select(stack(solos), [2, 0])
+    assert sub.ensemble == 2 and sub.g == (3.0, 1.0)
+    for j, i in enumerate([2, 0]):
+        assert all(torch.equal(a, b) for a, b in zip(member(sub, j).state_dict().values(),
+                                                         solos[i].state_dict().values()))
+    with pytest.raises(ValueError, match="indices must be members"):
+        select(sub, [2])
+
+
+# Three members that differ in everything that may differ: seed (not consecutive), lr, floss_lr, g,
+# beta, alpha, threshold, flossing target and mode (during / none / pre: a bout with a subset of members).
+MIXED = [dict(seed=3, lr=1e-2, floss_lr=1e-3, g=1.0, beta=0.7, alpha=0.8, threshold=1.0, target=0.0, flossing="during"),
+         dict(seed=5, lr=3e-3, floss_lr=1e-3, g=1.5, beta=0.9, alpha=0.6, threshold=1.0, target=0.0, flossing="none"),
+         dict(seed=3, lr=2e-2, floss_lr=5e-3, g=0.8, beta=0.8, alpha=0.8, threshold=0.7, target=-0.5, flossing="pre")]
+
+
+def _mixed_configs(tmp_path, model: str, **kw) -> list:
+    base = dict(TINY, model=model, epochs=3, floss_every=1, floss_steps=1, **kw)
+    return [TrainConfig(**dict(base, **m, out=str(tmp_path / f"s{i}"))) for i, m in enumerate(MIXED)]
+
+
+@pytest.mark.parametrize("model, rule", [("rate", "bptt"), ("lif", "bptt"), ("cuba", "bptt"), ("lif", "eprop")])
+def test_members_with_their_own_settings_equal_their_solo_runs(tmp_path, model, rule):
+    cfgs = _mixed_configs(tmp_path, model, rule=rule)
+    ens_cfg = tr.ensemble_config(cfgs, out=str(tmp_path / "ens"))
+    assert ens_cfg.ensemble == 3 and [m["seed"] for m in ens_cfg.members] == [3, 5, 3]
+    assert [tr.member_config(ens_cfg, e) for e in range(3)] == [
+        tr.dataclasses.replace(c, out=ens_cfg.out) for c in cfgs]
+    ens = train(ens_cfg, progress=False, log=_quiet)
+    result = json.loads((tmp_path / "ens" / "result.json").read_text())
+    solos = [train(c, progress=False, log=_quiet) for c in cfgs]
+    for e, solo in enumerate(solos):
+        _assert_member_equals_solo(ens, solo, e)
+        assert result["members"][e]["settings"] == {**MIXED[e]}
+        for a, b in zip(ens.metrics, solo.metrics):  # a member flosses in its own bouts only
+            assert ("flossing" in b) == ("flossing" in a and a["flossing"]["lambda_last"][e] is not None)
+    assert (result["preflossing"]["lambda_last"][1] is None) and result["preflossing"]["lambda_last"][0] is not None
+    # The check has power: the solo runs differ well beyond the tolerance (lr, g, ... change the results).
+    assert not close(solos[0].metrics[-1]["val_loss"], solos[2].metrics[-1]["val_loss"], 1e-6)
+
+
+def test_member_wise_learning_rates_are_needed_for_the_match(tmp_path, monkeypatch):
+    """The comparison above fails when every member steps at the first member's learning rate."""
+    def first_members_lr(self, optimizer, max_norm=None):
+        self.clip_(max_norm)
+        optimizer.step()
+        self.restore_()
+
+    monkeypatch.setattr(MemberUpdates, "step_", first_members_lr)
+    mixed = [dict(m, g=1.0, beta=0.7, alpha=0.8, threshold=1.0, target=0.0, flossing="none", floss_lr=1e-3)
+             for m in MIXED]
+    cfgs = [TrainConfig(**dict(TINY, model="rate", epochs=2, **m, out=str(tmp_path / f"s{i}")))
+            for i, m in enumerate(mixed)]
+    ens = train(tr.ensemble_config(cfgs, out=str(tmp_path / "ens")), progress=False, log=_quiet)
+    solo = train(cfgs[2], progress=False, log=_quiet)
+    assert not close(ens.metrics[-1]["val_loss"][2], solo.metrics[-1]["val_loss"], 1e-6)
+
+
+def test_member_wise_ensemble_resumes_exactly(tmp_path):
+    cfgs = _mixed_configs(tmp_path, "lif")
+    full = train(tr.ensemble_config(cfgs, out=str(tmp_path / "full")), progress=False, log=_quiet)
+    part_cfg = tr.ensemble_config(cfgs, out=str(tmp_path / "part"))
+    assert train(part_cfg, progress=False, log=_quiet, stop_after=1).interrupted
+    resumed = train(part_cfg, resume=True, progress=False, log=_quiet)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "flossing")} for r in rows]  # noqa: E731
+    assert strip(resumed.metrics) == strip(full.metrics)
+    assert resumed.spectrum_after == full.spectrum_after
+
+
+def test_member_wise_config_checks(tmp_path):
+    cfgs = _mixed_configs(tmp_path, "lif")
+    ens = tr.ensemble_config(cfgs)
+    with pytest.raises(tr.ConfigError, match=r"member 1 sets \['N'\], which cannot differ"):
+        tr.validate(tr.dataclasses.replace(ens, members=[{}, {"N": 9}, {}]))
+    with pytest.raises(tr.ConfigError, match="members lists 3 members but ensemble is 2"):
+        tr.validate(tr.dataclasses.replace(ens, ensemble=2))
+    with pytest.raises(tr.ConfigError, match=r"member 2: beta must lie in \[0, 1\]"):
+        tr.validate(tr.dataclasses.replace(ens, members=[{}, {}, {"beta": 1.5}]))
+    with pytest.raises(tr.ConfigError, match=r"configuration 1 differs from configuration 0 in \['N'\]"):
+        tr.ensemble_config([cfgs[0], tr.dataclasses.replace(cfgs[1], N=9)])
+    # Consecutive seeds and nothing else: the plain ensemble configuration (members None)
+    plain = tr.ensemble_config([tr.dataclasses.replace(cfgs[0], seed=s) for s in (4, 5, 6)])
+    assert plain.members is None and plain.ensemble == 3 and plain.seed == 4
