@@ -376,8 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--success", type=at.finite_float, help="metric threshold counted as success")
     w.add_argument("--workers", type=at.positive_int, default=2, help="worker processes (default 2)")
     w.add_argument("--ensemble", type=_pack_size, default="auto", metavar="auto|E",
-                   help="train runs that differ only in their seeds as one ensemble: auto (default: all seeds "
-                        "of a grid cell), E (at most E per ensemble) or 1 (every run alone); results are the same")
+                   help="train runs that differ only in member-wise settings (seeds, gains, flossing modes, "
+                        "learning rates, ...) as one ensemble: auto (default: all such runs of a grid cell), E "
+                        "(at most E per ensemble) or 1 (every run alone); results are the same")
     w.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local (default): --workers processes on this machine; ray: each ensemble pack is a Ray "
                         "task (pip install 'surroflos[distributed]')")

@@ -22,8 +22,13 @@ rate, the test loss, and the mean lambda_1 at initialisation, at the end of pref
 estimate of its last step) and after training) and one plot per task and model (metric, success rate
 and test loss against delay, one line per flossing mode) are written.
 
-New runs that differ only in their (consecutive) seeds train as one ensemble (:mod:`surroflos.ensemble`,
-``--ensemble auto|E``, ``auto`` by default): the ensemble run lives in ``OUT/packs/<first run>-E<size>-<hash>/``
+New runs of one shape train as one ensemble (:mod:`surroflos.ensemble`, ``--ensemble auto|E``, ``auto`` by
+default): runs that agree in every setting but the member-wise ones (:data:`surroflos.train.MEMBER_FIELDS`:
+seed, gain ``g``, ``beta``, ``alpha``, ``threshold``, ``lr``, ``floss_lr``, flossing ``target`` and mode;
+:func:`pack_key`), so a grid's seeds, gains and flossing modes of one task, delay, model, rule and size share
+a pack, while runs of another ``N``, model, task, delay, rule or any other setting never do. Each member
+computes what its solo run computes (its own seed, gain, learning rates; it flosses in its own bouts only).
+The ensemble run lives in ``OUT/packs/<first run>-E<size>-<hash>/``
 (checkpoint, its metrics with every member, plots of all members) and, when it finishes, each member's
 results are written into its own ``OUT/runs/<name>/`` (config.json, metrics.jsonl, result.json, with the
 member's share of the pack's time as ``seconds``), so tables, per-run records and resumption are what
@@ -61,7 +66,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
 from ._argtypes import MAX_SEED
-from .train import ConfigError, TrainConfig, check_memory, validate
+from .train import MEMBER_FIELDS, ConfigError, TrainConfig, check_memory, ensemble_config, validate
 
 __all__ = ["SweepSpec", "PRESETS", "expand", "plan", "run_sweep", "summarize", "config_hash", "run_definition",
            "RUN_RECORD", "LOCK_FILE", "ENGINES"]
@@ -245,6 +250,8 @@ def _defining(config: dict) -> dict:
     """The fields of a run configuration (a :class:`TrainConfig` dict, possibly written by an older version)
     that define its results: all but :data:`NOT_DEFINING`; fields the record lacks took their defaults."""
     full = {**TrainConfig().to_dict(), **config}
+    if full.get("members") is None:  # solo runs and seed-only packs: defined (and hashed) as before the field
+        full.pop("members", None)
     return {k: full[k] for k in sorted(full) if k not in NOT_DEFINING}
 
 
@@ -508,45 +515,44 @@ def _stop_workers(pool) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Ensemble packs: runs that differ only in their seeds train as one ensemble
+# Ensemble packs: runs of one shape (differing only in member-wise settings) train as one ensemble
 # ----------------------------------------------------------------------------------------------
 
 PACK_DIR = "packs"  # OUT/packs/<name>: the ensemble runs (checkpoints); results are unpacked into OUT/runs
 
 
+def pack_key(cfg: TrainConfig) -> str:
+    """What the runs of one pack share: every field but ``out`` and the member-wise ones
+    (:data:`~surroflos.train.MEMBER_FIELDS`: seed, g, beta, alpha, threshold, lr, floss_lr, target,
+    flossing), which keep every tensor's shape."""
+    return json.dumps({k: _canonical(v) for k, v in cfg.to_dict().items() if k not in ("out",) + MEMBER_FIELDS},
+                      sort_keys=True)
+
+
 def pack_runs(cfgs: Sequence[TrainConfig], ensemble: Union[str, int] = "auto") -> list[list[TrainConfig]]:
-    """Group runs into ensemble packs: runs whose configurations differ only in ``seed`` (and ``out``) with
-    consecutive seeds, at most ``ensemble`` per pack (``"auto"``: as many as there are, up to
-    :data:`MAX_PACK`; ``1``: no packing). Single runs stay packs of one. Order is kept."""
+    """Group runs into ensemble packs: runs whose configurations agree in everything but ``out`` and the
+    member-wise settings (:func:`pack_key`; so runs of other sizes, models, tasks, delays, rules, ... never
+    share a pack), in grid order, at most ``ensemble`` per pack (``"auto"``: as many as there are, up to
+    :data:`MAX_PACK`; ``1``: no packing). Single runs stay packs of one."""
     if ensemble != "auto" and (isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1):
         raise ConfigError(f"ensemble must be 'auto' or a positive int, got {ensemble!r}")
     cap = MAX_PACK if ensemble == "auto" else ensemble
     groups: dict[str, list[TrainConfig]] = {}
     for cfg in cfgs:
-        key = json.dumps({k: _canonical(v) for k, v in cfg.to_dict().items() if k not in ("seed", "out")},
-                         sort_keys=True)
-        groups.setdefault(key, []).append(cfg)
-    packs = []
-    for members in groups.values():
-        members = sorted(members, key=lambda c: c.seed)
-        current: list[TrainConfig] = []
-        for cfg in members:
-            if current and (cfg.seed != current[-1].seed + 1 or len(current) >= cap):
-                packs.append(current)
-                current = []
-            current.append(cfg)
-        packs.append(current)
-    return packs
+        groups.setdefault(pack_key(cfg), []).append(cfg)
+    return [members[i:i + cap] for members in groups.values() for i in range(0, len(members), cap)]
 
 
 MAX_PACK = 64
 
 
 def pack_config(pack: Sequence[TrainConfig], out: str) -> TrainConfig:
-    """The ensemble run of a pack: the first member's configuration with ``ensemble = len(pack)``, in
-    ``out/packs/<first run>-E<size>-<hash>`` (the hash: settings changed later give another folder)."""
+    """The ensemble run of a pack (:func:`surroflos.train.ensemble_config`: the first member's configuration
+    with ``ensemble = len(pack)`` and, unless the runs differ only in consecutive seeds, ``members`` with
+    each run's member-wise settings), in ``out/packs/<first run>-E<size>-<hash>`` (the hash: settings
+    changed later give another folder)."""
     first = pack[0]
-    ens = dataclasses.replace(first, ensemble=len(pack), out="")
+    ens = ensemble_config(pack, out="")
     name = f"{os.path.basename(first.out)}-E{len(pack)}-{config_hash(ens)[:8]}"
     return dataclasses.replace(ens, out=os.path.join(out, PACK_DIR, name))
 
@@ -571,9 +577,12 @@ def _unpack(ens_cfg: TrainConfig, members: Sequence[TrainConfig]) -> None:
     for e, cfg in enumerate(members):
         os.makedirs(cfg.out, exist_ok=True)
         pack = {"pack": os.path.abspath(ens_cfg.out), "member": e, "members": E}
+        schedule = cfg.schedule()  # a member flosses in its own bouts only (packs may mix flossing modes)
         member_rows = []
         for row in rows:
             r = {k: _member_value(v, e) for k, v in row.items() if k not in ("stopped", "seconds")}
+            if "flossing" in r and not schedule.due(row["epoch"] - 1):
+                del r["flossing"]
             r["seconds"] = row.get("seconds", 0.0) / E
             member_rows.append(r)
         atomic_write(os.path.join(cfg.out, "metrics.jsonl"),
@@ -581,7 +590,7 @@ def _unpack(ens_cfg: TrainConfig, members: Sequence[TrainConfig]) -> None:
         atomic_json({"config": cfg.to_dict(), "versions": res.get("versions"), "ensemble": pack},
                     os.path.join(cfg.out, "config.json"))
         m = res["members"][e]
-        pre = _member_value(res.get("preflossing"), e) if res.get("preflossing") else None
+        pre = _member_value(res.get("preflossing"), e) if res.get("preflossing") and schedule.pre_steps else None
         if pre is not None and pre.get("seconds") is not None:
             pre["seconds"] = res["preflossing"]["seconds"] / E
         atomic_json({"config": cfg.to_dict(), "final": m["final"], "stopped": m["stopped"],
@@ -614,16 +623,57 @@ def _run_pack(job: dict) -> list[dict]:
     return rows
 
 
+def _is_pack(job: dict) -> bool:
+    """An ensemble pack's job ``{"ensemble": config, "members": [configs]}``, not a run's configuration
+    (whose ``ensemble`` is ``None`` and ``members`` ``None``)."""
+    return isinstance(job.get("ensemble"), dict)
+
+
 def _run_job(job: dict) -> list[dict]:
     """Worker: a solo run (a TrainConfig dict) or an ensemble pack (``{"ensemble": ..., "members": [...]}``)."""
-    return _run_pack(job) if "members" in job else [_run_one(job)]
+    return _run_pack(job) if _is_pack(job) else [_run_one(job)]
+
+
+def _interrupted_packs(new: list[TrainConfig], out: str, cap: int) -> list[dict]:
+    """Jobs for the interrupted packs in ``out/packs`` (a checkpoint, no result) whose members are all among
+    the ``new`` runs (same run definition: :func:`config_hash`) and at most ``cap``, which are taken out of
+    ``new``: such a pack resumes even when this call would pack its runs otherwise (another ``--ensemble``,
+    a grown grid, or a pack written by a version that packed by seed only)."""
+    from .train import member_config
+
+    folder = os.path.join(out, PACK_DIR)
+    if not new or not os.path.isdir(folder):
+        return []
+    by_hash = {config_hash(c): c for c in new}
+    jobs = []
+    for name in sorted(os.listdir(folder)):
+        pack_out = os.path.join(folder, name)
+        ck = os.path.join(pack_out, "checkpoint.pt")
+        if not os.path.isfile(ck) or os.path.exists(os.path.join(pack_out, "result.json")):
+            continue
+        try:
+            ens = TrainConfig.from_dict(_checkpoint_config(ck))
+            hashes = [config_hash(member_config(ens, e)) for e in range(ens.ensemble or 0)]
+        except Exception:  # unreadable or foreign: left alone (its runs are packed anew)
+            continue
+        if not 2 <= len(hashes) <= cap or len(set(hashes)) < len(hashes) or not all(h in by_hash for h in hashes):
+            continue
+        members = [by_hash.pop(h) for h in hashes]
+        ens = dataclasses.replace(ens, out=pack_out, device=members[0].device, backend=members[0].backend)
+        jobs.append({"ensemble": ens.to_dict(), "members": [c.to_dict() for c in members]})
+    new[:] = [c for c in new if config_hash(c) in by_hash]
+    return jobs
 
 
 def _jobs(planned, out: str, ensemble: Union[str, int]) -> list[dict]:
-    """The work of a sweep: runs to resume stay solo (their checkpoint is a solo run's); new runs are
-    packed (:func:`pack_runs`) into ensembles, packs of one run solo."""
+    """The work of a sweep: runs to resume stay solo (their checkpoint is a solo run's); interrupted packs
+    resume as they were packed (:func:`_interrupted_packs`); other new runs are packed (:func:`pack_runs`)
+    into ensembles, packs of one run solo."""
     jobs = [cfg.to_dict() for cfg, status in planned if status == "resume"]
-    for pack in pack_runs([cfg for cfg, status in planned if status == "new"], ensemble):
+    new = [cfg for cfg, status in planned if status == "new"]
+    if ensemble != 1:
+        jobs += _interrupted_packs(new, out, MAX_PACK if ensemble == "auto" else ensemble)
+    for pack in pack_runs(new, ensemble):
         if len(pack) == 1:
             jobs.append(pack[0].to_dict())
         else:
@@ -645,7 +695,7 @@ def _run_pool(jobs: list[dict], workers: int, done) -> None:
                 rows = fut.result()
             except Exception as e:  # the worker died (killed, out of memory): the run failed, rerunning resumes it
                 job = futures[fut]
-                rows = [_error_row(d, e) for d in (job["members"] if "members" in job else [job])]
+                rows = [_error_row(d, e) for d in (job["members"] if _is_pack(job) else [job])]
             for row in rows:
                 done(row)
     except BaseException:  # Ctrl-C (or an error here): no worker outlives this call
@@ -710,7 +760,7 @@ def _probe(address: str, timeout: float = 5.0) -> None:
 def _on_gpu(job: dict) -> dict:
     """``job`` with every configuration on ``device="cuda"``: the GPU (share) Ray gave the task, which it makes
     the only visible one. The device does not define a run's results (:data:`NOT_DEFINING`)."""
-    if "members" in job:
+    if _is_pack(job):
         return {"ensemble": dict(job["ensemble"], device="cuda"), "members": [dict(d, device="cuda")
                                                                             for d in job["members"]]}
     return dict(job, device="cuda")
@@ -729,7 +779,7 @@ def _ray_job(job: dict, out: str, threads: int, gpu: bool = False) -> list[dict]
     if not os.path.exists(os.path.join(out, "sweep.json")):  # OUT not shared with this node
         e = ConfigError(f"{out} is not visible on the Ray node {socket.gethostname()}; the ray engine writes the "
                         "run folders in place, so --out must be on a file system that every node mounts at the same path")
-        return [_error_row(d, e) for d in (job["members"] if "members" in job else [job])]
+        return [_error_row(d, e) for d in (job["members"] if _is_pack(job) else [job])]
     return _run_job(job)
 
 
@@ -797,7 +847,7 @@ def _run_ray(jobs: list[dict], done, out: str, *, address: Optional[str], worker
                         rows = ray.get(ref)
                     except Exception as e:  # the task's process died (killed, out of memory): rerunning resumes
                         cause = getattr(e, "cause", None) or e
-                        rows = [_error_row(d, cause) for d in (job["members"] if "members" in job else [job])]
+                        rows = [_error_row(d, cause) for d in (job["members"] if _is_pack(job) else [job])]
                     for row in rows:
                         done(row)
     except BaseException:  # Ctrl-C, SIGTERM (above) or an error: no task outlives this call
@@ -831,8 +881,9 @@ def run_sweep(spec: SweepSpec, out: str, *, workers: int = 1, progress: bool = T
               address: Optional[str] = None, cpus_per_pack: float = 1, gpus_per_pack: float = 0) -> list[dict]:
     """Run every configuration of ``spec`` not yet done, then write the tables and plots; returns the rows.
 
-    ``ensemble``: new runs that differ only in their (consecutive) seeds train as one ensemble
-    (:func:`pack_runs`, :mod:`surroflos.ensemble`; ``"auto"``: as many as the grid has, an int caps the pack
+    ``ensemble``: new runs that differ only in member-wise settings (seeds, gains, flossing modes, ...) train
+    as one ensemble (:func:`pack_runs`, :mod:`surroflos.ensemble`; ``"auto"``: as many as the grid has, an
+    int caps the pack
     size, 1 runs every run alone). Each member computes what its solo run would and is unpacked into the
     same run folder, so tables, plots and resumption are the same either way.
 
@@ -856,7 +907,8 @@ def run_sweep(spec: SweepSpec, out: str, *, workers: int = 1, progress: bool = T
     cfgs = expand(spec, out)
     for pack in pack_runs(cfgs, ensemble):  # an ensemble holds all its members at once: check it fits
         if len(pack) > 1:
-            check_memory(dataclasses.replace(pack[0], ensemble=len(pack)), validate(pack[0]))
+            heavy = next((c for c in pack if c.flossing != "none"), pack[0])  # flossing frames, if any floss
+            check_memory(dataclasses.replace(heavy, ensemble=len(pack)), validate(heavy))
     os.makedirs(out, exist_ok=True)
     with _exclusive(out):
         planned = _plan(cfgs, out)

@@ -139,7 +139,9 @@ def test_cli_train_smoke_and_error(tmp_path, capsys):
 
 def test_sweep_runs_grid_resumes_and_writes_tables(tmp_path):
     spec = SweepSpec(**{**PRESETS["smoke"].__dict__, "success": 0.5})
-    rows = run_sweep(spec, str(tmp_path / "sw"), workers=1, progress=False)
+    # ensemble=1: every run alone, with its checkpoint in its own folder (packed runs resume as packs,
+    # tests/test_sweep_ensemble.py)
+    rows = run_sweep(spec, str(tmp_path / "sw"), workers=1, progress=False, ensemble=1)
     assert len(rows) == 4 and {r["status"] for r in rows} == {"ran"}
     for f in ("runs.csv", "results.csv", "results.md", "plot_xor_rate.png", "sweep.json"):
         assert (tmp_path / "sw" / f).exists(), f
@@ -148,7 +150,7 @@ def test_sweep_runs_grid_resumes_and_writes_tables(tmp_path):
     # An interrupted run (checkpoint, no result) is resumed; finished runs are skipped.
     victim = rows[0]["out"]
     os.remove(os.path.join(victim, "result.json"))
-    again = run_sweep(spec, str(tmp_path / "sw"), workers=1, progress=False)
+    again = run_sweep(spec, str(tmp_path / "sw"), workers=1, progress=False, ensemble=1)
     status = {r["out"]: r["status"] for r in again}
     assert status[victim] == "resumed"
     assert sorted(status.values()).count("done") == 3
