@@ -207,25 +207,33 @@ def plot(record: dict, path: str) -> None:
 
     colors = {"init": "0.5", "preflossed": "tab:green", "trained_unflossed": "tab:blue",
               "trained_flossed": "tab:red"}
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b, z) = plt.subplots(1, 3, figsize=(15, 4))
     lags = record["lags"]
+    n_exp = min(len(s) for c in record["conditions"].values() for s in c["spectrum"] if s is not None)
+    zoom = min(16, 4 * record["k"], n_exp)
     for name, c in record["conditions"].items():
         rows = torch.tensor(c["gradient_log_norm"])
         for r in rows:
             a.plot(lags, r.tolist(), color=colors[name], lw=0.4, alpha=0.35)
         a.plot(lags, rows.mean(0).tolist(), color=colors[name], lw=2, label=name)
-        spectra = torch.tensor([s for s in c["spectrum"] if s is not None])
-        b.plot(range(1, spectra.shape[1] + 1), spectra.mean(0).tolist(), color=colors[name], lw=2, label=name)
+        mean = torch.tensor([s for s in c["spectrum"] if s is not None]).mean(0).tolist()
+        b.plot(range(1, len(mean) + 1), mean, color=colors[name], lw=2, label=name)
+        z.plot(range(1, zoom + 1), mean[:zoom], color=colors[name], lw=2, marker=".", label=name)
     a.axvline(record["delay"], color="k", ls=":", lw=1, label="task delay")
+    for ax in (b, z):
+        ax.axhline(0.0, color="k", lw=0.5)
+        ax.axvline(record["k"] + 0.5, color="k", ls=":", lw=1, label=f"k = {record['k']}")
+        ax.set(xlabel="index i", ylabel="λ_i (per step)")
     if record["tau_m"]:
         a.axvline(record["tau_m"], color="k", ls="--", lw=1, label="τ_m")
-        b.axhline(-1.0 / record["tau_m"], color="k", ls="--", lw=1, label="log β (leak)")
-    b.axhline(0.0, color="k", lw=0.5)
-    b.axvline(record["k"] + 0.5, color="k", ls=":", lw=1, label=f"k = {record['k']}")
+        for ax in (b, z):
+            ax.axhline(-1.0 / record["tau_m"], color="k", ls="--", lw=1, label="log β (leak)")
+    z.axhspan(-1.0 / record["delay"], 1.0 / record["delay"], color="0.85", label="slow: |λ| · delay < 1")
     a.set(xlabel="lag (steps)", ylabel="log ||dL_t / dh_{t-lag}||", title="gradient norm against lag")
-    b.set(xlabel="index i", ylabel="λ_i (per step)", title="surrogate spectrum (member mean)")
-    a.legend(fontsize=7)
-    b.legend(fontsize=7)
+    b.set_title("surrogate spectrum (member mean)")
+    z.set_title(f"the first {zoom} exponents")
+    for ax in (a, b, z):
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
