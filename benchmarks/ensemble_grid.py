@@ -3,7 +3,8 @@
 The xor-lif preset's network (LIF, N = 64, T = 60, batch 32, delay 6, preflossed) over 2 gains x 2
 learning rates x 3 seeds, with fewer epochs: ``solo`` trains the 12 runs one after another in this
 process, ``packed`` trains them as one ensemble (surroflos.train.ensemble_config: member-wise g, lr
-and seed). The results are the same (tests/test_ensemble.py checks member == solo run in float64).
+and seed). In float64 each member equals its solo run to 1e-10 (tests/test_ensemble.py); these runs are
+float32 (the preset's), where a packed LIF run and its solo run part once rounding flips a spike.
 
     OMP_NUM_THREADS=1 python benchmarks/ensemble_grid.py solo|packed [--epochs 4] [--out DIR]
 """
