@@ -118,10 +118,10 @@ def main(argv=None):
                   f"({sp['before'][0]:.2f}x wall, {sp['before'][1]:.2f}x cpu) | after {med['after'][0]:8.1f} ms "
                   f"({sp['after'][0]:.2f}x wall, {sp['after'][1]:.2f}x cpu) | lambda err {err['after']:.1e}",
                   flush=True)
-    results["load_end"] = list(os.getloadavg())
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+            results["load_end"] = list(os.getloadavg())
+            if args.out:  # after every case: a partial run keeps what it measured
+                with open(args.out, "w") as f:
+                    json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
