@@ -184,10 +184,10 @@ def _prepare(model, inputs, state0, generator, backend: str = "torch"):
 class _FiniteGuard:
     """Checks state and QR diagonal for NaN/inf without a host sync per step.
 
-    Every step appends ``max |state|`` (a tensor: two ops, no sync; finite exactly when the state is) to a
-    pending list, every QR ``max |log R_ii|``; on the CPU the list is read every :attr:`CHECK_EVERY` steps
-    (one sync for all of them), on accelerators only at the end (and before an error of the model is let
-    through, :meth:`reporting`), and
+    Every step appends its state (a reference: no op) to a pending list, every QR its ``log|R_ii|``; every
+    :attr:`CHECK_EVERY` steps they are reduced to one ``max |x|`` each (a few ops for all of them, no sync;
+    finite exactly when the entry is), which on the CPU are read at once (one sync), on accelerators only at
+    the end (and before an error of the model is let through, :meth:`reporting`), and
     the first non-finite entry in step order is reported: the step where the state stopped being finite, or
     where the frame degenerated (the state is checked first at a step). The detached ``R`` factors wait the
     same way for the lost-precision diagnostic (:meth:`qr`), which is then computed for all of them at once.
@@ -205,24 +205,21 @@ class _FiniteGuard:
         self.method = method
         self.qr_every = qr_every
         self.members = members
-        self.pending: list[tuple[int, bool, torch.Tensor]] = []  # (step, is_state, max |x|)
+        self.pending: list[tuple[int, bool, torch.Tensor]] = []  # (step, is_state, state or log|R_ii|)
         self.steps = 0  # state entries in pending
+        self.reduced: list[tuple[list[tuple[int, bool]], torch.Tensor]] = []  # (entries, max |x| of each)
         self.factors: list[tuple[torch.Tensor, torch.Tensor]] = []  # (log|R_ii|, R), detached
         self.min_kept: torch.Tensor | None = None
         self.diverged: torch.Tensor | None = None  # [E] bool, ensembles only
 
-    def _size(self, x: torch.Tensor) -> torch.Tensor:
-        """``max |x|`` (per member for an ensemble): finite exactly when ``x`` is, as the maximum propagates
-        NaN; two cheap ops per step, read later by :meth:`flush`."""
-        a = x.detach().abs()
-        return a.amax() if self.members is None else a.reshape(self.members, -1).amax(dim=1)
-
     def check_state(self, t: int, state: torch.Tensor) -> None:
-        """Record whether the state after step ``t`` is finite; called every step, before that step's QR."""
-        self.pending.append((t, True, self._size(state)))
+        """Record the state after step ``t`` (a reference: no op); called every step, before that step's QR."""
+        self.pending.append((t, True, state))
         self.steps += 1
-        if self.eager and self.steps >= self.CHECK_EVERY:
-            self.flush()
+        if self.steps >= self.CHECK_EVERY:
+            self._reduce()
+            if self.eager:
+                self.flush()
 
     def qr(self, t: int, Q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Re-orthonormalise ``Q``; return the new frame and ``log|R_ii|`` (their finiteness recorded).
@@ -238,8 +235,9 @@ class _FiniteGuard:
             Qn, R = cholesky_qr2(flat if flat.dtype in (torch.float32, torch.float64) else flat.float())
             Qn, R = Qn.to(Q.dtype).reshape(Q.shape), R.to(Q.dtype).reshape(*Q.shape[:-2], *R.shape[-2:])
         logdiag = R.diagonal(dim1=-2, dim2=-1).abs().log()
-        self.pending.append((t, False, self._size(logdiag)))
-        self.factors.append((logdiag.detach(), R.detach()))
+        ld = logdiag.detach()
+        self.pending.append((t, False, ld))
+        self.factors.append((ld, R.detach()))
         if len(self.factors) >= self.CHECK_EVERY:
             self._reduce_kept()
         return Qn, logdiag
@@ -256,17 +254,41 @@ class _FiniteGuard:
         kept = kept.min()
         self.min_kept = kept if self.min_kept is None else torch.minimum(self.min_kept, kept)
 
-    def flush(self) -> None:
-        """Read the pending flags (one sync); raise for the first non-finite entry (solo) or record the
-        diverged members (ensemble; raise when all have)."""
+    def _reduce(self) -> None:
+        """The pending states and ``log|R_ii|`` as one ``max |x|`` per entry (per member for an ensemble; no
+        sync): finite exactly when the entry is, as the maximum propagates NaN."""
         if not self.pending:
             return
         pending, self.pending, self.steps = self.pending, [], 0
-        ok = torch.isfinite(torch.stack([f for _, _, f in pending])).cpu()  # [n] or [n, E]
+        lead = 1 if self.members is None else 2
+        parts = []
+        with torch.no_grad():
+            for kind in (True, False):
+                idx = [i for i, e in enumerate(pending) if e[1] is kind]
+                if idx:
+                    parts.append((idx, torch.stack([pending[i][2] for i in idx]).abs().flatten(lead).amax(lead)))
+            if len(parts) == 1:
+                sizes = parts[0][1]
+            else:
+                first = parts[0][1]
+                sizes = first.new_empty((len(pending), *first.shape[1:]))
+                for idx, v in parts:
+                    sizes[torch.tensor(idx, device=sizes.device)] = v.to(sizes.dtype)
+        self.reduced.append(([(t, kind) for t, kind, _ in pending], sizes))
+
+    def flush(self) -> None:
+        """Read the pending entries (one sync); raise for the first non-finite one (solo) or record the
+        diverged members (ensemble; raise when all have)."""
+        self._reduce()
+        if not self.reduced:
+            return
+        reduced, self.reduced = self.reduced, []
+        pending = [m for meta, _ in reduced for m in meta]  # (step, is_state)
+        ok = torch.isfinite(torch.cat([sizes for _, sizes in reduced])).cpu()  # [n] or [n, E]
         if self.members is None:
             bad = (~ok).nonzero()
             if len(bad):
-                t, is_state, _ = pending[int(bad[0])]
+                t, is_state = pending[int(bad[0])]
                 self._raise_if_bad(t, not is_state, is_state)
             return
         bad = ~ok

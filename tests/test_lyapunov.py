@@ -812,6 +812,20 @@ def test_a_step_that_fails_on_the_diverged_state_is_reported_as_the_divergence(m
             lyapunov_spectrum(strict, x, 2, state0=s0, generator=gen(92), **kw)
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(qr_every=3, transient=2), dict(transient=150)])
+def test_deferred_finiteness_checks_report_the_same_step(monkeypatch, kw):
+    # The accelerators' path (flags read only at the end) run on the CPU: the same step is named.
+    model, x, s0, t_bad = _diverging_relu_net(torch.float64)
+    init = lyap_mod._FiniteGuard.__init__
+
+    def deferred(self, *a, **k):
+        init(self, *a, **k)
+        self.eager = False
+    monkeypatch.setattr(lyap_mod._FiniteGuard, "__init__", deferred)
+    with pytest.raises(NonFiniteError, match=rf"state became NaN/inf at step {t_bad}\b"):
+        lyapunov_spectrum(model, x, 2, state0=s0, generator=gen(92), **kw)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="deferred (no-sync) finiteness checks run on accelerators")
 def test_diverging_network_on_accelerator_reports_the_same_step():
     model, x, s0, t_bad = _diverging_relu_net(torch.float32, device="cuda")
