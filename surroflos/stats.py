@@ -168,20 +168,23 @@ def wilcoxon_paired(x: Sequence[float], y: Sequence[float]) -> dict:
     return dict(out, p_value=float(wilcoxon(d).pvalue))
 
 
-def mantel_haenszel(tables: Sequence[Sequence[Sequence[int]]], correction: bool = True) -> dict:
+def mantel_haenszel(tables: Sequence[Sequence[Sequence[int]]], correction: bool = True,
+                    confidence: float = 0.95) -> dict:
     """Cochran-Mantel-Haenszel test of K 2 x 2 tables ``[[a, b], [c, d]]`` (rows: arm A, arm B; columns:
     success, failure), stratified by table, against a common odds ratio of 1 (two-sided, chi-square with
     one degree of freedom; ``correction``: the 0.5 continuity correction).
 
     ``statistic = (|sum a - sum E[a]| - 0.5)^2 / sum Var(a)`` with the hypergeometric ``E[a] = (a+b)(a+c)/n``
     and ``Var(a) = (a+b)(c+d)(a+c)(b+d) / (n^2 (n-1))``; the pooled odds ratio is Mantel and Haenszel's
-    ``sum(a d / n) / sum(b c / n)``. Tables with a zero margin carry no information and add nothing.
-    Returns ``{"test", "strata", "statistic", "p_value", "odds_ratio", "successes_a", "n_a", "successes_b",
-    "n_b"}`` (``odds_ratio`` is ``inf`` when no table has ``b c > 0``).
+    ``sum(a d / n) / sum(b c / n)``, with the Robins-Breslow-Greenland ``confidence`` interval
+    (``odds_ratio_ci``; NaN when the ratio is 0 or infinite). Tables with a zero margin add nothing.
+    Returns ``{"test", "strata", "statistic", "p_value", "odds_ratio", "odds_ratio_ci", "successes_a", "n_a",
+    "successes_b", "n_b"}`` (``odds_ratio`` is ``inf`` when no table has ``b c > 0``).
     """
     if not tables:
         raise ValueError("the Mantel-Haenszel test needs at least one 2 x 2 table")
     obs = exp = var = num = den = 0.0
+    pr = ps_qr = qs = 0.0  # the Robins-Breslow-Greenland sums for the variance of log(odds ratio)
     totals = [0, 0, 0, 0]
     for t in tables:
         (a, b), (c, d) = t
@@ -197,6 +200,8 @@ def mantel_haenszel(tables: Sequence[Sequence[Sequence[int]]], correction: bool 
         var += (a + b) * (c + d) * (a + c) * (b + d) / (n * n * (n - 1))
         num += a * d / n
         den += b * c / n
+        p_, q_, r_, s_ = (a + d) / n, (b + c) / n, a * d / n, b * c / n
+        pr, ps_qr, qs = pr + p_ * r_, ps_qr + p_ * s_ + q_ * r_, qs + q_ * s_
     if var == 0:
         stat, p = 0.0, 1.0
     else:
@@ -204,6 +209,11 @@ def mantel_haenszel(tables: Sequence[Sequence[Sequence[int]]], correction: bool 
         stat = dev * dev / var
         p = math.erfc(math.sqrt(stat / 2.0))  # chi-square survival function, 1 degree of freedom
     ratio = num / den if den > 0 else (math.inf if num > 0 else float("nan"))
+    ci = [float("nan"), float("nan")]
+    if num > 0 and den > 0:
+        se = math.sqrt(pr / (2 * num * num) + ps_qr / (2 * num * den) + qs / (2 * den * den))
+        z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
+        ci = [ratio * math.exp(-z * se), ratio * math.exp(z * se)]
     return {"test": "Cochran-Mantel-Haenszel (two-sided)" + (", continuity-corrected" if correction else ""),
-            "strata": len(tables), "statistic": stat, "p_value": p, "odds_ratio": ratio,
+            "strata": len(tables), "statistic": stat, "p_value": p, "odds_ratio": ratio, "odds_ratio_ci": ci,
             "successes_a": totals[0], "n_a": totals[1], "successes_b": totals[2], "n_b": totals[3]}

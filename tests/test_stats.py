@@ -117,6 +117,10 @@ def test_mantel_haenszel_one_table_is_the_scaled_pearson_test():
     assert r["p_value"] == pytest.approx(float(scipy_stats.chi2.sf(r["statistic"], 1)), rel=1e-12)
     assert r["odds_ratio"] == pytest.approx(7 * 7 / (3 * 3))
     assert (r["successes_a"], r["n_a"], r["successes_b"], r["n_b"]) == (7, 10, 3, 10)
+    # one stratum: the Robins-Breslow-Greenland variance is Woolf's, 1/a + 1/b + 1/c + 1/d
+    se = math.sqrt(1 / 7 + 1 / 3 + 1 / 3 + 1 / 7)
+    assert r["odds_ratio_ci"] == pytest.approx([49 / 9 * math.exp(-1.959964 * se), 49 / 9 * math.exp(1.959964 * se)],
+                                               rel=1e-6)
 
 
 def test_mantel_haenszel_pools_strata():
