@@ -126,6 +126,30 @@ PRESETS: dict[str, dict] = {
         "cells": [{"name": "gng-d36-superspike-s100", "set": {}}],
         "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}}],
     },
+    # Fifth round (two presets, run side by side): axes the screen left out, on new seeds 50-59. "a": the d = 36
+    # go/no-go cell with N = 256, subtract reset, threshold 0.5, and k = 32 flossed exponents; "b": other tasks
+    # (copy at 5.4 tau_m, a 3-bit flip-flop whose pulses come every 50 steps = 11 tau_m on average) and beta 0.7.
+    "screen2a": {
+        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, delay=36, seed=50),
+        "seeds": 10,
+        "cells": [{"name": "gng-d36-N256", "set": {"N": 256}},
+                  {"name": "gng-d36-subtract", "set": {"reset": "subtract"}},
+                  {"name": "gng-d36-thr0.5", "set": {"threshold": 0.5}},
+                  {"name": "gng-d36-superspike-s50", "set": {}}],
+        "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}},
+                     {"name": "pre-k32", "set": {"flossing": "pre", "k": 32}}],
+        "only": {"gng-d36-N256": ["pre-k4"], "gng-d36-subtract": ["pre-k4"], "gng-d36-thr0.5": ["pre-k4"],
+                 "gng-d36-superspike-s50": ["pre-k32"]},
+    },
+    "screen2b": {
+        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, seed=50),
+        "seeds": 10,
+        "cells": [{"name": "copy-d24", "set": {"task": "copy", "delay": 24, "T": 60}},
+                  {"name": "flipflop-p0.02", "set": {"task": "flipflop", "delay": None, "T": None,
+                                                     "task_params": {"p": 0.02, "T": 200}}},
+                  {"name": "gng-b0.7-d36", "set": {"beta": 0.7, "delay": 36}}],
+        "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}}],
+    },
     # A seconds-long study for tests and for trying the runner.
     "tiny": {
         "base": {"task": "xor", "model": "lif", "N": 8, "delay": 4, "T": 12, "epochs": 2, "steps_per_epoch": 2,
@@ -312,14 +336,15 @@ def pooled_analysis(rows: list[dict]) -> dict:
 
 def pooled_table(result: dict) -> str:
     """The markdown table of :func:`pooled_analysis`."""
-    lines = ["| pool | comparisons | endpoint | flossed | unflossed | pooled odds ratio (MH) | CMH p |",
+    lines = ["| pool | comparisons | endpoint | flossed | unflossed | pooled odds ratio (MH) [95% CI] | CMH p |",
              "|---|---|---|---|---|---|---|"]
     for name, pool in result.items():
         for endpoint in ("success", "reached"):
             t = pool[endpoint]
             label = "final success" if endpoint == "success" else "reached at any epoch"
             lines.append(f"| {name} | {t['strata']} | {label} | {t['successes_a']}/{t['n_a']} | "
-                         f"{t['successes_b']}/{t['n_b']} | {t['odds_ratio']:.2f} | {t['p_value']:.3g} |")
+                         f"{t['successes_b']}/{t['n_b']} | {t['odds_ratio']:.2f} [{t['odds_ratio_ci'][0]:.2f}, "
+                         f"{t['odds_ratio_ci'][1]:.2f}] | {t['p_value']:.3g} |")
     return "\n".join(lines) + "\n"
 
 
