@@ -235,6 +235,12 @@ def _schedule(cfg: dict) -> str:
     return f"{cfg['flossing']} k={cfg['k']} ({sch.pre_steps}{bouts} steps)"
 
 
+def _delay(cfg: dict) -> str:
+    """``36 (8.0)``: the delay in steps and in membrane time constants; ``–`` for tasks without one."""
+    d = cfg.get("delay")
+    return "–" if d is None else f"{d} ({d / _tau_m(cfg['beta']):.1f})"
+
+
 def _scale(cfg: dict) -> str:
     return "" if cfg.get("surrogate_scale") is None else f" ({cfg['surrogate_scale']:g})"
 
@@ -264,7 +270,7 @@ def summary_table(rows: list[dict]) -> str:
         mw = t["final_metric"]["p_value"]
         reached = t.get("reached", {}).get("p_value")  # absent in comparisons written before it was added
         lines.append(
-            f"| {r['cell']} | {cfg['task']} | {cfg['delay']} ({cfg['delay'] / _tau_m(cfg['beta']):.1f}) | "
+            f"| {r['cell']} | {cfg['task']} | {_delay(cfg)} | "
             f"{cfg['beta']:g} | {cfg['surrogate']}{_scale(cfg)} | {cfg['g']:g} | {_schedule(cfg)} | "
             f"{succ(f)} | {succ(u)} | "
             f"{t['success']['p_value']:.3g} | {fin(f)} | "

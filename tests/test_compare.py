@@ -248,3 +248,16 @@ def test_make_train_runs_the_study_setting_it_claims(monkeypatch):
     want = TrainConfig.from_dict({**spec["base"], **spec["flossing"][0]["set"], "ensemble": 8, "seed": 0,
                                   "out": "outputs/train"})
     assert seen["cfg"] == want
+
+
+def test_summary_row_of_a_task_without_delay():
+    arm = {"successes": 3, "n": 10, "success_ci": list(stats.wilson_interval(3, 10)), "metric_mean": 0.8,
+           "metric_std": 0.1, "time_to_threshold": {"median": 12, "reached": 5}, "lambda1_before": 0.01,
+           "lambda1_preflossed": 0.0, "lambda1_after": -0.1}
+    comparison = {"flossed": arm, "unflossed": dict(arm, lambda1_preflossed=None),
+                  "tests": {"success": {"p_value": 1.0}, "final_metric": {"p_value": 0.5}}}
+    gng = TrainConfig(task="gonogo_temporal", delay=36, T=None, beta=0.8, flossing="pre", k=4).to_dict()
+    ff = TrainConfig(task="flipflop", delay=None, T=None, beta=0.8, flossing="pre", k=4).to_dict()
+    table = summary_table([{"cell": "a", "config": gng, "comparison": comparison},
+                           {"cell": "b", "config": ff, "comparison": comparison}])
+    assert "| a | gonogo_temporal | 36 (8.0) |" in table and "| b | flipflop | – |" in table
