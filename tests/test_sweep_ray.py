@@ -196,7 +196,8 @@ def _task_processes() -> list[int]:
 
 
 # Two runs of thousands of tiny epochs: mid-training when the driver is stopped.
-_LONG = ["sweep", "--preset", "smoke", "--delays", "2", "--epochs", "5000", "--engine", "ray", "--no-progress"]
+_LONG = ["sweep", "--preset", "smoke", "--delays", "2", "--epochs", "5000", "--engine", "ray", "--ensemble", "1",
+         "--no-progress"]  # two solo runs: two Ray tasks (none and pre would otherwise share one pack)
 
 
 def _start(tmp_path, extra):

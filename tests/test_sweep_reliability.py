@@ -215,7 +215,9 @@ def _children(pid: int) -> list[int]:
 
 # Four runs on two workers, each long enough (thousands of tiny epochs) to be mid-training when stopped; the
 # delay-4 runs wait for a free worker.
-_LONG = ["sweep", "--preset", "smoke", "--delays", "2", "4", "--epochs", "5000", "--workers", "2", "--no-progress"]
+# Solo runs (--ensemble 1): a run's own folder shows it training; none and pre would otherwise share one pack.
+_LONG = ["sweep", "--preset", "smoke", "--delays", "2", "4", "--epochs", "5000", "--workers", "2", "--ensemble", "1",
+         "--no-progress"]
 
 
 def _start_sweep(tmp_path):
