@@ -19,9 +19,9 @@ from surroflos import Surrogate
 from surroflos.kernels import backend as kb
 from surroflos.kernels import lif
 
-from _tolerance import assert_within_rounding, exact_tol, scale_of
-from test_kernels_lif import SURROGATE_NAMES, _matrix, check_against_reference, far_case, fused, make_case, \
-    reference, run, sequence_ops
+from _tolerance import exact_tol, scale_of
+from test_kernels_lif import SURROGATE_NAMES, _matrix, check_against_reference, check_compiled_op, far_case, \
+    fused, make_case, reference, run
 
 pytestmark = [pytest.mark.numerics,
               pytest.mark.skipif(not kb.cpu_kernels_importable(), reason="numba does not import")]
@@ -154,20 +154,7 @@ def test_gradient_of_some_outputs(used, reset_delay):
 
 
 def test_torch_compile_captures_the_op():
-    inputs = make_case("synaptic", per_neuron=True)
-    fn = fused("synaptic", "cpu", surrogate="fast_sigmoid", reset="subtract", reset_delay=False)
-
-    def loss_fn(*args):
-        return sum((o * (i + 1)).sum() for i, o in enumerate(fn(*args)))
-
-    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
-    leaves = [t.clone().requires_grad_(True) for t in inputs]
-    grads = torch.autograd.grad(compiled(*leaves), leaves)
-    ref_leaves = [t.clone().requires_grad_(True) for t in inputs]
-    ref_grads = torch.autograd.grad(loss_fn(*ref_leaves), ref_leaves)
-    ops_grad = sequence_ops(inputs[0].shape)[1]
-    for a, b in zip(grads, ref_grads):
-        assert_within_rounding(a, b, ops_grad, "grad", magnitude=scale_of(*ref_grads))
+    check_compiled_op("synaptic", "cpu")
 
 
 def test_fake_tensor_shapes():

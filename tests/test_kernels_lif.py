@@ -286,10 +286,11 @@ def test_gradcheck_sees_the_spikes():
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_torch_compile_captures_the_op(kind):
+def check_compiled_op(kind: str, backend: str) -> None:
+    """``torch.compile(fullgraph=True)`` of the op's forward and backward equals the eager op within rounding
+    (float32: the same op, traced); shared by the kernel test modules of every backend."""
     inputs = make_case(kind, per_neuron=True)
-    fn = fused(kind, "torch", surrogate="fast_sigmoid", reset="subtract", reset_delay=False)
+    fn = fused(kind, backend, surrogate="fast_sigmoid", reset="subtract", reset_delay=False)
 
     def loss_fn(*args):
         return sum((o * (i + 1)).sum() for i, o in enumerate(fn(*args)))
@@ -299,9 +300,14 @@ def test_torch_compile_captures_the_op(kind):
     grads = torch.autograd.grad(compiled(*leaves), leaves)
     ref_leaves = [t.clone().requires_grad_(True) for t in inputs]
     ref_grads = torch.autograd.grad(loss_fn(*ref_leaves), ref_leaves)
-    ops_grad = sequence_ops(inputs[0].shape)[1]  # float32: the same op, traced
+    ops_grad = sequence_ops(inputs[0].shape)[1]
     for a, b in zip(grads, ref_grads):
         assert_within_rounding(a, b, ops_grad, "grad", magnitude=scale_of(*ref_grads))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_torch_compile_captures_the_op(kind):
+    check_compiled_op(kind, "torch")
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
