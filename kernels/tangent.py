@@ -458,14 +458,7 @@ def _lean_lif() -> TangentFn:
     transposed = _Transposed()
 
     def lif_tangent_lean(x: Tensor, U: Tensor, p: Any, Q: Tensor) -> Tensor:
-        v = U - p.threshold
-        d = p.surrogate.derivative(v)
-        if p.reset == "subtract":
-            a = p.beta if p.detach_reset else p.beta - p.threshold * d
-        else:
-            a = p.beta * (1.0 - _spiking_fire(v, p))
-            if not p.detach_reset:
-                a = a - p.beta * U * d
+        d, a = _lif_diagonals(U, p)
         # triangle (id 3): d = scale relu(1 - |v|) is exactly zero off its support, and so is its derivative
         sparse = p.surrogate.id == 3 and Q.ndim == 3 and Q.device.type == "cpu"
         return lean_dense_tangent(p.weight_rec, d, a, Q, sparse=sparse,
@@ -526,17 +519,23 @@ def _spiking_fire(v: Tensor, p: Any) -> Tensor:
     return p.surrogate.primitive(v) if p.smooth else p.surrogate(v)
 
 
+def _lif_diagonals(U: Tensor, p: Any) -> tuple:
+    """The LIF tangent map's diagonals ``(d, a)``: surrogate slope ``d`` at the membrane and leak factor ``a``
+    (with the reset's contribution) of ``Q <- W (d Q) + a Q``; shared by the fused and the lean maps."""
+    v = U - p.threshold
+    d = p.surrogate.derivative(v)
+    if p.reset == "subtract":
+        a = p.beta if p.detach_reset else p.beta - p.threshold * d
+    else:
+        a = p.beta * (1.0 - _spiking_fire(v, p))
+        if not p.detach_reset:
+            a = a - p.beta * U * d
+    return d, a
+
+
 def _make_lif(backend: str) -> TangentFn:
     def lif_tangent_fused(x: Tensor, U: Tensor, p: Any, Q: Tensor) -> Tensor:
-        v = U - p.threshold
-        d = p.surrogate.derivative(v)
-        if p.reset == "subtract":
-            a = p.beta if p.detach_reset else p.beta - p.threshold * d
-        else:
-            R = _spiking_fire(v, p)
-            a = p.beta * (1.0 - R)
-            if not p.detach_reset:
-                a = a - p.beta * U * d
+        d, a = _lif_diagonals(U, p)
         return dense_tangent(p.weight_rec, d, a, Q, backend=backend)
     return lif_tangent_fused
 
