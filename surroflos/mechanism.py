@@ -22,8 +22,9 @@ For each it reports
 * the **gradient norm against lag**, ``log ||dL_t/dh_{t-lag}||`` (:func:`surroflos.gradient_propagation`,
   autograd through the network's own step function, independent of any tangent map), its mean at the
   task's delay and its growth rate (slope per step);
-* the **time scale bridged**: ``-1 / lambda_1`` (steps over which the slowest mode loses one e-fold) and the
-  gradient's e-folding lag ``-1 / slope``, against the membrane time constant ``tau_m = -1 / log(beta)``.
+* the membrane time constant ``tau_m = -1 / log(beta)``, against which the time scale bridged reads off the
+  record: ``-1 / lambda_1`` (steps over which the slowest mode loses one e-fold) and the gradient's
+  e-folding lag ``-1 / slope``.
 
 Command line: ``python -m surroflos.mechanism COMPARE_DIR [--out DIR] [--lags L] [--trajectories B]``;
 it writes ``mechanism.json`` and ``mechanism.png`` into ``--out`` (default: the comparison folder).
@@ -42,6 +43,7 @@ from typing import Optional
 
 import torch
 
+from . import stats
 from ._io import atomic_json, ensure_writable_folder
 from .checkpoint import load_checkpoint
 from .errors import UsageError
@@ -90,8 +92,6 @@ def _preflossed(cfg: TrainConfig, task, device, dtype):
 
 def _member_stats(values: list) -> dict:
     """Mean and 95% interval (t distribution) of per-member values (``None`` entries dropped)."""
-    from . import stats
-
     v = [float(x) for x in values if x is not None and math.isfinite(x)]
     if not v:
         return {"mean": None, "ci": [None, None], "n": 0}
@@ -115,8 +115,7 @@ def flossing_mechanism(compare_dir: str, *, lags: Optional[int] = None, trajecto
     Returns:
         The record written to ``mechanism.json``: ``config`` (the flossed arm's), ``tau_m``, ``delay``,
         ``k``, ``lags`` and per condition ``spectrum`` (``[E][spectrum_k]``, per step), ``slow_modes``
-        (per member), ``lambda1``, ``timescale_lambda1`` (``-1/lambda_1`` in steps, ``inf`` when
-        ``lambda_1 >= 0``), ``gradient_log_norm`` (``[E][lags]``), ``gradient_at_delay``,
+        (per member), ``lambda1``, ``gradient_log_norm`` (``[E][lags]``), ``gradient_at_delay``,
         ``gradient_slope`` (per step) and their member statistics (mean, 95% CI).
 
     Raises:
@@ -131,7 +130,7 @@ def flossing_mechanism(compare_dir: str, *, lags: Optional[int] = None, trajecto
                          f"not {flossed.model!r}")
     task = validate(flossed)
     device, dtype = torch.device(flossed.device), DTYPES[flossed.dtype]
-    delay = flossed.delay or task.__dict__.get("delay") or 1
+    delay = flossed.delay or getattr(task, "delay", None) or 1
     L = lags or max(20, 2 * int(delay))
     state_dim = flossed.N if flossed.model == "lif" else 2 * flossed.N
     ks = spectrum_k or state_dim
@@ -156,7 +155,6 @@ def flossing_mechanism(compare_dir: str, *, lags: Optional[int] = None, trajecto
         c: dict = {"spectrum": spectrum}
         c["lambda1"] = [None if s is None else s[0] for s in spectrum]
         c["slow_modes"] = [None if s is None else sum(1 for v in s if abs(v) * delay < 1.0) for s in spectrum]
-        c["timescale_lambda1"] = [None if v is None else (math.inf if v >= 0 else -1.0 / v) for v in c["lambda1"]]
         c["gradient_log_norm"] = [g.log_norm.tolist() for g in grads]
         c["gradient_at_delay"] = [float(g.log_norm[min(int(delay), L) - 1]) for g in grads]
         c["gradient_slope"] = [g.growth_rate() * g.dt for g in grads]
@@ -164,8 +162,6 @@ def flossing_mechanism(compare_dir: str, *, lags: Optional[int] = None, trajecto
                                                               "gradient_slope")}
         record["conditions"][name] = c
     # Paired by member (same seed, same initial network): what preflossing and what flossing in training change.
-    from . import stats
-
     conds = record["conditions"]
     record["tests"] = {}
     for a, b in (("preflossed", "init"), ("trained_flossed", "trained_unflossed")):
