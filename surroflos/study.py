@@ -150,6 +150,16 @@ PRESETS: dict[str, dict] = {
                   {"name": "gng-b0.7-d36", "set": {"beta": 0.7, "delay": 36}}],
         "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}}],
     },
+    # The preregistered test of a moderate effect (fixed before any of its data were seen): the confirmation's
+    # cell (d = 36 go/no-go, preflossing k = 4) on 320 new seeds per arm (1000-1319) in 10 blocks of 32, so that
+    # finished blocks survive an interruption. Primary endpoint: final success, blocks pooled by
+    # Cochran-Mantel-Haenszel (``--pool``), two-sided at 0.05; secondary: reaching the threshold at any epoch.
+    "powered": {
+        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, delay=36),
+        "seeds": 32,
+        "cells": [{"name": f"gng-d36-s{s}", "set": {"seed": s}} for s in range(1000, 1320, 32)],
+        "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}}],
+    },
     # A seconds-long study for tests and for trying the runner.
     "tiny": {
         "base": {"task": "xor", "model": "lif", "N": 8, "delay": 4, "T": 12, "epochs": 2, "steps_per_epoch": 2,
