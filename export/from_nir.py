@@ -310,8 +310,7 @@ def _build_balanced(graph: nir.NIRGraph, dt: float, meta: dict):
         pre = torch.stack(nz)
     if tuple(pre.shape) != (N, K):
         raise ValueError(f"node 'w_rec': stored index pattern has shape {tuple(pre.shape)}, expected {(N, K)}")
-    model.pre_idx = pre.to(model.pre_idx.device)
-    model._csr = None
+    model.pre_idx = pre.to(device=model.pre_idx.device, dtype=torch.int32)
     _copy(model.weight_rec, torch.gather(J, 1, pre))
     if s["n_in"] > 0:
         _copy(model.weight_in, _t(_node(nodes, "w_in", ("Linear",), "BalancedNetwork").weight, dtype))

@@ -55,7 +55,7 @@ from __future__ import annotations
 import math
 import numbers
 import weakref
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -64,7 +64,7 @@ from surroflos import surrogate as sg
 
 from .backend import acc_dtype, check_backend, resolve_backend
 
-__all__ = ["balanced_sequence", "balanced_tangent_fused", "out_pattern"]
+__all__ = ["balanced_sequence", "balanced_tangent_fused", "out_pattern", "prepare_pattern"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -72,32 +72,72 @@ __all__ = ["balanced_sequence", "balanced_tangent_fused", "out_pattern"]
 # ----------------------------------------------------------------------------------------------
 
 
-class _Pattern(NamedTuple):
-    post: Tensor  # [N, D] int64: targets of neuron j's spikes (padding: the dummy target N)
-    slot: Tensor  # [N, D] int64: position of that synapse in weight_rec.reshape(-1) (padding: N K)
-    pre32: Tensor  # [N, K] int32 copy of pre_idx (Triton index loads)
-    post32: Tensor  # [N, D] int32 copy of post
+class _Pattern:
+    """Presynaptic-major copy of ``pre_idx [N, K]``, padded to the largest out-degree ``D``.
+
+    Only ``slot [N, D]`` is kept: the position of each out-going synapse of neuron ``j`` in
+    ``weight_rec.reshape(-1)`` (padding: ``N K``), int32 while ``N K < 2^31``. Its target is ``slot // K`` (the
+    padding maps to the dummy target ``N``), so no ``post`` array is stored, and the weights are read through
+    ``slot`` when a neuron spikes, so no ``[N, D]`` copy of them either: at N = 1e6, K = 100 the pattern is
+    0.6 GB instead of 3.6 GB. The int32 arrays the Triton kernels read (``pre32``, ``post32``) are built on
+    first use.
+    """
+
+    __slots__ = ("slot", "K", "_post32", "_pre32")
+
+    def __init__(self, slot: Tensor, K: int):
+        self.slot, self.K = slot, K
+        self._post32: Optional[Tensor] = None
+        self._pre32: Optional[Tensor] = None
+
+    def targets(self, rows: Tensor) -> Tensor:
+        """``slot // K`` of some rows of ``slot``: the targets of those neurons' synapses (padding: ``N``)."""
+        return torch.div(rows, self.K, rounding_mode="floor")
+
+    def post32(self) -> Tensor:
+        if self._post32 is None:
+            self._post32 = self.targets(self.slot).to(torch.int32).contiguous()
+        return self._post32
+
+    def pre32(self, pre: Tensor) -> Tensor:
+        if self._pre32 is None:
+            self._pre32 = pre.to(torch.int32).contiguous()
+        return self._pre32
 
 
 _PATTERNS: dict[int, tuple] = {}
 
+_EVENT_CHUNK = 1 << 20  # synapses read per pass of the event-driven recurrent input (bounds its temporaries)
+_BUILD_CHUNK = 1 << 20  # synapses ranked per pass when the pattern is built (bounds its temporaries)
+
 
 def _build_pattern(pre: Tensor) -> _Pattern:
     N, K = pre.shape
+    NK = N * K
     if pre.numel():  # once per tensor version (the result is cached): out-of-range ids would index out of bounds
         lo, hi = int(pre.min()), int(pre.max())
         if lo < 0 or hi >= N:
             raise ValueError(f"pre_idx must hold presynaptic ids in [0, N) = [0, {N}), found values in [{lo}, {hi}]")
-    flat = pre.reshape(-1).long()
-    perm = torch.argsort(flat, stable=True)  # synapses grouped by presynaptic neuron
+    itype = torch.int32 if NK < 2 ** 31 - 1 else torch.int64
+    flat = pre.reshape(-1)
     counts = torch.bincount(flat, minlength=N)
-    D = int(counts.max()) if counts.numel() else 0
-    start = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(N * K, device=pre.device) - start[flat[perm]]  # position within the group
-    slot = torch.full((N, D), N * K, dtype=torch.long, device=pre.device)
-    slot[flat[perm], rank] = perm
-    post = torch.where(slot < N * K, torch.div(slot, K, rounding_mode="floor"), N)
-    return _Pattern(post, slot, pre.to(torch.int32).contiguous(), post.to(torch.int32).contiguous())
+    D = int(counts.max()) if NK else 0
+    slot = torch.full((N, D), NK, dtype=itype, device=pre.device)
+    # Synapses grouped by presynaptic neuron in their order in weight_rec (a stable counting sort), ranked a
+    # chunk at a time: one argsort of all N K ids took minutes and 4 int64 copies of them at N = 1e6. A chunk
+    # is at least N long, so the O(N) bookkeeping per chunk keeps the build O(N K) in all.
+    fill = torch.zeros(N, dtype=torch.long, device=pre.device)
+    chunk = max(_BUILD_CHUNK, N)
+    for lo in range(0, NK, chunk):
+        j = flat[lo:lo + chunk].long()
+        perm = torch.argsort(j, stable=True)
+        js = j[perm]
+        c = torch.bincount(js, minlength=N)
+        start = torch.cumsum(c, 0) - c
+        rank = torch.arange(js.numel(), device=pre.device) - start[js] + fill[js]
+        slot[js, rank] = (perm + lo).to(itype)
+        fill += c
+    return _Pattern(slot, K)
 
 
 def _pattern(pre: Tensor) -> _Pattern:
@@ -107,6 +147,7 @@ def _pattern(pre: Tensor) -> _Pattern:
     hit = _PATTERNS.get(key)
     if hit is not None and hit[0]() is pre and hit[1] == pre._version:
         return hit[2]
+    _PATTERNS.pop(key, None)  # drop a stale pattern before building the new one (peak memory)
     pat = _build_pattern(pre)
     try:
         ref = weakref.ref(pre, lambda _r, k=key: _PATTERNS.pop(k, None))
@@ -116,54 +157,32 @@ def _pattern(pre: Tensor) -> _Pattern:
     return pat
 
 
+def prepare_pattern(pre_idx: Tensor) -> None:
+    """Build (or refresh) the cached presynaptic-major pattern of ``pre_idx`` now rather than at the first call.
+
+    The pattern is cached per tensor and in-place version; :class:`surroflos.models.BalancedNetwork` calls
+    this before a simulation. It checks that the ids lie in ``[0, N)``.
+    """
+    _check_pattern(pre_idx, None)
+
+
 def out_pattern(pre_idx: Tensor) -> Tuple[Tensor, Tensor]:
     """Presynaptic-major copy of ``pre_idx [N, K]``, padded to the largest out-degree ``D`` (cached).
 
     Returns ``post [N, D]`` (targets of each neuron's spikes; padding: the dummy target ``N``) and
-    ``slot [N, D]`` (position of that synapse in ``weight_rec.reshape(-1)``; padding: ``N K``). Both int64.
+    ``slot [N, D]`` (position of that synapse in ``weight_rec.reshape(-1)``; padding: ``N K``). Both int32
+    (``slot`` int64 when ``N K >= 2^31``). ``post`` is built on the first call (the kernels keep only ``slot``).
     """
     _check_pattern(pre_idx, None)
     pat = _pattern(pre_idx)
-    return pat.post, pat.slot
+    return pat.post32(), pat.slot
 
 
-_WEIGHTS_OUT: dict[int, tuple] = {}
-
-
-def _outgoing_weights(w: Tensor, slot: Tensor, dtype: torch.dtype, cache: bool = False) -> Tensor:
-    """``w_out [N, D]``: weights of the out-going synapses, zero on the padding.
-
-    ``cache=True`` (calls without gradient, see :func:`balanced_sequence`): kept per weight tensor (its
-    identity, version and storage, the pattern and the dtype), like the pattern itself. Building it gathers
-    all ``N D`` synapses, which every call of the sequence (every time chunk of ``BalancedNetwork.simulate``)
-    would otherwise repeat, so the cost of a simulation grew with the number of chunks times ``N K``
-    (quadratically in N at a fixed chunk size in bytes). Rebuilt after an in-place change of the weights (an
-    optimiser step bumps the version); a write through ``.data`` bumps nothing and is not seen (as for the
-    pattern's cache of ``pre_idx``), which is why calls with gradient (training, gradcheck) never use it.
-    One entry per weight tensor: the last dtype asked for.
-    """
-    key = id(w)
-    try:
-        version = (w._version, w.data_ptr()) if cache else None
-    except Exception:  # pragma: no cover - inference tensors have no version counter: not cached
-        version = None
-    hit = _WEIGHTS_OUT.get(key)
-    if (version is not None and hit is not None and hit[0]() is w and hit[1] == version and hit[2]() is slot
-            and hit[3].dtype == dtype):
-        return hit[3]
-    _WEIGHTS_OUT.pop(key, None)  # drop the stale copy before building the new one (peak memory)
+def _outgoing_weights(w: Tensor, slot: Tensor, dtype: torch.dtype) -> Tensor:
+    """``w_out [N, D]``: weights of the out-going synapses, zero on the padding (the Triton backward reads it)."""
     with torch.no_grad():
         flat = w.detach().reshape(-1).to(dtype)
-        w_out = torch.cat([flat, flat.new_zeros(1)])[slot]
-    if version is None:
-        return w_out
-    try:
-        ref_w = weakref.ref(w, lambda _r, k=key: _WEIGHTS_OUT.pop(k, None))
-        ref_slot = weakref.ref(slot)
-    except TypeError:  # pragma: no cover
-        return w_out
-    _WEIGHTS_OUT[key] = (ref_w, version, ref_slot, w_out)
-    return w_out
+        return torch.cat([flat, flat.new_zeros(1)]).index_select(0, slot.reshape(-1)).view(slot.shape)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,25 +190,31 @@ def _outgoing_weights(w: Tensor, slot: Tensor, dtype: torch.dtype, cache: bool =
 # ----------------------------------------------------------------------------------------------
 
 
-def _event_recurrent(fire: Tensor, post: Tensor, w_out: Tensor) -> Tensor:
+def _event_recurrent(fire: Tensor, pat: _Pattern, w_flat: Tensor) -> Tensor:
     """``r = J s`` for boolean spikes ``fire [B, N]``, touching only the synapses of the spiking neurons."""
     B, N = fire.shape
-    r = torch.zeros(B, N + 1, dtype=w_out.dtype, device=w_out.device)
+    r = torch.zeros(B, N + 1, dtype=w_flat.dtype, device=w_flat.device)
     bi, j = fire.nonzero(as_tuple=True)
-    if j.numel():
-        # index_select rather than post[j]: the advanced-indexing kernel is much slower for these row gathers
-        target = post.index_select(0, j) + (bi * (N + 1)).unsqueeze(1)
-        r.view(-1).index_add_(0, target.reshape(-1), w_out.index_select(0, j).reshape(-1))
+    # A chunk of spiking neurons at a time: a synchronous burst (a random initial state) would otherwise make
+    # [spikes, D] temporaries of gigabytes at N = 1e6.
+    chunk = max(1, _EVENT_CHUNK // max(pat.slot.shape[1], 1))
+    for lo in range(0, j.numel(), chunk):
+        # index_select rather than slot[j]: the advanced-indexing kernel is much slower for these row gathers
+        rows = pat.slot.index_select(0, j[lo:lo + chunk])
+        target = pat.targets(rows) + (bi[lo:lo + chunk] * (N + 1)).unsqueeze(1)
+        # Padding (slot N K) goes to the dummy target N, whatever weight it reads: clamp it into range.
+        vals = w_flat.index_select(0, rows.clamp(max=w_flat.numel() - 1).reshape(-1))
+        r.view(-1).index_add_(0, target.reshape(-1), vals)
     return r[:, :N]
 
 
 def _sequence_forward_torch(x_drive: Tensor, state0: Tensor, w: Tensor, pre: Tensor, a_m: float, a_s: float,
-                            b: float, bc: float, ac: float, reuse_weights: bool = False) -> Tuple[Tensor, Tensor]:
+                            b: float, bc: float, ac: float) -> Tuple[Tensor, Tensor]:
     T, B, N = x_drive.shape
     dtype, dev = state0.dtype, state0.device
     acc = acc_dtype(dtype)
     pat = _pattern(pre)
-    w_out = _outgoing_weights(w, pat.slot, acc, cache=reuse_weights)
+    w_flat = w.detach().reshape(-1).to(acc)  # a view for float32/float64 weights: nothing of size N K is copied
     states = torch.empty(T, B, 2 * N, dtype=dtype, device=dev)
     st = states if acc == dtype else torch.empty(T, B, 2 * N, dtype=acc, device=dev)  # written in place
     fire_all = torch.empty(T, B, N, dtype=torch.bool, device=dev)
@@ -199,7 +224,7 @@ def _sequence_forward_torch(x_drive: Tensor, state0: Tensor, w: Tensor, pre: Ten
     I, V = state0[:, :N].to(acc), state0[:, N:].to(acc)
     fire = V > 1.0
     for t in range(T):
-        r = _event_recurrent(fire, pat.post, w_out)
+        r = _event_recurrent(fire, pat, w_flat)
         I_new, V_new = st[t, :, :N], st[t, :, N:]
         # balanced_step's operation order: a_m (1 - s) V + b I + bc r + (1 - a_m) u
         torch.mul(V.masked_fill(fire, 0.0), a_m, out=V_new).add_(b * I).add_(bc * r)
@@ -257,15 +282,16 @@ def _weight_grad_events(g_r: Tensor, fire_in: Tensor, pre: Tensor) -> Tensor:
     T, B, N = g_r.shape
     K = pre.shape[1]
     pat = _pattern(pre)
-    D = pat.post.shape[1]
+    D = pat.slot.shape[1]
     g_pad = torch.cat([g_r, g_r.new_zeros(T, B, 1)], dim=-1).reshape(-1)  # [T B (N + 1)], dummy target N
     g_w = g_r.new_zeros(N * K + 1)  # slot N K collects the padding
     tb, j = fire_in.reshape(T * B, N).nonzero(as_tuple=True)
     chunk = max(1, (1 << 22) // max(D, 1))  # bounded [events, D] temporaries
     for lo in range(0, j.numel(), chunk):
         jj, row = j[lo:lo + chunk], tb[lo:lo + chunk]
-        vals = g_pad.index_select(0, (pat.post.index_select(0, jj) + (row * (N + 1)).unsqueeze(1)).reshape(-1))
-        g_w.index_add_(0, pat.slot.index_select(0, jj).reshape(-1), vals)
+        rows = pat.slot.index_select(0, jj)
+        vals = g_pad.index_select(0, (pat.targets(rows) + (row * (N + 1)).unsqueeze(1)).reshape(-1))
+        g_w.index_add_(0, rows.reshape(-1), vals)
     return g_w[:N * K].reshape(N, K)
 
 
@@ -326,16 +352,15 @@ def _triton_module():
 @torch.library.custom_op("surroflos::balanced_sequence", mutates_args=())
 def _sequence_op(x_drive: Tensor, state0: Tensor, weight_rec: Tensor, pre_idx: Tensor, a_m: float, a_s: float,
                  b: float, bc: float, ac: float, surrogate_id: int, scale: float, detach_reset: bool,
-                 backend: str, reuse_weights: bool = False) -> Tuple[Tensor, Tensor]:
+                 backend: str) -> Tuple[Tensor, Tensor]:
     if backend == "triton":
-        return _triton_module().sequence_forward(x_drive, state0, weight_rec, _pattern(pre_idx).pre32,
+        return _triton_module().sequence_forward(x_drive, state0, weight_rec, _pattern(pre_idx).pre32(pre_idx),
                                                  a_m, a_s, b, bc, ac)
-    return _sequence_forward_torch(x_drive, state0, weight_rec, pre_idx, a_m, a_s, b, bc, ac, reuse_weights)
+    return _sequence_forward_torch(x_drive, state0, weight_rec, pre_idx, a_m, a_s, b, bc, ac)
 
 
 @_sequence_op.register_fake
-def _(x_drive, state0, weight_rec, pre_idx, a_m, a_s, b, bc, ac, surrogate_id, scale, detach_reset, backend,
-      reuse_weights=False):
+def _(x_drive, state0, weight_rec, pre_idx, a_m, a_s, b, bc, ac, surrogate_id, scale, detach_reset, backend):
     T, B, N = x_drive.shape
     return state0.new_empty(T, B, N), state0.new_empty(T, B, 2 * N)
 
@@ -347,8 +372,8 @@ def _sequence_backward_op(g_spikes: Tensor, g_states: Tensor, state0: Tensor, st
                           backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     if backend == "triton":
         pat = _pattern(pre_idx)
-        return _triton_module().sequence_backward(g_spikes, g_states, state0, states, weight_rec, pat.pre32,
-                                                  pat.post32, _outgoing_weights(weight_rec, pat.slot, weight_rec.dtype),
+        return _triton_module().sequence_backward(g_spikes, g_states, state0, states, weight_rec, pat.pre32(pre_idx),
+                                                  pat.post32(), _outgoing_weights(weight_rec, pat.slot, weight_rec.dtype),
                                                   a_m, a_s, b, bc, ac, surrogate_id, scale, detach_reset, need_w)
     return _sequence_backward_torch(g_spikes, g_states, state0, states, weight_rec, pre_idx, a_m, a_s, b, bc, ac,
                                     surrogate_id, scale, detach_reset, need_w)
@@ -389,7 +414,8 @@ _sequence_op.register_autograd(_sequence_backward, setup_context=_sequence_setup
 def _tangent_op(d: Tensor, e: Tensor, Q: Tensor, weight_rec: Tensor, pre_idx: Tensor, a_m: float, a_s: float,
                 b: float, bc: float, ac: float, backend: str) -> Tensor:
     if backend == "triton":
-        return _triton_module().tangent_forward(d, e, Q, weight_rec, _pattern(pre_idx).pre32, a_m, a_s, b, bc, ac)
+        return _triton_module().tangent_forward(d, e, Q, weight_rec, _pattern(pre_idx).pre32(pre_idx), a_m, a_s, b, bc,
+                                                ac)
     return _tangent_forward_torch(d, e, Q, weight_rec, pre_idx, a_m, a_s, b, bc, ac)
 
 
@@ -404,7 +430,7 @@ def _tangent_backward_op(grad: Tensor, d: Tensor, e: Tensor, Q: Tensor, weight_r
                          backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     if backend == "triton":
         pat = _pattern(pre_idx)
-        return _triton_module().tangent_backward(grad, d, e, Q, weight_rec, pat.pre32, pat.post32,
+        return _triton_module().tangent_backward(grad, d, e, Q, weight_rec, pat.pre32(pre_idx), pat.post32(),
                                                  _outgoing_weights(weight_rec, pat.slot, weight_rec.dtype),
                                                  a_m, a_s, b, bc, ac, need_w)
     return _tangent_backward_torch(grad, d, e, Q, weight_rec, pre_idx, a_m, a_s, b, bc, ac, need_w)
@@ -522,10 +548,8 @@ def balanced_sequence(x_drive: Tensor, state0: Tensor, weight_rec: Tensor, pre_i
     coef = _coefficients(a_m, a_s, b, bc, ac)
     surr = sg.get(surrogate)
     resolved = _resolve(backend, x_drive.device)
-    # Without gradient (BalancedNetwork.simulate, rollouts) the out-going weights are gathered once per
-    # weight tensor and reused across calls (see _outgoing_weights); with gradient, at every call.
     return _sequence_op(x_drive, state0, weight_rec, pre_idx, *coef, surr.id, float(surr.scale),
-                        bool(detach_reset), resolved, not torch.is_grad_enabled())
+                        bool(detach_reset), resolved)
 
 
 def balanced_tangent_fused(d: Tensor, e: Tensor, Q: Tensor, weight_rec: Tensor, pre_idx: Tensor, a_m: float,

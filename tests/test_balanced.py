@@ -73,7 +73,7 @@ def total_input_ratio(net: BalancedNetwork, spikes: torch.Tensor, burn: int) -> 
 def test_exactly_K_distinct_partners_no_self_loops(N, K):
     net = BalancedNetwork(N, K, generator=gen(0))
     pre = net.pre_idx
-    assert pre.shape == (N, K) and pre.dtype == torch.long
+    assert pre.shape == (N, K) and pre.dtype == torch.int32
     assert int(pre.min()) >= 0 and int(pre.max()) < N
     assert not bool((pre == torch.arange(N).unsqueeze(1)).any()), "self-connection"
     srt = pre.sort(dim=1).values
@@ -103,6 +103,32 @@ def test_graph_is_uniform_random():
     assert not torch.equal(pre, sparse_fixed_indegree(N, K, generator=gen(2))[0])
 
 
+@pytest.mark.parametrize("ei", [False, True])
+@pytest.mark.parametrize("N,K", [(300, 12), (40, 30)])  # sparse draw with redraws; dense top-k branch
+def test_graph_does_not_depend_on_chunks_or_dtype(monkeypatch, ei, N, K):
+    """Drawing a chunk of rows at a time and storing int32 give the ids of one draw of all rows (int64)."""
+    from surroflos.models import balanced as mbal
+
+    whole = sparse_fixed_indegree(N, K, generator=gen(7), ei=ei)
+    assert whole[0].dtype == torch.int64
+    monkeypatch.setattr(mbal, "_ROW_CHUNK", 3 * K + 1)  # 3 rows per chunk
+    small = sparse_fixed_indegree(N, K, generator=gen(7), ei=ei, dtype=torch.int32)
+    assert small[0].dtype == torch.int32 and small[1:] == whole[1:]
+    assert torch.equal(small[0].long(), whole[0])
+    rows = small[0].long()
+    assert not bool((rows == torch.arange(N).unsqueeze(1)).any())  # no autapses
+    assert bool((rows[:, 1:] != rows[:, :-1]).all())  # distinct partners
+
+
+def test_network_stores_int32_ids_and_loads_int64_checkpoints():
+    net = BalancedNetwork(50, 6, generator=gen(3))
+    assert net.pre_idx.dtype == torch.int32
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    state["pre_idx"] = BalancedNetwork(50, 6, generator=gen(4)).pre_idx.long()  # an int64 checkpoint
+    net.load_state_dict(state)
+    assert net.pre_idx.dtype == torch.int32 and torch.equal(net.pre_idx.long(), state["pre_idx"])
+
+
 def test_ei_structure():
     N, K, f_E, g = 400, 40, 0.8, 5.0
     net = BalancedNetwork(N, K, J0=1.0, ei=True, f_E=f_E, g=g, generator=gen(3))
@@ -128,12 +154,16 @@ def test_memory_is_O_NK_and_N10000_simulates():
     assert spikes.shape == (300, 1, N) and spikes.dtype == torch.bool
     rate = spikes[100:].float().mean().item() / net.dt
     assert 0.3 * net.balanced_rate() < rate < 3 * net.balanced_rate()
-    tensors = list(net.state_dict().values()) + list(net._csr[:2])
-    total = sum(t.numel() for t in tensors)
-    # pattern and values [N, K]; out-pattern padded to the largest out-degree (binomial, < K + 8 sqrt(K))
+    from surroflos.kernels.balanced import _PATTERNS
+
+    pattern = _PATTERNS[id(net.pre_idx)][2]  # what simulate built and keeps: slot only (int32)
+    assert pattern.slot.dtype == torch.int32 and pattern._post32 is None and pattern._pre32 is None
+    tensors = list(net.state_dict().values()) + [pattern.slot]
+    total = sum(t.numel() * t.element_size() for t in tensors)
+    # pattern and values [N, K]; slot padded to the largest out-degree (binomial, < K + 8 sqrt(K))
     assert max(t.numel() for t in tensors) <= N * (K + 8 * math.sqrt(K))
-    assert total <= 6 * N * K + 10 * N
-    assert total < N * N / 10
+    assert total <= (8 + 4 + 4 * (1 + 8 / math.sqrt(K))) * N * K + 64 * N  # bytes: int64 ids, float32 weights, slot
+    assert total < 4 * N * N / 10  # a tenth of a dense float32 matrix
     # the differentiable step works at this size too (gathers N K entries per step)
     out, state = net.step(torch.zeros(2, 0), net.initial_state(2, random=True, generator=gen(6)))
     assert out.shape == (2, N) and state.shape == (2, 2 * N) and bool(torch.isfinite(state).all())

@@ -310,16 +310,38 @@ def test_input_errors():
 def test_out_pattern_is_the_transpose_and_cached():
     net = BalancedNetwork(30, 4, generator=gen(11))
     post, slot = out_pattern(net.pre_idx)
+    assert post.dtype == slot.dtype == torch.int32
+    post, slot = post.long(), slot.long()
     N, K = net.pre_idx.shape
     real = slot < N * K
     assert int(real.sum()) == N * K and torch.equal(slot[real].sort().values, torch.arange(N * K))
+    assert torch.equal(post[~real], torch.full_like(post[~real], N))  # padding: the dummy target
     i = torch.div(slot[real], K, rounding_mode="floor")
     assert torch.equal(post[real], i)  # post = the neuron owning that synapse
     j = torch.arange(N).unsqueeze(1).expand_as(slot)[real]
     assert torch.equal(net.pre_idx.reshape(-1)[slot[real]], j)  # ... whose presynaptic id is the row
-    assert out_pattern(net.pre_idx)[0] is post  # cached
+    # within a row, the synapses in their order in weight_rec (a stable grouping)
+    assert bool((slot[:, 1:] > slot[:, :-1])[real[:, 1:]].all())
+    assert out_pattern(net.pre_idx)[1] is out_pattern(net.pre_idx)[1]  # cached
+    before = out_pattern(net.pre_idx)[1]
     net.pre_idx.copy_(BalancedNetwork(30, 4, generator=gen(12)).pre_idx)  # in place: rebuilt
-    assert out_pattern(net.pre_idx)[0] is not post
+    assert out_pattern(net.pre_idx)[1] is not before
+
+
+@pytest.mark.parametrize("N,K,chunk", [(200, 7, 1), (200, 7, 50), (57, 56, 100), (1000, 30, 333)])
+def test_pattern_built_in_chunks_equals_one_stable_sort(monkeypatch, N, K, chunk):
+    """The chunked counting sort gives the slot array of one stable argsort of all ids (the brute force)."""
+    import surroflos.kernels.balanced as kbal
+
+    pre = BalancedNetwork(N, K, generator=gen(N + K)).pre_idx
+    monkeypatch.setattr(kbal, "_BUILD_CHUNK", chunk)
+    got = kbal._build_pattern(pre).slot.long()
+    flat = pre.reshape(-1)
+    want = torch.full_like(got, N * K)
+    for j in range(N):
+        mine = torch.nonzero(flat == j).reshape(-1)  # ascending positions of j's synapses
+        want[j, :mine.numel()] = mine
+    assert torch.equal(got, want)
 
 
 def test_triton_on_cpu_without_interpreter_raises(monkeypatch):

@@ -505,13 +505,12 @@ class EventNetwork:
         pre_idx[post_s, rank] = pre_s
         weight[post_s, rank] = self.jump[pre_s]
         device = net.weight_rec.device
-        net.pre_idx = torch.as_tensor(pre_idx, device=device)
+        net.pre_idx = torch.as_tensor(pre_idx, device=device).to(torch.int32)
         w = torch.as_tensor(weight, dtype=dtype, device=device)
         if isinstance(net.weight_rec, torch.nn.Parameter):
             net.weight_rec = torch.nn.Parameter(w)
         else:
             net.weight_rec = w
-        net._csr = None
         return net
 
     def balanced_state(self, state: Optional[np.ndarray] = None):

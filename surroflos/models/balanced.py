@@ -64,7 +64,7 @@ Surrogate spectra depend on ``dt`` and the surrogate: a neuron near threshold co
 ``1/dt`` (measured at N = 200, K = 20: lambda_1 ~ 1500/s with atan(2) at dt = 0.1 ms, ~160/s with
 fast_sigmoid(25); ~490/s and ~-30/s at dt = 0.5 ms).
 
-Storage: ``pre_idx [N, K]`` (int64 buffer: presynaptic ids, sorted per row) and ``weight_rec [N, K]``
+Storage: ``pre_idx [N, K]`` (int32 buffer: presynaptic ids, sorted per row) and ``weight_rec [N, K]``
 (values; an ``nn.Parameter`` with ``learn_recurrent=True``, else a buffer). Trainable weights keep the
 fixed sparsity pattern; no ``N x N`` matrix is ever formed. The differentiable step gathers
 ``s[..., pre_idx]`` (``B N K`` temporaries; ``B N K k`` in the tangent map).
@@ -95,21 +95,21 @@ from torch import nn
 from .. import surrogate as sg
 from .._random import rand, randn
 from ..kernels.backend import check_backend, resolve_backend
-from ..kernels.balanced import balanced_sequence, balanced_tangent_fused, out_pattern
+from ..kernels.balanced import balanced_sequence, balanced_tangent_fused, prepare_pattern
 from .base import RecurrentModel, Rollout, check_inputs, check_state_and_model
 
 __all__ = ["BalancedParams", "BalancedNetwork", "balanced_step", "balanced_tangent", "balanced_tangent_kernel",
            "sparse_fixed_indegree", "plot_raster", "SYNAPSE_NORMS"]
 
 SYNAPSE_NORMS = ("tau_m", "tau_s")
-_SIM_CHUNK_BYTES = 64 << 20  # simulate(): states kept per chunk of time
+_SIM_CHUNK_BYTES = 16 << 20  # simulate(): states kept per chunk of time (nothing of size N K is redone per chunk)
 
 
 class BalancedParams(NamedTuple):
     """Tensors and constants read by :func:`balanced_step` and :func:`balanced_tangent`."""
 
     weight_rec: torch.Tensor  # w [N, K]: weight of the k-th synapse onto neuron i
-    pre_idx: torch.Tensor  # [N, K] int64: presynaptic neuron of that synapse
+    pre_idx: torch.Tensor  # [N, K] int32 (int64 accepted): presynaptic neuron of that synapse
     weight_in: torch.Tensor  # W_in [N, n_in]
     drive: torch.Tensor  # I_ext, scalar or [N]
     a_m: float  # exp(-dt / tau_m)
@@ -211,7 +211,11 @@ def balanced_tangent_kernel(x: torch.Tensor, state: torch.Tensor, p: BalancedPar
 # ----------------------------------------------------------------------------------------------
 
 
-def _sample_rows(n_rows: int, pool: int, k: int, self_idx: Optional[torch.Tensor], generator) -> torch.Tensor:
+_ROW_CHUNK = 1 << 22  # entries per chunk when drawing the connectivity (bounds the temporaries)
+
+
+def _sample_rows(n_rows: int, pool: int, k: int, self_idx: Optional[torch.Tensor], generator,
+                 dtype: torch.dtype = torch.long) -> torch.Tensor:
     """``[n_rows, k]`` distinct indices in ``[0, pool)`` per row, excluding ``self_idx[row]`` if given.
 
     Sparse case (k small against the pool): draw with replacement and redraw duplicates until none are left
@@ -221,9 +225,15 @@ def _sample_rows(n_rows: int, pool: int, k: int, self_idx: Optional[torch.Tensor
     if k > m:
         raise ValueError(f"cannot draw {k} distinct presynaptic partners from {m} candidates")
     if k == 0:
-        return torch.zeros(n_rows, 0, dtype=torch.long)
+        return torch.zeros(n_rows, 0, dtype=dtype)
     if 4 * k <= m:
-        idx = torch.randint(0, m, (n_rows, k), generator=generator).sort(dim=1).values
+        # Drawn and sorted a chunk of rows at a time into one [n_rows, k] tensor: the same random stream as one
+        # draw of all rows, without its sort's full-size temporaries (values and int64 indices: 1.6 GB at
+        # N = 1e6, K = 100).
+        idx = torch.empty(n_rows, k, dtype=dtype)
+        step = max(1, _ROW_CHUNK // k)
+        for lo in range(0, n_rows, step):
+            idx[lo:lo + step] = torch.randint(0, m, (min(step, n_rows - lo), k), generator=generator).sort(dim=1).values
         rows = torch.arange(n_rows)
         sub = idx
         while True:  # only rows that still hold a duplicate are redrawn and re-sorted
@@ -233,7 +243,7 @@ def _sample_rows(n_rows: int, pool: int, k: int, self_idx: Optional[torch.Tensor
             if not bool(bad.any()):
                 break
             rows, sub, dup = rows[bad], sub[bad], dup[bad]
-            sub[dup] = torch.randint(0, m, (int(dup.sum()),), generator=generator)
+            sub[dup] = torch.randint(0, m, (int(dup.sum()),), generator=generator).to(sub.dtype)
             sub = sub.sort(dim=1).values
             idx[rows] = sub
     else:
@@ -243,15 +253,20 @@ def _sample_rows(n_rows: int, pool: int, k: int, self_idx: Optional[torch.Tensor
             rows = min(chunk, n_rows - start)
             keys = torch.rand(rows, m, generator=generator)
             parts.append(keys.topk(k, dim=1).indices)
-        idx = torch.cat(parts).sort(dim=1).values
+        idx = torch.cat(parts).sort(dim=1).values.to(dtype)
     if self_idx is not None:  # skip self: candidates >= self shift up by one (monotone, so rows stay sorted)
-        idx = idx + (idx >= self_idx.unsqueeze(1)).long()
+        step = max(1, _ROW_CHUNK // max(k, 1))
+        for lo in range(0, n_rows, step):  # in place, a chunk at a time (no full-size temporaries)
+            part = idx[lo:lo + step]
+            part += part >= self_idx[lo:lo + step].unsqueeze(1)
     return idx
 
 
 def sparse_fixed_indegree(N: int, K: int, *, generator: torch.Generator | None = None,
-                          ei: bool = False, f_E: float = 0.8) -> tuple[torch.Tensor, int, int, int]:
-    """Presynaptic ids ``[N, K]`` (int64, CPU) of a random fixed-in-degree graph without self-loops.
+                          ei: bool = False, f_E: float = 0.8,
+                          dtype: torch.dtype = torch.long) -> tuple[torch.Tensor, int, int, int]:
+    """Presynaptic ids ``[N, K]`` (``dtype``, int64 by default; CPU) of a random fixed-in-degree graph without
+    self-loops. The ids do not depend on ``dtype`` (int32 halves the memory: 0.4 GB at N = 1e6, K = 100).
 
     Returns ``(pre_idx, N_E, K_E, K_I)``. With ``ei=False`` every neuron draws ``K`` distinct partners
     among the other ``N - 1`` (``N_E = 0``, ``K_E = 0``, ``K_I = K``). With ``ei=True`` neurons
@@ -261,7 +276,7 @@ def sparse_fixed_indegree(N: int, K: int, *, generator: torch.Generator | None =
         raise ValueError("the connectivity is drawn on the CPU: pass a CPU torch.Generator")
     rows = torch.arange(N)
     if not ei:
-        return _sample_rows(N, N, K, rows, generator), 0, 0, K
+        return _sample_rows(N, N, K, rows, generator, dtype), 0, 0, K
     N_E = int(round(f_E * N))
     K_E = int(round(f_E * K))
     N_I, K_I = N - N_E, K - K_E
@@ -269,10 +284,10 @@ def sparse_fixed_indegree(N: int, K: int, *, generator: torch.Generator | None =
         raise ValueError(f"ei=True with N={N}, K={K}, f_E={f_E}: each neuron needs K_E={K_E} excitatory and "
                          f"K_I={K_I} inhibitory partners, but there are only N_E={N_E} and N_I={N_I} "
                          "neurons in the populations (one of which may be itself); increase N")
-    eE = _sample_rows(N_E, N_E, K_E, rows[:N_E], generator)  # E <- E
-    iE = _sample_rows(N_I, N_E, K_E, None, generator)  # I <- E
-    eI = _sample_rows(N_E, N_I, K_I, None, generator) + N_E  # E <- I
-    iI = _sample_rows(N_I, N_I, K_I, rows[:N_I], generator) + N_E  # I <- I
+    eE = _sample_rows(N_E, N_E, K_E, rows[:N_E], generator, dtype)  # E <- E
+    iE = _sample_rows(N_I, N_E, K_E, None, generator, dtype)  # I <- E
+    eI = _sample_rows(N_E, N_I, K_I, None, generator, dtype) + N_E  # E <- I
+    iI = _sample_rows(N_I, N_I, K_I, rows[:N_I], generator, dtype) + N_E  # I <- I
     pre = torch.cat([torch.cat([eE, eI], dim=1), torch.cat([iE, iI], dim=1)], dim=0)
     return pre, N_E, K_E, K_I
 
@@ -371,13 +386,14 @@ class BalancedNetwork(RecurrentModel):
         self.detach_reset = bool(detach_reset)
         self.backend = check_backend(backend)
 
-        pre, self.N_E, self.K_E, self.K_I = sparse_fixed_indegree(N, K, generator=generator, ei=self.ei, f_E=f_E)
+        pre, self.N_E, self.K_E, self.K_I = sparse_fixed_indegree(N, K, generator=generator, ei=self.ei, f_E=f_E,
+                                                                  dtype=torch.int32)
         scale = J0 / math.sqrt(K)
         w = torch.full((N, K), -scale, dtype=dtype)
         if self.ei:
             w[:, :self.K_E] = scale
             w[:, self.K_E:] = -self.g * scale
-        self.register_buffer("pre_idx", pre.to(device))
+        self.register_buffer("pre_idx", pre.to(device=device, dtype=torch.int32))  # ids < N: int32 halves 0.8 GB at 1e6
         if learn_recurrent:
             self.weight_rec = nn.Parameter(w.to(device))
         else:
@@ -391,7 +407,6 @@ class BalancedNetwork(RecurrentModel):
         with torch.no_grad():
             self.readout_layer.weight.copy_(rand(n_out, N, generator=generator, dtype=dtype) * 2 * bound - bound)
             self.readout_layer.bias.zero_()
-        self._csr: Optional[tuple] = None
 
         # Exact one-step propagator of the linear flow.
         if synapse_norm == "tau_s":
@@ -471,19 +486,6 @@ class BalancedNetwork(RecurrentModel):
 
     # -- event-driven simulation ---------------------------------------------------------------
 
-    def _out_pattern(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Presynaptic-major copy of the pattern, padded to the largest out-degree ``D`` (cached).
-
-        ``post [N, D]``: targets of each neuron's spikes (padding: the dummy target ``N``); ``slot [N, D]``:
-        position of that synapse in ``weight_rec.reshape(-1)`` (padding: ``N K``, a zero weight appended).
-        The event-driven sequence reads the same cached copy (:func:`surroflos.kernels.balanced.out_pattern`).
-        """
-        pre = self.pre_idx
-        if self._csr is None or self._csr[2] is not pre or self._csr[3] != pre._version:
-            post, slot = out_pattern(pre)  # rebuilt after .to(device) or an in-place change (load_state_dict)
-            self._csr = (post, slot, pre, pre._version)
-        return self._csr[0], self._csr[1]
-
     def _sequence_backend(self, device: torch.device) -> Optional[str]:
         """The resolved backend of the fused sequence, or None for the generic per-step loop."""
         backend = resolve_backend(self.backend, device)
@@ -549,7 +551,7 @@ class BalancedNetwork(RecurrentModel):
         ``(V[t] - a_m (1 - s[t-1]) V[t-1]) / (1 - a_m)``.
 
         Runs :func:`~surroflos.kernels.balanced.balanced_sequence` (event driven on the ``"torch"`` backend)
-        in chunks of time, so the intermediate states never take more than about 64 MiB.
+        in chunks of time, so the intermediate states never take more than about 16 MiB.
         """
         steps = _check_int("steps", steps, 1)
         f = self._factory()
@@ -578,7 +580,7 @@ class BalancedNetwork(RecurrentModel):
         state = state0.to(f["device"])
         N = self.N
         backend = resolve_backend(self.backend, state.device)  # the built-in dynamics, as always
-        self._out_pattern()  # build (or refresh) the cached event pattern the torch path reads
+        prepare_pattern(self.pre_idx)  # build (or refresh) the cached event pattern the torch path reads
         out = torch.empty(steps, B, N, dtype=torch.bool, device=f["device"])
         total = torch.zeros(B, N, dtype=torch.float64, device=f["device"]) if return_state else None
         chunk = max(1, _SIM_CHUNK_BYTES // (B * 2 * N * state.element_size()))
