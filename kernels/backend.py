@@ -37,7 +37,18 @@ class CpuKernelUnavailableError(RuntimeError):
     """``backend="cpu"`` was asked for where the compiled CPU kernels cannot run."""
 
 
-@torch.compiler.assume_constant_result  # torch.compile runs it once at trace time instead of tracing numba
+def constant_result(fn):
+    """Mark ``fn`` so that ``torch.compile`` calls it once while tracing and keeps its answer as a constant.
+
+    What ``torch.compiler.assume_constant_result`` does, without its import of ``torch._dynamo`` (1.5 s and
+    145 MB at ``import surroflos``). For functions of the environment, Triton's knobs or dtypes, which
+    Dynamo cannot trace and which do not change within a process.
+    """
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@constant_result  # torch.compile runs it once at trace time instead of tracing numba
 def cpu_kernels_importable() -> bool:
     """True when numba imports and the compiled CPU kernels build (checked once per process).
 

@@ -84,7 +84,7 @@ import torch
 from torch import Tensor
 
 from .. import surrogate as sg
-from .backend import acc_dtype, check_backend, resolve_backend
+from .backend import acc_dtype, check_backend, constant_result, resolve_backend
 
 __all__ = ["spiking_rnn_sequence", "spiking_rnn_reference", "NEURONS", "RESETS"]
 
@@ -412,10 +412,8 @@ def _resolves_to_triton(backend: str, device_type: str) -> bool:
 
 
 # torch.compile must evaluate the resolution while tracing and keep the answer as a constant (it reads
-# the environment and Triton's settings, which Dynamo cannot trace). This is what
-# torch.compiler.assume_constant_result does; it is spelled out because that function imports
-# torch._dynamo, seconds at `import surroflos`.
-_resolves_to_triton._dynamo_marked_constant = True  # type: ignore[attr-defined]
+# the environment and Triton's settings, which Dynamo cannot trace).
+_resolves_to_triton = constant_result(_resolves_to_triton)
 
 
 def _use_triton(backend: str, device: torch.device) -> bool:

@@ -45,7 +45,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from .backend import resolve_backend
+from .backend import constant_result, resolve_backend
 
 __all__ = ["dense_tangent", "block_tangent", "fused_tangent_function", "lean_dense_tangent", "lean_tangent_function",
            "TangentFn", "SPARSE_FRACTION"]
@@ -303,9 +303,8 @@ def _resolved_triton(backend: str, device: str) -> bool:
 
 
 # torch.compile: resolve at trace time and treat the answer as a constant (it reads the environment and
-# Triton's knobs, which Dynamo cannot trace). This is exactly what torch.compiler.assume_constant_result
-# does, spelled out because that function imports Dynamo (seconds) at `import surroflos`.
-_resolved_triton._dynamo_marked_constant = True  # type: ignore[attr-defined]
+# Triton's knobs, which Dynamo cannot trace).
+_resolved_triton = constant_result(_resolved_triton)
 _resolved_triton_const = _resolved_triton
 
 

@@ -93,6 +93,7 @@ with warnings.catch_warnings():
     from norse.torch.module.snn import SNN as _NorseSNN
 
 from . import surrogate as sg
+from .kernels.backend import constant_result
 
 __all__ = [
     "LIFCell", "LIFBoxCell", "LIFRecurrentCell", "LIF", "LIFBox", "LIFRecurrent",
@@ -584,12 +585,12 @@ def _trace_box_cached(x: Any, v: Any, tau_mem_inv: Any, v_leak: Any, v_th: Any, 
     return _Promotion(D, all(t.dtype == D for t in seen), spike_dtype)
 
 
-@torch.compiler.assume_constant_result  # a function of dtypes only: a constant of a compiled graph
+@constant_result  # a function of dtypes only: a constant of a compiled graph
 def _trace_lif(*tags: Any) -> _Promotion:
     return _trace_lif_cached(*tags)
 
 
-@torch.compiler.assume_constant_result
+@constant_result
 def _trace_box(*tags: Any) -> _Promotion:
     return _trace_box_cached(*tags)
 

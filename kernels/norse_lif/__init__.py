@@ -62,7 +62,7 @@ from torch import Tensor
 
 from surroflos import surrogate as sg
 
-from ..backend import acc_dtype, check_backend, resolve_backend
+from ..backend import acc_dtype, check_backend, constant_result, resolve_backend
 
 __all__ = ["lif_feed_forward_sequence", "lif_box_sequence", "RESETS"]
 
@@ -425,7 +425,7 @@ def _surrogate(surrogate: Any) -> Tuple[int, float]:
     return s.id, float(s.scale)
 
 
-@torch.compiler.assume_constant_result
+@constant_result
 def _resolve(backend: str, device: str, dtype: str) -> str:
     # Dynamo cannot trace Triton's environment knobs; the answer is a constant of the compiled graph.
     resolved = resolve_backend(backend, device, cpu_kernel=True)
