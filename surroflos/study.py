@@ -160,6 +160,21 @@ PRESETS: dict[str, dict] = {
         "cells": [{"name": f"gng-d36-s{s}", "set": {"seed": s}} for s in range(1000, 1320, 32)],
         "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}}],
     },
+    # Sixth round (exploratory, fixed before its run, new seeds 60-69): axes of question 1 no round covered. On the
+    # d = 36 go/no-go cell: flossing all k = N = 64 exponents, and preflossing for 1000 steps; Poisson input
+    # spikes instead of currents; the parametric working memory task at 5.4 tau_m (success: mean squared error
+    # <= 0.01, an RMS error of 0.1, a third of the 0.29 of always answering the mean).
+    "screen3": {
+        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, delay=36, seed=60),
+        "seeds": 10,
+        "cells": [{"name": "gng-d36-s60", "set": {}},
+                  {"name": "gng-d36-poisson", "set": {"task_params": {"encoding": "poisson"}}},
+                  {"name": "pwm-d24", "set": {"task": "pwm", "delay": 24, "success": 0.01}}],
+        "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}},
+                     {"name": "pre-k64", "set": {"flossing": "pre", "k": 64}},
+                     {"name": "pre1000-k4", "set": {"flossing": "pre", "k": 4, "pre_steps": 1000}}],
+        "only": {"gng-d36-s60": ["pre-k64", "pre1000-k4"], "gng-d36-poisson": ["pre-k4"], "pwm-d24": ["pre-k4"]},
+    },
     # A seconds-long study for tests and for trying the runner.
     "tiny": {
         "base": {"task": "xor", "model": "lif", "N": 8, "delay": 4, "T": 12, "epochs": 2, "steps_per_epoch": 2,
