@@ -175,6 +175,14 @@ PRESETS: dict[str, dict] = {
                      {"name": "pre1000-k4", "set": {"flossing": "pre", "k": 4, "pre_steps": 1000}}],
         "only": {"gng-d36-s60": ["pre-k64", "pre1000-k4"], "gng-d36-poisson": ["pre-k4"], "pwm-d24": ["pre-k4"]},
     },
+    # The sixth round's lead (k = N = 64: 5/10 against 3/10) on 32 new seeds (200-231), fixed before its run.
+    # Primary endpoint: final success (Fisher, two-sided 0.05).
+    "confirm_k64": {
+        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, delay=36, seed=200),
+        "seeds": 32,
+        "cells": [{"name": "gng-d36-s200", "set": {}}],
+        "flossing": [{"name": "pre-k64", "set": {"flossing": "pre", "k": 64}}],
+    },
     # A seconds-long study for tests and for trying the runner.
     "tiny": {
         "base": {"task": "xor", "model": "lif", "N": 8, "delay": 4, "T": 12, "epochs": 2, "steps_per_epoch": 2,
