@@ -366,6 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--rules", nargs="+", choices=RULES, help="learning rules (a grid axis)")
     w.add_argument("--local", nargs="+", choices=["no", "yes"], help="local flossing off/on (a grid axis; "
                    "'yes' applies to flossing pre/during only, 'yes' with flossing none is skipped)")
+    w.add_argument("--lrs", nargs="+", type=at.positive_float,
+                   help="learning rates lr (a grid axis; replaces a preset's lr, not to be given with --lr)")
+    w.add_argument("--betas", nargs="+", type=at.unit_float, help="membrane decays beta per step of spiking "
+                   "models (a grid axis)")
+    w.add_argument("--targets", nargs="+", type=at.finite_float, help="flossing targets of the exponents (a grid "
+                   "axis; runs with flossing none ignore it and run once, with the default target)")
     w.add_argument("--epochs", type=at.positive_int)
     w.add_argument("--steps-per-epoch", type=at.positive_int)
     w.add_argument("--N", type=at.positive_int)

@@ -1,4 +1,5 @@
-"""Grids of training runs (tasks x delays x models x flossing modes [x gains x rules x local] x seeds):
+"""Grids of training runs (tasks x delays x models x flossing modes [x gains x lrs x betas x targets x rules x
+local] x seeds):
 ``surroflos sweep``.
 
 Each run is an ordinary :func:`surroflos.train.train` run in ``OUT/runs/<name>/``. A run whose
@@ -48,6 +49,15 @@ columns g, rule and local (after delay) and the test loss averaged over the epoc
 and per task and model ``gain_<task>_<model>.png`` (metric, that mean loss and lambda_1 at
 initialisation / after preflossing / after training against g, one line per rule x flossing mode) and
 ``gain_curves_<task>_<model>.png`` (learning curves per gain) replace the learning-curve plot.
+
+Grids may vary the member-wise training settings too: the learning rate, the spiking membrane decay and
+the flossing target (``lrs``, ``betas``, ``targets``; CLI ``--lrs``, ``--betas``, ``--targets``; ``None``
+in a list: the base's value). Such runs still pack into one ensemble. A field given by one of these axes
+may not also be set in the base (CLI: ``--lrs`` replaces a preset's ``lr``; with ``--lr`` it is an error).
+The tables get a column lr, beta or target (after delay, g, rule and local) for each of these axes that the
+sweep sets or that differs between its runs, and the learning-speed column; the plots draw one line per
+value. A run without flossing does not depend on the target, so ``targets`` applies to the flossing runs
+only: the ``"none"`` runs are run once, with the base's target.
 """
 
 from __future__ import annotations
@@ -88,9 +98,13 @@ class SweepSpec:
     ``gains``: recurrent gains ``g`` (``None``: the base's ``g``); ``rules``: learning rules
     (``TrainConfig.rule``); ``local``: local flossing on/off (``TrainConfig.local_flossing``). Local
     flossing acts on flossing bouts only, so ``local=True`` with flossing ``"none"`` is skipped (the
-    plain ``"none"`` run is the one with ``local=False``). Runs with the defaults (``[None]``,
-    ``["bptt"]``, ``[False]``) keep their names; other values add ``-g<g>``, ``-<rule>``, ``-local``
-    before the ``-s<seed>`` of the name.
+    plain ``"none"`` run is the one with ``local=False``). ``lrs``, ``betas``, ``targets``: learning
+    rates ``lr``, membrane decays ``beta`` (spiking models; rate networks ignore it) and flossing targets
+    ``target`` (``None``: the base's value; a field set by an axis may not be in ``base`` too). The
+    target acts on flossing bouts only, so runs with flossing ``"none"`` ignore ``targets``: each is run
+    once, with the base's target. Runs with the defaults (``[None]``, ``["bptt"]``, ``[False]``) keep
+    their names; other values add ``-g<g>``, ``-lr<lr>``, ``-b<beta>``, ``-t<target>``, ``-<rule>``,
+    ``-local`` before the ``-s<seed>`` of the name.
     """
 
     tasks: list = field(default_factory=lambda: ["xor"])
@@ -103,6 +117,14 @@ class SweepSpec:
     gains: list = field(default_factory=lambda: [None])
     rules: list = field(default_factory=lambda: ["bptt"])
     local: list = field(default_factory=lambda: [False])
+    lrs: list = field(default_factory=lambda: [None])
+    betas: list = field(default_factory=lambda: [None])
+    targets: list = field(default_factory=lambda: [None])
+
+
+# The member-wise axes beyond the gain: TrainConfig field -> (SweepSpec axis, run-name prefix). Their values
+# keep every tensor's shape (surroflos.train.MEMBER_FIELDS), so runs differing in them still share a pack.
+HPARAM_AXES = {"lr": ("lrs", "lr"), "beta": ("betas", "b"), "target": ("targets", "t")}
 
 
 # Presets sized to run on a laptop CPU in about 45 minutes in all with one worker (the papers' networks
@@ -144,15 +166,25 @@ PRESETS["gain"] = SweepSpec(
           "lyap_every": 5, "spectrum_T": 200, "eval_batch": 256})
 
 
-def run_name(cfg: TrainConfig, *, gain_suffix: bool = False) -> str:
-    """The run's folder name: ``task-d<delay>-model-flossing[-g<g>][-<rule>][-local]-s<seed>``.
+def run_name(cfg: TrainConfig, *, gain_suffix: bool = False, hparams: Sequence[str] = ()) -> str:
+    """The run's folder name:
+    ``task-d<delay>-model-flossing[-g<g>][-lr<lr>][-b<beta>][-t<target>][-<rule>][-local]-s<seed>``.
 
     The bracketed parts appear only for non-default axis values (``gain_suffix``: the sweep set ``g``;
-    a rule other than ``bptt``; local flossing), so runs of grids without them keep their names.
+    ``hparams``: the fields of :data:`HPARAM_AXES` the sweep set; a rule other than ``bptt``; local
+    flossing), so runs of grids without them keep their names.
     """
-    extra = (f"-g{cfg.g:g}" if gain_suffix else "") + (f"-{cfg.rule}" if cfg.rule != "bptt" else "") \
-        + ("-local" if cfg.local_flossing else "")
+    extra = f"-g{cfg.g:g}" if gain_suffix else ""
+    extra += "".join(f"-{prefix}{_short(getattr(cfg, f))}" for f, (_, prefix) in HPARAM_AXES.items() if f in hparams)
+    extra += (f"-{cfg.rule}" if cfg.rule != "bptt" else "") + ("-local" if cfg.local_flossing else "")
     return f"{cfg.task}-d{cfg.delay}-{cfg.model}-{cfg.flossing}{extra}-s{cfg.seed}"
+
+
+def _short(v: float) -> str:
+    """``v`` in a name: ``:g`` (``0.001``, ``1e-05``, ``-0.01``) where that reads back as ``v``, else the
+    shortest form that does (``repr``), so two values never share a name; digits, ``.``, ``-``, ``+``, ``e``."""
+    text = f"{v:g}"
+    return text if float(text) == v else repr(float(v))
 
 
 def _is_int(v) -> bool:
@@ -172,7 +204,8 @@ def check_spec(spec: SweepSpec) -> None:
     bad = sorted(map(str, set(spec.base) - known))
     if bad:
         raise ConfigError(f"unknown TrainConfig fields in the sweep's base: {bad}")
-    for name in ("tasks", "delays", "models", "flossing", "seeds", "gains", "rules", "local"):
+    for name in ("tasks", "delays", "models", "flossing", "seeds", "gains", "rules", "local", "lrs", "betas",
+                 "targets"):
         values = getattr(spec, name)
         if not isinstance(values, (list, tuple)):
             raise ConfigError(f"{name} must be a list, got {values!r}")
@@ -194,6 +227,16 @@ def check_spec(spec: SweepSpec) -> None:
     for gain in spec.gains:
         if gain is not None and not (_is_real(gain) and gain >= 0):
             raise ConfigError(f"gains must be finite numbers >= 0 (or None: the base g), got {gain!r}")
+    # The ranges TrainConfig's validate accepts, named by the axis.
+    for v in spec.lrs:
+        if v is not None and not (_is_real(v) and v > 0):
+            raise ConfigError(f"lrs must be finite numbers > 0 (or None: the base lr), got {v!r}")
+    for v in spec.betas:
+        if v is not None and not (_is_real(v) and 0 <= v <= 1):
+            raise ConfigError(f"betas must lie in [0, 1] (a decay per step; or None: the base beta), got {v!r}")
+    for v in spec.targets:
+        if v is not None and not _is_real(v):
+            raise ConfigError(f"targets must be finite numbers (or None: the base target), got {v!r}")
     if spec.success is not None and not _is_real(spec.success):
         raise ConfigError(f"success must be a finite number (the metric's threshold) or None, got {spec.success!r}")
 
@@ -205,20 +248,32 @@ def expand(spec: SweepSpec, out: str) -> list[TrainConfig]:
     axis_fields = sorted({"rule", "local_flossing"} & set(spec.base))
     if axis_fields:
         raise ConfigError(f"set {axis_fields} through the sweep's rules / local axes, not its base")
+    both = [f for f, (axis, _) in HPARAM_AXES.items()
+            if f in spec.base and any(v is not None for v in getattr(spec, axis))]
+    if both:
+        raise ConfigError(f"{both[0]} is set both in the sweep's base and by its {HPARAM_AXES[both[0]][0]} "
+                          "axis; give it in one place only")
     cfgs, names = [], set()
-    for task, delay, model, fl, gain, rule, local, seed in itertools.product(
-            spec.tasks, spec.delays, spec.models, spec.flossing, spec.gains, spec.rules, spec.local, spec.seeds):
-        if local is True and fl == "none":
-            continue  # local flossing without flossing is the plain run (local=False)
-        axes = {"rule": rule, "local_flossing": local} | ({} if gain is None else {"g": float(gain)})
-        cfg = TrainConfig(**dict(spec.base, task=task, delay=delay, model=model, flossing=fl, seed=seed, **axes))
-        name = run_name(cfg, gain_suffix=gain is not None)
-        if name in names:
-            raise ConfigError(f"two runs of the sweep would share the folder {name!r} (repeated axis value?)")
-        names.add(name)
-        cfg.out = os.path.join(out, "runs", name)
-        check_memory(cfg, validate(cfg))  # fail before starting any worker
-        cfgs.append(cfg)
+    for task, delay, model, fl in itertools.product(spec.tasks, spec.delays, spec.models, spec.flossing):
+        # A run without flossing computes the same whatever its target: rather than skipping it for target
+        # values off the base (which would drop the plain run from grids that list no None) or repeating it
+        # once per target, it runs once, with the base's target and no -t in its name.
+        targets = [None] if fl == "none" else spec.targets
+        for gain, lr, beta, target, rule, local, seed in itertools.product(
+                spec.gains, spec.lrs, spec.betas, targets, spec.rules, spec.local, spec.seeds):
+            if local is True and fl == "none":
+                continue  # local flossing without flossing is the plain run (local=False)
+            hparams = {f: float(v) for f, v in zip(HPARAM_AXES, (lr, beta, target)) if v is not None}
+            axes = {"rule": rule, "local_flossing": local} | ({} if gain is None else {"g": float(gain)}) | hparams
+            cfg = TrainConfig(**dict(spec.base, task=task, delay=delay, model=model, flossing=fl, seed=seed,
+                                     **axes))
+            name = run_name(cfg, gain_suffix=gain is not None, hparams=tuple(hparams))
+            if name in names:
+                raise ConfigError(f"two runs of the sweep would share the folder {name!r} (repeated axis value?)")
+            names.add(name)
+            cfg.out = os.path.join(out, "runs", name)
+            check_memory(cfg, validate(cfg))  # fail before starting any worker
+            cfgs.append(cfg)
     if not cfgs:
         raise ConfigError("the sweep has no runs: local flossing ('local' True only) needs flossing 'pre' or 'during'")
     return cfgs
@@ -447,8 +502,11 @@ def _read_curve(run_out: str, key: str) -> list:
 
 
 def _key(cfg: TrainConfig) -> dict:
+    # lr, beta and target are always here (tables and plots keep runs of other values apart) and written
+    # to the CSV tables only where the sweep uses those axes (_hparams_shown).
     return {"task": cfg.task, "delay": cfg.delay, "model": cfg.model, "flossing": cfg.flossing, "seed": cfg.seed,
-            "g": cfg.g, "rule": cfg.rule, "local": cfg.local_flossing}
+            "g": cfg.g, "rule": cfg.rule, "local": cfg.local_flossing, "lr": cfg.lr, "beta": cfg.beta,
+            "target": cfg.target}
 
 
 def _error_row(cfg_dict: dict, e: BaseException) -> dict:
@@ -950,8 +1008,9 @@ def run_sweep(spec: SweepSpec, out: str, *, workers: int = 1, progress: bool = T
             if bar is not None:
                 bar.close()
         rows.sort(key=lambda r: (r["task"], r["model"], r.get("rule", "bptt"), r["flossing"], r.get("local", False),
-                                 _delay_order(r["delay"]), r.get("g", 0.0), r["seed"]))
-        summarize(rows, out, success=spec.success, command=command)
+                                 _delay_order(r["delay"]), r.get("g", 0.0), _hp_order(_hp(r)), r["seed"]))
+        summarize(rows, out, success=spec.success, command=command,
+                  axes=[f for f, (axis, _) in HPARAM_AXES.items() if any(v is not None for v in getattr(spec, axis))])
         _write_sweep_record(spec, out, command, planned, complete=True)
     return rows
 
@@ -987,11 +1046,26 @@ _RULE_ORDER = {"bptt": 0, "eprop": 1, "rflo": 2}
 
 
 def _cell_order(task: str, model: str, flossing: str, delay: int, g: float = 1.0, rule: str = "bptt",
-                local: bool = False) -> tuple:
+                local: bool = False, *hp) -> tuple:
     """Table order: task, model, rule, then the flossing modes as none, pre, during (global before local),
-    then delay, then gain."""
+    then delay, then gain, then lr, beta and target (``hp``)."""
     return (task, model, _RULE_ORDER.get(rule, len(_RULE_ORDER)), rule, _MODE_ORDER.get(flossing, len(_MODE_ORDER)),
-            flossing, local, _delay_order(delay), g)
+            flossing, local, _delay_order(delay), g, _hp_order(hp))
+
+
+def _hp(r: dict) -> tuple:
+    """A row's ``(lr, beta, target)`` (``None`` where a row written without them lacks one)."""
+    return tuple(r.get(f) for f in HPARAM_AXES)
+
+
+def _hp_order(hp: tuple) -> tuple:
+    return tuple(-math.inf if v is None else v for v in hp)
+
+
+def _hparams_shown(rows: Sequence[dict], axes: Sequence[str] = ()) -> list[str]:
+    """The fields of :data:`HPARAM_AXES` that get a table column: those the sweep set through their axis
+    (``axes``) and those whose value differs between ``rows``; none for grids without these axes."""
+    return [f for f in HPARAM_AXES if f in axes or len({r.get(f) for r in rows}) > 1]
 
 
 def _uses_axes(rows: Sequence[dict]) -> bool:
@@ -1005,17 +1079,18 @@ def _aggregate(rows: Sequence[dict], success: Optional[float]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         key = (r["task"], r["model"], r["flossing"], r["delay"], r.get("g"), r.get("rule", "bptt"),
-               bool(r.get("local", False)))
+               bool(r.get("local", False))) + _hp(r)
         groups.setdefault(key, []).append(r)
     table = []
-    for (task, model, fl, delay, g, rule, local), rs in sorted(groups.items(), key=lambda kv: _cell_order(*kv[0])):
+    for (task, model, fl, delay, g, rule, local, *hp), rs in sorted(groups.items(),
+                                                                   key=lambda kv: _cell_order(*kv[0])):
         ok = [r for r in rs if r["status"] != "error"]
         vals = [r["value"] for r in ok]
         mean, std = _mean_std(vals)
         loss_mean, loss_std = _mean_std([r.get("val_loss", math.nan) for r in ok])
         auc_mean, auc_std = _mean_std([r.get("loss_auc", math.nan) for r in ok])
         row = {"task": task, "model": model, "flossing": fl, "delay": delay, "g": g, "rule": rule, "local": local,
-               "metric": ok[0]["metric"] if ok else "",
+               **dict(zip(HPARAM_AXES, hp)), "metric": ok[0]["metric"] if ok else "",
                "mean": mean, "std": std, "n": len(vals), "errors": len(rs) - len(ok),
                "val_loss_mean": loss_mean, "val_loss_std": loss_std, "loss_auc_mean": auc_mean,
                "loss_auc_std": auc_std,
@@ -1044,15 +1119,15 @@ def _mean(vals: list) -> float:
     return sum(vals) / len(vals) if vals else math.nan
 
 
-def _write_csv(path: str, rows: Sequence[dict]) -> None:
+def _write_csv(path: str, rows: Sequence[dict], drop: Sequence[str] = ()) -> None:
     from ._io import atomic_write
 
     cols: list[str] = []
     for r in rows:
-        cols += [c for c in r if c not in cols]
+        cols += [c for c in r if c not in cols and c not in drop]
 
     def write(f) -> None:
-        w = csv.DictWriter(f, fieldnames=cols, lineterminator="\r\n")
+        w = csv.DictWriter(f, fieldnames=cols, lineterminator="\r\n", extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
 
@@ -1060,28 +1135,35 @@ def _write_csv(path: str, rows: Sequence[dict]) -> None:
 
 
 def summarize(rows: Sequence[dict], out: str, *, success: Optional[float] = None,
-              command: Optional[str] = None) -> list[dict]:
-    """Write runs.csv, results.csv, results.md and the plots for ``rows``; returns the aggregated table."""
+              command: Optional[str] = None, axes: Sequence[str] = ()) -> list[dict]:
+    """Write runs.csv, results.csv, results.md and the plots for ``rows``; returns the aggregated table.
+    ``axes``: the fields of :data:`HPARAM_AXES` the sweep set through an axis (their columns are shown even
+    when all runs share one value)."""
     table = _aggregate(rows, success)
-    _write_csv(os.path.join(out, "runs.csv"), rows)
-    _write_csv(os.path.join(out, "results.csv"), table)
+    shown = _hparams_shown(rows, axes)  # lr / beta / target columns (after local)
+    hidden = [f for f in HPARAM_AXES if f not in shown]  # grids without those axes keep their tables
+    _write_csv(os.path.join(out, "runs.csv"), rows, drop=hidden)
+    _write_csv(os.path.join(out, "results.csv"), table, drop=hidden)
     lines = []
     if command:
         lines += [f"Regenerate: `{command}`", ""]
-    axes = _uses_axes(rows)  # g / rule / local columns (after delay) and the learning-speed column
-    head = ["task", "model", "flossing", "delay"] + (["g", "rule", "local"] if axes else []) \
-        + ["metric", "mean ± std", "test loss"] + (["test loss, mean over epochs"] if axes else []) + ["n"]
+    gain_axes = _uses_axes(rows)  # g / rule / local columns (after delay), gain plots
+    speed = gain_axes or bool(shown)  # the learning-speed column
+    head = ["task", "model", "flossing", "delay"] + (["g", "rule", "local"] if gain_axes else []) + shown \
+        + ["metric", "mean ± std", "test loss"] + (["test loss, mean over epochs"] if speed else []) + ["n"]
     if success is not None:
         head.append(f"success (≥{success:g})" if any(r.get("metric") == "accuracy" for r in table) else "success")
     head += ["λ1 before", "λ1 preflossed", "λ1 after"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
         cells = [r["task"], r["model"], r["flossing"], str(r["delay"])]
-        if axes:
+        if gain_axes:
             cells += [f"{r['g']:g}", r["rule"], "yes" if r["local"] else "no"]
+        # A run without flossing has no target (it ran with the base's): a dash, not a value it ignored.
+        cells += ["–" if f == "target" and r["flossing"] == "none" else _short(r[f]) for f in shown]
         cells += [r["metric"], f"{r['mean']:.3f} ± {r['std']:.3f}",
                   f"{r['val_loss_mean']:.4f} ± {r['val_loss_std']:.4f}"]
-        if axes:
+        if speed:
             cells.append(f"{r['loss_auc_mean']:.4f} ± {r['loss_auc_std']:.4f}")
         cells.append(f"{r['n']}" + (f" ({r['errors']} failed)" if r["errors"] else ""))
         if success is not None:
@@ -1097,7 +1179,7 @@ def summarize(rows: Sequence[dict], out: str, *, success: Optional[float] = None
 
     atomic_write(os.path.join(out, "results.md"), lambda f: f.write("\n".join(lines) + "\n"))
     _plot(table, out)
-    if axes:
+    if gain_axes:
         _plot_gain(rows, out)
         _plot_gain_curves(rows, out)
     else:
@@ -1120,8 +1202,9 @@ def _plot(table: Sequence[dict], out: str) -> None:
             panels.append(("success_rate", None, "success rate", False))
         panels.append(("val_loss_mean", "val_loss_std", "test loss", True))
         fig, axes = plotting.figure(len(panels))
-        for ax, (key, err, label, log) in zip(axes, panels):
-            modes = sorted({_mode(r) for r in cell}, key=_mode_order)
+        modes = sorted({_mode(r) for r in cell}, key=_mode_order)
+        vary = _varying(m[4] for m in modes)
+        for ax, (key, err, ylabel, log) in zip(axes, panels):
             for i, mode in enumerate(modes):
                 fl = mode[0]
                 rs = sorted((r for r in cell if _mode(r) == mode), key=lambda r: r["delay"])
@@ -1129,10 +1212,11 @@ def _plot(table: Sequence[dict], out: str) -> None:
                 m = [r.get(key, math.nan) for r in rs]
                 s = [r.get(err, 0.0) for r in rs] if err else None
                 label, color = ((_mode_label(mode) + f", g = {mode[3]:g}", f"C{i % 10}") if axes_used
-                                else (f"flossing: {fl}", _MODE_COLOR[fl]))
-                ax.errorbar(d, m, yerr=s, marker="o", capsize=3, label=label, color=color)
+                                else (f"flossing: {fl}", f"C{i % 10}" if vary else _MODE_COLOR[fl]))
+                ax.errorbar(d, m, yerr=s, marker="o", capsize=3, label=label + _hp_label(fl, mode[4], vary),
+                            color=color)
             ax.set_xlabel("delay (steps)")
-            ax.set_ylabel(label)
+            ax.set_ylabel(ylabel)
             if log:
                 ax.set_yscale("log")
             if key == "success_rate":
@@ -1144,7 +1228,8 @@ def _plot(table: Sequence[dict], out: str) -> None:
 
 def _plot_curves(rows: Sequence[dict], out: str) -> None:
     """Learning curves (seed 000 Fig. 2A/E style): per task and model one panel per delay, the metric
-    against epoch, thin lines per seed and the median over seeds thick, one colour per flossing mode."""
+    against epoch, thin lines per seed and the median over seeds thick, one colour per flossing mode (per
+    flossing mode and lr / beta / target where the grid varies those)."""
     from . import plotting
 
     def curve(run_out: str, metric: str) -> list:
@@ -1158,18 +1243,22 @@ def _plot_curves(rows: Sequence[dict], out: str) -> None:
     for task, model in sorted({(r["task"], r["model"]) for r in ok}):
         cell = [r for r in ok if r["task"] == task and r["model"] == model]
         delays = sorted({r["delay"] for r in cell})
+        lines = sorted({(r["flossing"], _hp(r)) for r in cell},
+                       key=lambda ln: (_MODE_ORDER.get(ln[0], len(_MODE_ORDER)), ln[0], _hp_order(ln[1])))
+        vary = _varying(hp for _, hp in lines)
         fig, axes = plotting.figure(len(delays), size=(3.6, 3.0))
         for ax, delay in zip(axes, delays):
-            for fl in sorted({r["flossing"] for r in cell}, key=_MODE_ORDER.get):
+            for j, (fl, hp) in enumerate(lines):
                 curves = [c for c in (curve(r["out"], r["metric"]) for r in cell
-                                      if r["delay"] == delay and r["flossing"] == fl) if c]
+                                      if r["delay"] == delay and r["flossing"] == fl and _hp(r) == hp) if c]
                 if not curves:
                     continue
+                color = f"C{j % 10}" if vary else _MODE_COLOR[fl]
                 n = min(len(c) for c in curves)
                 for c in curves:
-                    ax.plot(range(1, n + 1), c[:n], color=_MODE_COLOR[fl], lw=0.6, alpha=0.35)
+                    ax.plot(range(1, n + 1), c[:n], color=color, lw=0.6, alpha=0.35)
                 med = [statistics.median(c[i] for c in curves) for i in range(n)]
-                ax.plot(range(1, n + 1), med, color=_MODE_COLOR[fl], lw=2, label=f"flossing: {fl}")
+                ax.plot(range(1, n + 1), med, color=color, lw=2, label=f"flossing: {fl}" + _hp_label(fl, hp, vary))
             ax.set_title(f"{task}, {model}, d = {delay}")
             ax.set_xlabel("epoch")
         axes[0].set_ylabel(next((r["metric"] for r in cell), "metric") + " (median over seeds)")
@@ -1184,14 +1273,33 @@ _MODE_NAME = {"none": "no flossing", "pre": "preflossing", "during": "flossing d
 
 
 def _mode(r: dict) -> tuple:
-    """What one line of a plot holds fixed: ``(flossing, rule, local, g)``."""
-    return r["flossing"], r.get("rule", "bptt"), bool(r.get("local", False)), r.get("g")
+    """What one line of a plot holds fixed: ``(flossing, rule, local, g, (lr, beta, target))``."""
+    return r["flossing"], r.get("rule", "bptt"), bool(r.get("local", False)), r.get("g"), _hp(r)
+
+
+def _line(r: dict) -> tuple:
+    """What one line of a gain plot holds fixed: :func:`_mode` without the gain (its x axis)."""
+    fl, rule, local, _, hp = _mode(r)
+    return fl, rule, local, None, hp
 
 
 def _mode_order(mode: tuple) -> tuple:
-    fl, rule, local, g = mode
+    fl, rule, local, g, hp = mode
     return (_RULE_ORDER.get(rule, len(_RULE_ORDER)), rule, _MODE_ORDER.get(fl, len(_MODE_ORDER)), fl, local,
-            -math.inf if g is None else g)
+            -math.inf if g is None else g, _hp_order(hp))
+
+
+def _varying(hps) -> list[str]:
+    """The fields of :data:`HPARAM_AXES` whose value differs between the ``(lr, beta, target)`` tuples
+    ``hps`` (the lines of one figure): those the labels name."""
+    hps = list(hps)
+    return [f for i, f in enumerate(HPARAM_AXES) if len({hp[i] for hp in hps}) > 1]
+
+
+def _hp_label(fl: str, hp: tuple, vary: Sequence[str]) -> str:
+    """``", lr = 0.001, target = -0.1"``: the ``vary`` fields of a line (no target without flossing)."""
+    return "".join(f", {f} = {_short(v)}" for f, v in zip(HPARAM_AXES, hp)
+                   if f in vary and v is not None and not (f == "target" and fl == "none"))
 
 
 def _mode_label(mode: tuple) -> str:
@@ -1199,11 +1307,13 @@ def _mode_label(mode: tuple) -> str:
     return f"{rule}, " + ("local " if local else "") + _MODE_NAME.get(fl, fl)
 
 
-def _mode_style(mode: tuple) -> dict:
+def _mode_style(mode: tuple, index: Optional[int] = None) -> dict:
+    """Colour by flossing mode, or by the line's ``index`` where lr / beta / target vary between lines
+    (the mode colours would repeat); line style and marker by rule."""
     fl, rule, local = mode[:3]
     ls, marker = _RULE_STYLE.get(rule, ("-.", "D"))
     color = _LOCAL_COLOR.get(fl, "C5") if local else _MODE_COLOR.get(fl, "C7")
-    return {"color": color, "ls": ls, "marker": marker}
+    return {"color": color if index is None else f"C{index % 10}", "ls": ls, "marker": marker}
 
 
 def _by_delay(rows: Sequence[dict]) -> list[tuple]:
@@ -1224,7 +1334,7 @@ def _plot_gain(rows: Sequence[dict], out: str) -> None:
     averaged over the epochs (the area under the learning curve: low = learnt early) and lambda_1 at
     initialisation (black; the same network for every rule and flossing mode of a seed) with lambda_1
     after training, and (grids with flossing) with lambda_1 after preflossing; each mean ± std over seeds
-    against g, one line per rule x flossing mode (x local)."""
+    against g, one line per rule x flossing mode (x local x lr x beta x target)."""
     from . import plotting
 
     ok = [r for r in rows if r["status"] != "error"]
@@ -1232,33 +1342,44 @@ def _plot_gain(rows: Sequence[dict], out: str) -> None:
         gains = sorted({r["g"] for r in cell})
         if len(gains) < 2:
             continue
-        modes = sorted({_mode(r)[:3] + (None,) for r in cell}, key=_mode_order)
+        modes = sorted({_line(r) for r in cell}, key=_mode_order)
+        vary = _varying(m[4] for m in modes)
+        styles = [_mode_style(m, i if vary else None) for i, m in enumerate(modes)]
         floss_modes = [m for m in modes if m[0] != "none"]
         fig, axes = plotting.figure(4 if floss_modes else 3, size=(4.2, 3.4))
         panels = [("value", next((r["metric"] for r in cell), "metric") + " (end of training)", False),
                   ("loss_auc", "test loss, mean over epochs", True)]
         for ax, (key, label, log) in zip(axes, panels):
-            for mode in modes:
-                rs = [r for r in cell if _mode(r)[:3] == mode[:3]]
+            for mode, style in zip(modes, styles):
+                rs = [r for r in cell if _line(r) == mode]
                 stats = [_mean_std([r.get(key, math.nan) for r in rs if r["g"] == g]) for g in gains]
                 ax.errorbar(gains, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3,
-                            label=_mode_label(mode), **_mode_style(mode))
+                            label=_mode_label(mode) + _hp_label(mode[0], mode[4], vary), **style)
             ax.set_ylabel(label)
             if log:
                 ax.set_yscale("log")
-        # lambda_1 at initialisation: one value per (g, seed), whatever the rule or flossing mode.
-        init = {(r["g"], r["seed"]): r["lambda1_before"] for r in cell}
-        init_stats = [_mean_std([v for (g2, _), v in init.items() if g2 == g]) for g in gains]
+        # lambda_1 at initialisation: one value per (g, seed), whatever the rule, flossing mode, lr or target;
+        # the membrane decay changes the network, so one line per beta where the grid varies it.
+        betas = sorted({r.get("beta") for r in cell}, key=lambda b: -math.inf if b is None else b)
+        init_lines = []
+        for j, beta in enumerate(betas):
+            init = {(r["g"], r["seed"]): r["lambda1_before"] for r in cell if r.get("beta") == beta}
+            init_lines.append(([_mean_std([v for (g2, _), v in init.items() if g2 == g]) for g in gains],
+                               ("k", "0.4", "0.65")[j % 3],
+                               "at initialisation" + (f", beta = {_short(beta)}" if len(betas) > 1 else "")))
         lam_panels = [(axes[2], "lambda1_after", modes, "$\\lambda_1$ after training (1/step)")]
         if floss_modes:
             lam_panels.append((axes[3], "lambda1_preflossed", floss_modes, "$\\lambda_1$ after preflossing (1/step)"))
         for ax, key, ms, label in lam_panels:
-            ax.errorbar(gains, [m for m, _ in init_stats], yerr=[s for _, s in init_stats], color="k", marker="o",
-                        capsize=3, label="at initialisation")
-            for mode in ms:
-                rs = [r for r in cell if _mode(r)[:3] == mode[:3]]
+            for init_stats, color, init_label in init_lines:
+                ax.errorbar(gains, [m for m, _ in init_stats], yerr=[s for _, s in init_stats], color=color,
+                            marker="o", capsize=3, label=init_label)
+            for mode, style in zip(modes, styles):
+                if mode not in ms:
+                    continue
+                rs = [r for r in cell if _line(r) == mode]
                 stats = [_mean_std([r.get(key, math.nan) for r in rs if r["g"] == g]) for g in gains]
-                ax.errorbar(gains, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3, **_mode_style(mode))
+                ax.errorbar(gains, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3, **style)
             ax.axhline(0.0, color="gray", lw=0.8)
             ax.set_ylabel(label)
             ax.legend(fontsize=7)
@@ -1279,23 +1400,26 @@ def _plot_gain_curves(rows: Sequence[dict], out: str) -> None:
     ok = [r for r in rows if r["status"] != "error"]
     for task, model, delay, cell, suffix in _by_delay(ok):
         gains = sorted({r["g"] for r in cell})
-        modes = sorted({_mode(r)[:3] + (None,) for r in cell}, key=_mode_order)
+        modes = sorted({_line(r) for r in cell}, key=_mode_order)
+        vary = _varying(m[4] for m in modes)
         rules = list(dict.fromkeys(m[1] for m in modes))
-        cols = sorted({(m[0], m[2]) for m in modes}, key=lambda c: (_MODE_ORDER.get(c[0], 9),) + c)
+        # Columns: flossing mode (global / local), and lr / beta / target where the grid varies them.
+        cols = sorted({(m[0], m[2], m[4]) for m in modes},
+                      key=lambda c: (_MODE_ORDER.get(c[0], 9), c[0], c[1], _hp_order(c[2])))
         fig, axes = plotting.figure(len(cols), len(rules), size=(3.6, 3.0))
         for ax in axes[1:]:
             ax.sharey(axes[0])
         for ri, rule in enumerate(rules):
-            for ci, (fl, local) in enumerate(cols):
+            for ci, (fl, local, hp) in enumerate(cols):
                 ax = axes[ri * len(cols) + ci]
-                mode = (fl, rule, local, None)
+                mode = (fl, rule, local, None, hp)
                 if mode not in modes:
                     ax.set_axis_off()
                     continue
                 for i, g in enumerate(gains):
                     color = cmap(i / max(len(gains) - 1, 1))
                     curves = [c for c in (_read_curve(r["out"], "val_loss") for r in cell
-                                          if _mode(r)[:3] == mode[:3] and r["g"] == g) if c]
+                                          if _line(r) == mode and r["g"] == g) if c]
                     if not curves:
                         continue
                     n = min(len(c) for c in curves)
@@ -1304,7 +1428,7 @@ def _plot_gain_curves(rows: Sequence[dict], out: str) -> None:
                     mean = [_mean([c[j] for c in curves]) for j in range(n)]
                     ax.plot(range(1, n + 1), mean, color=color, lw=2, label=f"g = {g:g}")
                 ax.set_yscale("log")
-                ax.set_title(f"{task}: " + _mode_label(mode), fontsize=9)
+                ax.set_title(f"{task}: " + _mode_label(mode) + _hp_label(fl, hp, vary), fontsize=9)
                 ax.set_xlabel("epoch")
                 if ci == 0:
                     ax.set_ylabel("test loss")
@@ -1316,10 +1440,13 @@ def spec_from_args(args) -> SweepSpec:
     """A :class:`SweepSpec` from the command line: a preset, then any grid flags override it."""
     spec = dataclasses.replace(PRESETS[args.preset]) if args.preset else SweepSpec()
     spec.base = dict(spec.base)
-    for name in ("tasks", "delays", "models", "flossing", "seeds", "gains", "rules"):
+    for name in ("tasks", "delays", "models", "flossing", "seeds", "gains", "rules", "lrs", "betas", "targets"):
         v = getattr(args, name, None)
         if v:
             setattr(spec, name, list(v))
+    for f, (axis, _) in HPARAM_AXES.items():
+        if getattr(args, axis, None):  # the axis replaces the preset's value (a flag for it as well is refused)
+            spec.base.pop(f, None)
     v = getattr(args, "local", None)
     if v:  # --local no yes: "yes" = local flossing (only with flossing pre/during)
         spec.local = [x if isinstance(x, bool) else str(x).lower() in ("yes", "true", "1", "local") for x in v]
