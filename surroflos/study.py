@@ -183,6 +183,13 @@ PRESETS: dict[str, dict] = {
         "cells": [{"name": "gng-d36-s200", "set": {}}],
         "flossing": [{"name": "pre-k64", "set": {"flossing": "pre", "k": 64}}],
     },
+    # N = 512, the largest size question 1 names (rounds 4-5 went to 256), on the d = 36 cell; new seeds 70-79.
+    "screen4": {
+        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, delay=36, seed=70),
+        "seeds": 10,
+        "cells": [{"name": "gng-d36-N512", "set": {"N": 512}}],
+        "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}}],
+    },
     # A seconds-long study for tests and for trying the runner.
     "tiny": {
         "base": {"task": "xor", "model": "lif", "N": 8, "delay": 4, "T": 12, "epochs": 2, "steps_per_epoch": 2,
