@@ -47,6 +47,7 @@ from . import stats
 from ._io import atomic_json, ensure_writable_folder
 from .checkpoint import load_checkpoint
 from .errors import UsageError
+from .models.spiking import membrane_time_constant
 from .train import DTYPES, TrainConfig, build_initialized_model, load_weights, train, validate
 # The training run's own seeded streams and estimator, so that the measured spectra are the run's.
 from .train import _SEED_SPECTRUM, _generators, _long_inputs, _spectrum
@@ -143,7 +144,7 @@ def flossing_mechanism(compare_dir: str, *, lags: Optional[int] = None, trajecto
     gens = _generators(flossed, _SEED_SPECTRUM, _TAG_GRADIENT)
     transient = 20
     x = _long_inputs(task, transient + L + 16, trajectories, gens, device, dtype)
-    tau_m = -1.0 / math.log(flossed.beta) if 0 < flossed.beta < 1 else None
+    tau_m = membrane_time_constant(flossed.beta) if 0 < flossed.beta < 1 else None  # JSON has no inf
     record: dict = {"config": flossed.to_dict(), "tau_m": tau_m, "delay": delay, "k": flossed.k,
                     "flossing": flossed.flossing, "lags": list(range(1, L + 1)), "conditions": {}}
     for name in CONDITIONS:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -29,6 +28,7 @@ from typing import Callable, Optional
 from ._io import atomic_json, atomic_write, ensure_writable_folder
 from .compare import compare
 from .errors import UsageError
+from .models.spiking import membrane_time_constant
 from .train import TrainConfig
 
 __all__ = ["PRESETS", "run_study", "cell_configs", "summary_table", "pooled_analysis", "pooled_table", "main"]
@@ -243,10 +243,6 @@ def cell_configs(spec: dict, out: str) -> list[tuple[str, str, TrainConfig, str]
     return todo
 
 
-def _tau_m(beta: float) -> float:
-    return math.inf if beta >= 1 else (0.0 if beta <= 0 else -1.0 / math.log(beta))
-
-
 def _records(cell: str, fl: str, cfg: TrainConfig, comparison: dict) -> list[dict]:
     out = []
     for arm in ("flossed", "unflossed"):
@@ -278,7 +274,7 @@ def _schedule(cfg: dict) -> str:
 def _delay(cfg: dict) -> str:
     """``36 (8.0)``: the delay in steps and in membrane time constants; ``–`` for tasks without one."""
     d = cfg.get("delay")
-    return "–" if d is None else f"{d} ({d / _tau_m(cfg['beta']):.1f})"
+    return "–" if d is None else f"{d} ({d / membrane_time_constant(cfg['beta']):.1f})"
 
 
 def _scale(cfg: dict) -> str:

@@ -698,3 +698,16 @@ def test_dtype_device_and_batch_mismatches_are_clear_errors():
     snn = SpikingRNN(2, 5, 1)
     with pytest.raises(ValueError, match="float32"):
         surroflos.lyapunov_spectrum(snn, x64, 2)
+
+
+def test_membrane_time_constant_inverts_the_leak():
+    import math
+
+    from surroflos.models import membrane_time_constant
+
+    for beta in (0.05, 0.5, 0.8, 0.95, 0.999):
+        tau = membrane_time_constant(beta)
+        assert math.isclose(math.exp(-1.0 / tau), beta, rel_tol=8 * 2.0 ** -52)
+    assert math.isclose(membrane_time_constant(math.exp(-1.0)), 1.0, rel_tol=8 * 2.0 ** -52)
+    assert membrane_time_constant(1.0) == math.inf and membrane_time_constant(1.5) == math.inf
+    assert membrane_time_constant(0.0) == 0.0

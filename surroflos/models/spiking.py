@@ -39,7 +39,15 @@ from .base import RecurrentModel, Rollout, check_inputs, check_state_and_model, 
 from .rate import batched_weight
 
 __all__ = ["SpikingParams", "lif_step", "lif_tangent", "cuba_step", "cuba_tangent", "SpikingRNN",
-           "NEURONS", "RESETS", "READOUTS"]
+           "NEURONS", "RESETS", "READOUTS", "membrane_time_constant"]
+
+
+def membrane_time_constant(beta: float) -> float:
+    """The membrane time constant in steps of a leak ``beta`` per step: ``tau_m = -1 / log(beta)``, so that
+    ``beta = exp(-1 / tau_m)`` (4.48 steps at beta 0.8). ``inf`` for ``beta >= 1`` (no leak), 0 for ``beta <= 0``."""
+    if beta >= 1:
+        return math.inf
+    return 0.0 if beta <= 0 else -1.0 / math.log(beta)
 
 NEURONS = ("lif", "cuba")
 RESETS = ("subtract", "zero")
