@@ -15,7 +15,7 @@ from surroflos.train import ConfigError, TrainConfig
 # The tiny base of the gain / rule / local axes' tests, and the packing tests' float64 base and comparisons
 # (1e-10 relative): one policy for every sweep packing test.
 from test_sweep_axes import TINY
-from test_sweep_ensemble import BASE, NUMBERS, _assert_same_numbers, _folder
+from test_sweep_ensemble import BASE, NUMBERS, _folder, assert_packed_runs_equal_solo
 
 
 def _names(cfgs) -> dict:
@@ -200,14 +200,7 @@ def test_packed_lr_beta_target_grid_equals_its_solo_runs(tmp_path):
     packed = run_sweep(spec, str(tmp_path / "packed"), progress=False, ensemble="auto")
     assert [r["status"] for r in solo] == [r["status"] for r in packed] == ["ran"] * 8
     assert len(os.listdir(tmp_path / "packed" / "packs")) == 1 and not (tmp_path / "solo" / "packs").exists()
-    names = sorted(os.listdir(tmp_path / "solo" / "runs"))
-    assert names == sorted(os.listdir(tmp_path / "packed" / "runs")) and len(names) == 8
-    for name in names:
-        a, b = tmp_path / "packed" / "runs" / name, tmp_path / "solo" / "runs" / name
-        (rows_a, res_a), (rows_b, res_b) = _folder(a), _folder(b)
-        _assert_same_numbers(rows_a, rows_b, name + "/metrics.jsonl")
-        _assert_same_numbers(res_a, res_b, name + "/result.json")
-        assert json.loads((a / "run.json").read_text()) == json.loads((b / "run.json").read_text())
+    names = assert_packed_runs_equal_solo(tmp_path, 8)
     # The lrs differ enough that the runs differ: a pack that gave every member one lr would fail above.
     finals = {n: _folder(tmp_path / "solo" / "runs" / n)[1]["final"]["val_loss"] for n in names}
     assert finals["xor-d2-lif-pre-lr0.001-t-0.5-s0"] != finals["xor-d2-lif-pre-lr0.02-t-0.5-s0"]

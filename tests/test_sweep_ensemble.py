@@ -180,21 +180,27 @@ def _assert_same_numbers(a, b, where) -> None:
         assert a == b, (where, a, b)
 
 
+def assert_packed_runs_equal_solo(tmp_path, n_runs: int) -> list:
+    """The run folders of the sweep in ``tmp_path/packed`` hold the numbers (metrics, results: the float64 policy
+    of _assert_same_numbers) and the definitions (run.json, hash included) of those in ``tmp_path/solo``."""
+    names = sorted(os.listdir(tmp_path / "solo" / "runs"))
+    assert names == sorted(os.listdir(tmp_path / "packed" / "runs")) and len(names) == n_runs
+    for name in names:
+        a, b = tmp_path / "packed" / "runs" / name, tmp_path / "solo" / "runs" / name
+        (rows_a, res_a), (rows_b, res_b) = _folder(a), _folder(b)
+        _assert_same_numbers(rows_a, rows_b, name + "/metrics.jsonl")
+        _assert_same_numbers(res_a, res_b, name + "/result.json")
+        assert json.loads((a / "run.json").read_text()) == json.loads((b / "run.json").read_text())
+    return names
+
+
 def test_a_packed_mixed_grid_equals_its_solo_runs(tmp_path):
     spec = _spec(**MIXED)
     solo = run_sweep(spec, str(tmp_path / "solo"), progress=False, ensemble=1)
     packed = run_sweep(spec, str(tmp_path / "packed"), progress=False)
     assert [r["status"] for r in solo] == [r["status"] for r in packed] == ["ran"] * 12
     assert len(os.listdir(tmp_path / "packed" / "packs")) == 1  # one ensemble of 12 members
-    names = sorted(os.listdir(tmp_path / "solo" / "runs"))
-    assert names == sorted(os.listdir(tmp_path / "packed" / "runs")) and len(names) == 12
-    for name in names:
-        a, b = tmp_path / "packed" / "runs" / name, tmp_path / "solo" / "runs" / name
-        (rows_a, res_a), (rows_b, res_b) = _folder(a), _folder(b)
-        _assert_same_numbers(rows_a, rows_b, name + "/metrics.jsonl")
-        _assert_same_numbers(res_a, res_b, name + "/result.json")
-        # run.json: the same definition and hash as the solo run's
-        assert json.loads((a / "run.json").read_text()) == json.loads((b / "run.json").read_text())
+    names = assert_packed_runs_equal_solo(tmp_path, 12)
     with open(tmp_path / "packed" / "runs.csv") as f, open(tmp_path / "solo" / "runs.csv") as g:
         pa, so = ({r["out"].split("/runs/")[1]: r for r in csv.DictReader(h)} for h in (f, g))
     for name in names:
