@@ -4,12 +4,17 @@ Configurations (``--config``; sizes as ``[T, B, N]``, time first; ``--quick`` sh
 whole run takes seconds, for tests):
 
 ``cpu``  LIF neuron forward+backward ``[200, 32, 512]`` float32 (target: our PyTorch path >= 2x
-         snnTorch's loop), plus scaled-down versions of 3 (N=256) and 4 (N=128, k=16). Runs anywhere.
+         snnTorch's loop), plus scaled-down versions of 3 (N=256) and 4 (N=128, k=16); then every case of
+         ``cpu_kernels`` in the same run (on the CPU only; case key ``group`` says which config a case is
+         from). Runs anywhere.
 ``cpu_kernels``  The compiled CPU kernels (issue 17): LIF neuron forward+backward ``[500, 16, 2048]`` and
          ``[500, 16, 8192]`` float32, ``backend="cpu"`` (numba) on ``--threads`` threads and on 2, against
          snnTorch, the PyTorch path and ``torch.compile`` of the step (targets: >= 50% of the bandwidth
          floor, >= 5x snnTorch, >= 3x torch.compile, 2 threads never slower than one); then snnTorch's
-         ``Synaptic`` (current-based) at ``[500, 16, 2048]`` against snnTorch and the PyTorch path.
+         ``Synaptic`` (current-based) at ``[500, 16, 2048]`` against snnTorch and the PyTorch path; then
+         Norse's feed-forward LIF and LIF box at ``[500, 16, 2048]``: Norse 1.1's own module against our
+         drop-in (``backend="torch"`` and ``auto``) and its numba kernels, checked against Norse in float32
+         and float64.
 ``cpu_lyapunov``  Issue 17's Lyapunov cases: the k=32 spectrum of a tanh rate network N=256 (T=1000) and of
          a LIF network N=512 (T=500; atan surrogate, never zero; triangle, zero off its support: the sparse
          product), 4 trajectories, forward and forward+backward, ``lyapunov_spectrum`` against the naive loop
@@ -50,8 +55,11 @@ matmul in the same dtype); the floor is the larger of the two, and each implemen
 
 Every implementation is guarded: one that cannot be imported, built or run is reported as
 ``"unavailable: <reason>"`` and the suite goes on. Implementations with the reference's semantics are
-also *checked* against the reference (snnTorch's loop in float32, or the naive Lyapunov loop) on a
-slice of the inputs: spike mismatches, membrane and gradient errors, printed beside the timings.
+also *checked* against the reference (snnTorch's loop in float32, Norse's own module, or the naive
+Lyapunov loop) on a slice of the inputs: spike mismatches, membrane and gradient errors, printed beside the
+timings. The Norse rows are also held to the tolerance policy of docs/TESTING.md: their float32 membrane
+and input gradient, measured against Norse's module run in float64, must be within 4x Norse's own float32
+error (or of ``sqrt(ops) x eps x magnitude`` where that is larger): ``check["within_tolerance"]``.
 
 Output: one JSON per configuration (``bench_<config>.json``, schema :data:`SCHEMA`) and a table on
 stdout. Entry points: :func:`add_bench_parser` / :func:`run_bench` (the ``surroflos bench`` command),
@@ -84,7 +92,7 @@ from ._argtypes import seed as _seed
 
 __all__ = ["SCHEMA", "CONFIGS", "GPU_CONFIGS", "Context", "Impl", "Built", "add_bench_parser", "run_bench",
            "main", "run_config", "format_table", "time_callable", "lif_floor_bytes",
-           "synaptic_floor_bytes", "evaluate_target"]
+           "synaptic_floor_bytes", "norse_floor_bytes", "evaluate_target"]
 
 SCHEMA = "surroflos.bench/1"
 CONFIGS = ("cpu", "cpu_kernels", "cpu_lyapunov", "1", "2", "3", "4", "ensemble", "event")
@@ -96,6 +104,12 @@ Tensor = torch.Tensor
 # snnTorch-compatible neuron used by configs cpu/1/2 (snnTorch Leaky defaults, atan surrogate).
 BETA, THRESHOLD = 0.9, 1.0
 ALPHA = 0.7  # synaptic decay of the Synaptic rows (config cpu_kernels)
+# Norse rows (config cpu_kernels): Norse 1.1's default parameters (dt 1e-3, tau_mem_inv 100, tau_syn_inv 200,
+# v_th 1, method "super"). The box neuron's input is a potential (u relaxes to x + v_leak), so its inputs are
+# shifted to 0.5 N(0,1) + 1.0 to fire (about 3% of steps, as the LIF's 0.5 N(0,1) + 0.15 do); ops per step of
+# each recurrence, for the tolerance of the check against Norse in float64 (see _truth_check).
+NORSE_BOX_SHIFT = 1.0
+NORSE_OPS_PER_STEP = {"lif": 11, "box": 8}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -350,6 +364,19 @@ def synaptic_floor_bytes(T: int, B: int, N: int, itemsize: int) -> int:
     return 7 * T * B * N * itemsize
 
 
+def norse_floor_bytes(T: int, B: int, N: int, itemsize: int) -> int:
+    """Fewest bytes a forward+backward of Norse's feed-forward LIF or LIF box over ``[T, B, N]`` (gradient to x
+    for a spike cotangent) must move.
+
+    The layer's output is the spikes; the backward needs only the membrane before the reset ``u`` (the
+    spike is ``H(u - v_th)``, the reset's and the surrogate's derivatives are functions of ``u``). Forward:
+    read x, write spikes and ``u``; backward: read the spike cotangent and ``u``, write dx. Six ``[T, B, N]``
+    tensors in the input dtype, as :func:`lif_floor_bytes` (our kernels move more: they keep ``v`` and, for
+    the LIF, ``i`` after every step).
+    """
+    return 6 * T * B * N * itemsize
+
+
 def _floor(ctx: Context, nbytes: float, flops: float, dtype: torch.dtype) -> Dict[str, Any]:
     bw = copy_bandwidth(ctx)
     out: Dict[str, Any] = {"bytes": int(nbytes), "copy_bandwidth_GBps": bw / 1e9, "bandwidth_ms": nbytes / bw * 1e3}
@@ -382,6 +409,7 @@ class Built:
     result: Optional[Callable[[], Any]] = None
     note: str = ""
     threads: Optional[int] = None  # CPU threads for this implementation's timed calls (None: the run's)
+    check_forward: Optional[Callable[[Tensor], tuple]] = None  # the output check's forward (default forward)
 
 
 @dataclasses.dataclass
@@ -621,45 +649,62 @@ def _rel(a: Tensor, b: Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
+def _check_outputs(built: Built, x: Tensor, g: Tensor, input_grad: bool) -> tuple:
+    """``(y, mem, grads)`` of a built implementation on the check slice (its ``check_forward`` where set)."""
+    xx = x.detach().clone().requires_grad_(input_grad)
+    y, mem = (built.check_forward or built.forward)(xx)
+    cps = list(built.check_params if built.check_params is not None else built.params)
+    wrt = ([xx] if input_grad else []) + cps
+    grads = torch.autograd.grad(y, wrt, g.to(y.dtype), allow_unused=True)
+    return y, mem, grads
+
+
+def _compare(ref: Dict[str, Any], y: Tensor, mem: Optional[Tensor], grads: Sequence[Optional[Tensor]],
+             spiking_out: bool) -> tuple:
+    """The check's numbers against the reference outputs ``ref``: ``(dict, printed parts)``."""
+    out: Dict[str, Any] = {}
+    parts = []
+    if spiking_out:
+        mism = int((y.detach().float() != ref["y"].float()).sum())
+        out["spike_mismatches"], out["spikes_compared"] = mism, int(ref["y"].numel())
+        parts.append(f"spk {mism}/{ref['y'].numel()}")
+    else:
+        out["out_rel_err"] = _rel(y.float(), ref["y"].float())
+        parts.append(f"out {out['out_rel_err']:.1e}")
+    if mem is not None and ref.get("mem") is not None:
+        out["mem_max_abs_err"] = float((mem.detach().float() - ref["mem"].float()).abs().max())
+        parts.append(f"mem {out['mem_max_abs_err']:.1e}")
+    errs = [_rel(gi.float(), gr.float()) for gi, gr in zip(grads, ref["grads"]) if gi is not None]
+    if errs:
+        out["grad_rel_err"] = max(errs)
+        parts.append(f"grad {out['grad_rel_err']:.1e}")
+    return out, parts
+
+
 def _seq_check(ref: Dict[str, Any], x: Tensor, g: Tensor, input_grad: bool, spiking_out: bool):
     """A check function comparing a built implementation with the reference outputs ``ref``."""
 
     def check(built: Built) -> Dict[str, Any]:
-        xx = x.detach().clone().requires_grad_(input_grad)
-        y, mem = built.forward(xx)
-        cps = list(built.check_params if built.check_params is not None else built.params)
-        wrt = ([xx] if input_grad else []) + cps
-        grads = torch.autograd.grad(y, wrt, g.to(y.dtype), allow_unused=True)
-        out: Dict[str, Any] = {}
-        parts = []
-        if spiking_out:
-            mism = int((y.detach().float() != ref["y"].float()).sum())
-            out["spike_mismatches"], out["spikes_compared"] = mism, int(ref["y"].numel())
-            parts.append(f"spk {mism}/{ref['y'].numel()}")
-        else:
-            out["out_rel_err"] = _rel(y.float(), ref["y"].float())
-            parts.append(f"out {out['out_rel_err']:.1e}")
-        if mem is not None and ref.get("mem") is not None:
-            out["mem_max_abs_err"] = float((mem.detach().float() - ref["mem"].float()).abs().max())
-            parts.append(f"mem {out['mem_max_abs_err']:.1e}")
-        errs = [_rel(gi.float(), gr.float()) for gi, gr in zip(grads, ref["grads"]) if gi is not None]
-        if errs:
-            out["grad_rel_err"] = max(errs)
-            parts.append(f"grad {out['grad_rel_err']:.1e}")
+        out, parts = _compare(ref, *_check_outputs(built, x, g, input_grad), spiking_out)
         out["summary"] = ", ".join(parts)
         return out
 
     return check
 
 
-def _guarded_check(reference: Callable[[], Dict[str, Any]], x: Tensor, g: Tensor, input_grad: bool,
-                   spiking_out: bool):
-    """:func:`_seq_check` against ``reference()``, or a check that reports why the reference failed."""
+def _guarded(make_check: Callable[[], Callable[[Built], Dict[str, Any]]]):
+    """``make_check()``, or a check that reports why making it (running the reference) failed."""
     try:
-        return _seq_check(reference(), x, g, input_grad, spiking_out)
+        return make_check()
     except Exception as e:  # noqa: BLE001 - e.g. snnTorch missing: time anyway, check nothing
         why = _reason(e)
         return lambda built: {"error": why, "summary": f"no reference: {why}"}
+
+
+def _guarded_check(reference: Callable[[], Dict[str, Any]], x: Tensor, g: Tensor, input_grad: bool,
+                   spiking_out: bool):
+    """:func:`_seq_check` against ``reference()``, or a check that reports why the reference failed."""
+    return _guarded(lambda: _seq_check(reference(), x, g, input_grad, spiking_out))
 
 
 def _reference(forward: Callable, params: Sequence[Tensor], x: Tensor, g: Tensor, input_grad: bool) -> Dict[str, Any]:
@@ -668,6 +713,60 @@ def _reference(forward: Callable, params: Sequence[Tensor], x: Tensor, g: Tensor
     wrt = ([xx] if input_grad else []) + list(params)
     grads = torch.autograd.grad(y, wrt, g.to(y.dtype))
     return {"y": y.detach(), "mem": None if mem is None else mem.detach(), "grads": [t.detach() for t in grads]}
+
+
+TRUTH_FACTOR = 4.0  # the tolerance policy's factor for two evaluation orders of one formula (docs/TESTING.md)
+
+
+def _max_abs_err(a: Tensor, b: Tensor) -> float:
+    """``max |a - b|``; infinite where the shapes differ (no broadcasting of a final state against a trace)."""
+    if a.shape != b.shape:
+        return math.inf
+    return float((a.detach().double() - b.detach().double()).abs().max()) if b.numel() else 0.0
+
+
+def _truth_check(make_reference: Callable[[], Callable[[Tensor], tuple]], x: Tensor, g: Tensor,
+                 per_step_ops: int, factor: float = TRUTH_FACTOR):
+    """A check against the library we mirror, run by ``make_reference()`` (a forward returning the spikes and
+    the membrane trace) on the check slice ``x``, ``g`` (float32), with a bound from the project's tolerance
+    policy (docs/TESTING.md; ``tests/_tolerance.assert_close_to_truth``).
+
+    As for the snnTorch rows: spike mismatches, largest membrane error and relative gradient error against the
+    reference's float32 run. Then ours and the reference's float32 runs are both measured against the
+    reference run in float64 (the truth), for the membrane trace and the gradient to x: ours must be within
+    ``factor x max(reference's error, sqrt(ops) x eps(float32) x max|truth|)``, with ``ops = T x per_step_ops``
+    for the forward and twice that for the backward. ``within_tolerance`` says whether both hold; a row whose
+    forward gives no membrane trace fails it.
+    """
+    fwd = make_reference()
+    ref = _reference(fwd, [], x.float(), g.float(), True)
+    truth = _reference(fwd, [], x.double(), g.double(), True)
+    if ref["mem"] is None or truth["mem"] is None:
+        raise RuntimeError("the reference forward gives no membrane trace")
+    eps32 = torch.finfo(torch.float32).eps
+    ops = {"membrane": x.shape[0] * per_step_ops, "dx": 2 * x.shape[0] * per_step_ops}
+    truths = {"membrane": truth["mem"], "dx": truth["grads"][0]}
+    theirs = {"membrane": _max_abs_err(ref["mem"], truth["mem"]), "dx": _max_abs_err(ref["grads"][0], truths["dx"])}
+    bounds = {k: factor * max(theirs[k], math.sqrt(ops[k]) * eps32 * float(truths[k].abs().max()))
+              for k in truths}
+
+    def check(built: Built) -> Dict[str, Any]:
+        y, mem, grads = _check_outputs(built, x, g, True)
+        out, parts = _compare(ref, y, mem, grads, True)
+        errs = {"membrane": None if mem is None else _max_abs_err(mem, truths["membrane"]),
+                "dx": None if grads[0] is None else _max_abs_err(grads[0], truths["dx"])}
+        ok = all(errs[k] is not None and errs[k] <= bounds[k] for k in errs)
+        out["vs_float64"] = {k: {"err": errs[k], "reference_err": theirs[k], "bound": bounds[k], "ops": ops[k]}
+                             for k in errs}
+        out["vs_float64"]["factor"] = factor
+        out["within_tolerance"] = ok
+        shown = ", ".join(f"{'v' if k == 'membrane' else k} " + ("-" if errs[k] is None else f"{errs[k]:.1e}")
+                          + f"<={bounds[k]:.1e}" for k in errs)
+        parts.append(f"f64: {shown} {'ok' if ok else 'FAIL'}")
+        out["summary"] = ", ".join(parts)
+        return out
+
+    return check
 
 
 # --------------------------------------------------------------------------------------------------
@@ -937,6 +1036,102 @@ def _cpu_kernel_synaptic_impls(ctx: Context) -> List[Impl]:
                  checked=True, note="the drop-in's sequence(backend='auto')")]
 
 
+def _import_norse():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Norse 1.1's torch.jit.script decorators warn at import
+        import norse.torch as norse
+    return norse
+
+
+def _norse_own_forward(device, box: bool, record: bool = False) -> Callable[[Tensor], tuple]:
+    """Norse 1.1's own neuron as a user runs it, default parameters: ``norse.torch.LIF`` or, for the box
+    neuron (Norse has no sequence module for it), a ``LIFBoxCell`` looped over time. Returns
+    ``(spikes, membrane after every step)`` with ``record``, else ``(spikes, None)``."""
+    norse = _import_norse()
+    if not box:
+        lif = norse.LIF(record_states=record).to(device)
+
+        def forward(x):
+            z, state = lif(x)
+            return z, state.v if record else None
+
+        return forward
+    cell = norse.LIFBoxCell().to(device)
+
+    def forward_box(x):
+        state, zs, vs = None, [], []
+        for xt in x.unbind(0):
+            z, state = cell(xt, state)
+            zs.append(z)
+            if record:
+                vs.append(state.v)
+        return torch.stack(zs), torch.stack(vs) if record else None
+
+    return forward_box
+
+
+def _norse_dropin_forward(device, box: bool, backend: str, record: bool = False) -> Callable[[Tensor], tuple]:
+    """Our drop-in ``surroflos.norse.LIF`` / ``LIFBox`` (default parameters) with ``backend``."""
+    from . import norse as ours
+
+    mod = (ours.LIFBox if box else ours.LIF)(record_states=record, backend=backend).to(device)
+
+    def forward(x):
+        z, state = mod(x)
+        return z, state.v if record else None
+
+    return forward
+
+
+def _norse_kernel_forward(device, box: bool, backend: str) -> Callable[[Tensor], tuple]:
+    """The drop-ins' whole-sequence op (``lif_feed_forward_sequence`` / ``lif_box_sequence``) on Norse's default
+    parameters and default initial state, with an explicit ``backend`` (the modules take only auto/torch/triton):
+    ``(spikes, membrane after every step)``."""
+    from .kernels.norse_lif import lif_box_sequence, lif_feed_forward_sequence
+    from .norse import LIFBoxParameters, LIFParameters, norse_surrogate
+
+    p = LIFBoxParameters() if box else LIFParameters()
+    sur = norse_surrogate(p.method, p.alpha)
+    common = dict(tau_mem_inv=p.tau_mem_inv, v_leak=p.v_leak, v_th=p.v_th, v_reset=p.v_reset, dt=1e-3,
+                  surrogate=sur, backend=backend)
+
+    def forward(x):
+        v0 = torch.full_like(x[0], float(p.v_leak))
+        if box:
+            return lif_box_sequence(x, v0, reset="value", **common)
+        z, v, _ = lif_feed_forward_sequence(x, v0, torch.zeros_like(x[0]), tau_syn_inv=p.tau_syn_inv, **common)
+        return z, v
+
+    return forward
+
+
+def _norse_impls(ctx: Context, box: bool) -> List[Impl]:
+    """The Norse rows of config ``cpu_kernels``: Norse 1.1's own module (the baseline), our drop-in with
+    ``backend="torch"``, the compiled CPU kernels (numba, ``backend="cpu"``, the run's threads) and the drop-in
+    as users call it (``auto``: the CPU kernels on CPU tensors). Timed without recorded states (as users run
+    them); the output check runs each with ``record_states=True``."""
+    dev = ctx.device
+
+    def recorded(make):
+        return lambda: Built(forward=make(False), check_forward=make(True))
+
+    mod = "LIFBox" if box else "LIF"
+    fn = "lif_box_sequence" if box else "lif_feed_forward_sequence"
+    return [Impl("norse", "Norse 1.1 LIFBoxCell, Python loop" if box else "Norse 1.1 norse.torch.LIF",
+                 recorded(lambda r: _norse_own_forward(dev, box, r)), checked=True,
+                 note=("Norse has no box sequence module: its LIFBoxCell stepped over time" if box else
+                       "Norse's own SNN loop over its (TorchScript) step, default parameters")),
+            Impl("ours_torch", f"ours: norse.{mod}(backend='torch')",
+                 recorded(lambda r: _norse_dropin_forward(dev, box, "torch", r)), checked=True),
+            Impl("ours_cpu", f"ours: {fn} cpu", lambda: Built(forward=_norse_kernel_forward(dev, box, "cpu")),
+                 checked=True, note=f"{fn}(backend='cpu'): the numba kernels the drop-in runs on CPU tensors"),
+            Impl("ours_dropin", f"ours: norse.{mod}() (auto)",
+                 recorded(lambda r: _norse_dropin_forward(dev, box, "auto", r)), checked=True,
+                 note="the drop-in as users call it (backend='auto': the numba kernels for float32 CPU tensors)")]
+
+
 def _with_threads(fn: Callable[[], Any], threads: Optional[int]) -> Callable[[], Any]:
     if threads is None:
         return fn
@@ -979,6 +1174,46 @@ def _lif_case(ctx: Context, name: str, T: int, B: int, N: int, dtype: torch.dtyp
             "dtype": _dt(dtype), "shapes": {"T": T, "B": B, "N": N}, "baseline": "snntorch",
             "check_reference": f"snnTorch {neuron} loop in float32 on x[:, :{bc}]", "floor": floor,
             "implementations": rows}
+    _finish_case(case)
+    case["targets"] = [evaluate_target(case, t) for t in targets]
+    _cleanup(ctx)
+    return case
+
+
+def _norse_case(ctx: Context, name: str, T: int, B: int, N: int, box: bool,
+                targets: Sequence[Dict[str, Any]] = ()) -> Dict[str, Any]:
+    """Norse's feed-forward LIF (``box``: the LIF box neuron) forward+backward over ``[T, B, N]`` float32
+    (gradient to the input), Norse 1.1's own module against our drop-in and its kernels: the LIF case's method
+    (interleaved rounds, input sets, cotangent; the LIF's inputs are those of the snnTorch LIF case of the same
+    shape), checked against Norse in float32 and float64 (:func:`_truth_check`)."""
+    dtype = torch.float32
+    item = torch.empty((), dtype=dtype).element_size()
+    floor = _floor(ctx, norse_floor_bytes(T, B, N, item), 0.0, dtype)
+    shift = NORSE_BOX_SHIFT if box else 0.15
+
+    def make(gen):
+        x = _randn(ctx, (T, B, N), dtype, gen, 0.5, shift).requires_grad_(True)
+        return x, _randn(ctx, (T, B, N), dtype, gen)
+
+    sets = _sets(ctx, make, 2 * T * B * N * item, 1)
+    bc = min(B, 4)
+    xc, gc_ = sets[0][0].detach()[:, :bc].contiguous(), sets[0][1][:, :bc].contiguous()
+    kind = "box" if box else "lif"
+    check = _guarded(lambda: _truth_check(lambda: _norse_own_forward(ctx.device, box, record=True), xc, gc_,
+                                          NORSE_OPS_PER_STEP[kind]))
+    _progress_case(ctx, name)
+    rows = _run_impls(ctx, _norse_impls(ctx, box),
+                      lambda b: _with_threads(_cycle_fwd_bwd(b, sets, True), b.threads), check)
+    own = "LIFBoxCell loop" if box else "norse.torch.LIF"
+    case = {"name": name,
+            "title": f"Norse {'LIF box' if box else 'LIF (current-based)'} neuron forward+backward "
+                     f"[T={T}, B={B}, N={N}] {_dt(dtype)}",
+            "measure": "forward + backward (gradient to x for a random spike cotangent)",
+            "dtype": _dt(dtype), "shapes": {"T": T, "B": B, "N": N}, "baseline": "norse",
+            "inputs": f"0.5 N(0,1) + {shift:g}",
+            "check_reference": f"Norse 1.1 {own} in float32 on x[:, :{bc}]; against the same in float64: "
+                               f"within {TRUTH_FACTOR:g} x max(Norse's float32 error, sqrt(ops) eps magnitude)",
+            "floor": floor, "implementations": rows}
     _finish_case(case)
     case["targets"] = [evaluate_target(case, t) for t in targets]
     _cleanup(ctx)
@@ -1430,13 +1665,18 @@ def _config_cpu(ctx: Context) -> List[Dict[str, Any]]:
     rnn = dict(T=16, B=4, N=32, n_in=8, n_out=4) if q else dict(T=200, B=16, N=256, n_in=32, n_out=10)
     lyap = dict(T=20, B=2, N=24, n_in=4, k=4, qr_every=5) if q else dict(T=200, B=4, N=128, n_in=16, k=16,
                                                                            qr_every=10)
-    return [
+    cases = [
         _lif_case(ctx, "lif", T, B, N, torch.float32, gpu=False,
                   targets=[_target("ours (PyTorch path) >= 2x snnTorch", "speedup", "ours_torch", 2.0, "snntorch")]),
         _rnn_case(ctx, "rnn_train", rnn, gpu=False),
         _lyap_case(ctx, "lyapunov_forward", lyap, False, gpu=False),
         _lyap_case(ctx, "lyapunov_forward_backward", lyap, True, gpu=False),
     ]
+    for case in cases:
+        case["group"] = "cpu"
+    # Issue 17's targets are stated for this config "in the same run": the compiled-kernel cases follow (on a
+    # CUDA device they are skipped; run_config says so in the payload's note).
+    return cases + ([] if ctx.cuda else _config_cpu_kernels(ctx))
 
 
 def _config_cpu_lyapunov(ctx: Context) -> List[Dict[str, Any]]:
@@ -1466,10 +1706,17 @@ def _config_cpu_kernels(ctx: Context) -> List[Dict[str, Any]]:
                _target("2 threads not slower than the run's threads", "speedup", "ours_cpu_2t", 1.0, "ours_cpu")]
     T, B, N = (16, 4, 64) if ctx.quick else (500, 16, 2048)
     syn_targets = [targets[0], targets[1], targets[3]]  # no torch.compile row for Synaptic
-    return [_lif_case(ctx, f"lif_N{n}", t, b, n, torch.float32, gpu=False, targets=targets,
-                      impls=_cpu_kernel_lif_impls(ctx)) for t, b, n in sizes] + [
+    # Norse's neurons: the issue's LIF targets applied to them, against the library they mirror.
+    norse_targets = [targets[0], _target(">= 5x Norse", "speedup", "ours_cpu", 5.0, "norse")]
+    cases = [_lif_case(ctx, f"lif_N{n}", t, b, n, torch.float32, gpu=False, targets=targets,
+                       impls=_cpu_kernel_lif_impls(ctx)) for t, b, n in sizes] + [
         _lif_case(ctx, f"synaptic_N{N}", T, B, N, torch.float32, gpu=False, targets=syn_targets,
-                  impls=_cpu_kernel_synaptic_impls(ctx), synaptic=True)]
+                  impls=_cpu_kernel_synaptic_impls(ctx), synaptic=True),
+        _norse_case(ctx, f"norse_lif_N{N}", T, B, N, box=False, targets=norse_targets),
+        _norse_case(ctx, f"norse_box_N{N}", T, B, N, box=True, targets=norse_targets)]
+    for case in cases:
+        case["group"] = "cpu_kernels"
+    return cases
 
 
 def _config_1(ctx: Context) -> List[Dict[str, Any]]:
@@ -1517,9 +1764,10 @@ _RUNNERS = {"cpu": _config_cpu, "cpu_kernels": _config_cpu_kernels, "cpu_lyapuno
             "1": _config_1, "2": _config_2,
             "3": _config_3, "4": _config_4, "ensemble": _config_ensemble}
 _TITLES = {
-    "cpu": "CPU: LIF [200, 32, 512] fwd+bwd; scaled-down recurrent training step and Lyapunov spectrum",
+    "cpu": "CPU: LIF [200, 32, 512] fwd+bwd; scaled-down recurrent training step and Lyapunov spectrum; "
+           "then the cpu_kernels cases",
     "cpu_kernels": "CPU kernels (numba): LIF fwd+bwd [500, 16, 2048] and [500, 16, 8192], Synaptic fwd+bwd "
-                   "[500, 16, 2048], 1 and 2 threads",
+                   "[500, 16, 2048], 1 and 2 threads; Norse LIF and LIF box fwd+bwd [500, 16, 2048]",
     "cpu_lyapunov": "CPU Lyapunov spectra (issue 17): rate N=256 (T=1000) and LIF N=512 (T=500; atan, triangle), "
                     "k=32, B=4",
     "1": "LIF neuron forward+backward [500, 64, 4096], float32 and bfloat16",
@@ -1623,6 +1871,8 @@ def run_config(config: str, ctx: Context) -> Dict[str, Any]:
     if config == "cpu_kernels" and ctx.cuda:
         payload.update({"status": "skipped: CPU configuration (run it with --device cpu)", "cases": []})
         return payload
+    if config == "cpu" and ctx.cuda:
+        payload["note"] = "the cpu_kernels cases are CPU only and were skipped (run with --device cpu to include them)"
     t0 = time.perf_counter()
     torch.manual_seed(ctx.seed)
     payload["cases"] = _RUNNERS[config](ctx)

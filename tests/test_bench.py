@@ -63,7 +63,10 @@ def test_cpu_quick_json_and_table(tmp_path, capsys):
         assert lib in payload["versions"]
     assert payload["versions"]["torch"] == torch.__version__
     names = [c["name"] for c in payload["cases"]]
-    assert names == ["lif", "rnn_train", "lyapunov_forward", "lyapunov_forward_backward"]
+    # its own cases, then config cpu_kernels' in the same run (tests/test_kernels_cpu_bench.py checks those rows)
+    assert names == ["lif", "rnn_train", "lyapunov_forward", "lyapunov_forward_backward", "lif_N64", "lif_N256",
+                     "synaptic_N64", "norse_lif_N64", "norse_box_N64"]
+    assert [c["group"] for c in payload["cases"]] == ["cpu"] * 4 + ["cpu_kernels"] * 5
     for case in payload["cases"]:
         assert {"title", "dtype", "shapes", "floor", "baseline", "implementations", "targets"} <= set(case)
         fl = case["floor"]
@@ -218,6 +221,36 @@ def test_output_check_catches_a_wrong_neuron():
     assert wrong["spike_mismatches"] > 0 and wrong["mem_max_abs_err"] > 0.05 and wrong["grad_rel_err"] > 0.01
 
 
+def test_norse_check_catches_a_wrong_neuron():
+    """The Norse rows' check (against Norse in float32, and within the tolerance policy's bound of Norse in
+    float64) passes our neuron and fails a wrong coefficient, inputs rounded to bfloat16 (an error far above
+    float32 rounding) and a row without a membrane trace."""
+    from surroflos import norse as ours
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 3, 20, generator=gen) * 0.5 + 0.6  # fires within 60 steps
+    g = torch.randn(60, 3, 20, generator=gen)
+    check = bench._truth_check(lambda: bench._norse_own_forward("cpu", box=False, record=True), x, g,
+                               bench.NORSE_OPS_PER_STEP["lif"])
+    right = check(bench.Built(forward=bench._norse_kernel_forward("cpu", False, "torch")))
+    assert right["within_tolerance"] is True and right["spike_mismatches"] == 0, right
+    assert right["vs_float64"]["membrane"]["reference_err"] > 0  # float32 Norse is off the float64 truth
+
+    def recorded(mod):
+        return lambda xx: (lambda z, s: (z, s.v))(*mod(xx))
+
+    slower = ours.LIF(ours.LIFParameters(tau_syn_inv=torch.tensor(190.0)), record_states=True)  # Norse: 200
+    wrong = check(bench.Built(forward=recorded(slower)))
+    assert wrong["within_tolerance"] is False and wrong["summary"].endswith("FAIL")
+    assert wrong["vs_float64"]["membrane"]["err"] > wrong["vs_float64"]["membrane"]["bound"]
+    f = bench._norse_kernel_forward("cpu", False, "torch")
+    rounded = check(bench.Built(forward=lambda xx: f(xx.to(torch.bfloat16).to(xx.dtype))))
+    assert rounded["within_tolerance"] is False
+    no_trace = check(bench.Built(forward=lambda xx: (f(xx)[0], None)))
+    assert no_trace["within_tolerance"] is False and "mem_max_abs_err" not in no_trace
+    assert no_trace["vs_float64"]["membrane"]["err"] is None
+
+
 def test_naive_lyapunov_on_a_linear_map():
     from surroflos._random import orthonormal_frame
     from surroflos.models import LinearMap
@@ -249,6 +282,8 @@ def test_cli_wiring_and_driver(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("run_all", path)
     run_all = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run_all)
+    # `cpu` runs the cpu_kernels cases itself: the default CPU list must not run them a second time
+    assert run_all.CPU_CONFIGS[0] == "cpu" and "cpu_kernels" not in run_all.CPU_CONFIGS
     if not torch.cuda.is_available():
         assert run_all.main(["--configs", "3", "--results", str(tmp_path), "--tag", "t"]) == 0
         assert (tmp_path / "t" / "bench_3.json").exists()
