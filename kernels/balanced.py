@@ -185,13 +185,62 @@ def _outgoing_weights(w: Tensor, slot: Tensor, dtype: torch.dtype) -> Tensor:
         return torch.cat([flat, flat.new_zeros(1)]).index_select(0, slot.reshape(-1)).view(slot.shape)
 
 
+_JUMPS: dict[int, tuple] = {}
+
+
+def _presynaptic_weights(w: Tensor, pre: Tensor, pat: _Pattern, dtype: torch.dtype) -> Optional[Tensor]:
+    """``jump [N]`` (in ``dtype``) when every synapse's weight is a function of its presynaptic neuron alone,
+    ``w[i, k] == jump[pre[i, k]]`` (the fixed weights of the balanced and the E/I networks), else None.
+
+    With it a spike adds one number to its ``D`` targets and no weight is gathered: the gather through ``slot``
+    reads scattered cache lines of all ``N K`` weights (0.4 GB at N = 1e6), about a third of a step there.
+    The check reads all weights once, so it is cached per weight tensor (identity, version, storage) and
+    ``pre_idx``, and used only by calls without gradient (``BalancedNetwork.simulate``): training changes the
+    weights at every step, and a write through ``.data`` bumps no version (the pattern's cache has the same
+    caveat).
+    """
+    key = id(w)
+    try:
+        version = (w._version, w.data_ptr())
+    except Exception:  # pragma: no cover - inference tensors have no version counter
+        return None
+    hit = _JUMPS.get(key)
+    if hit is not None and hit[0]() is w and hit[1] == version and hit[2]() is pre and hit[3] == dtype:
+        return hit[4]
+    _JUMPS.pop(key, None)
+    N, K = pre.shape
+    with torch.no_grad():
+        wd = w.detach()
+        if wd.numel() == 0:
+            return None
+        # the first out-going synapse of each neuron; a neuron without any gets the padding, clamped: its
+        # value is never read
+        first = pat.slot[:, 0].clamp(max=N * K - 1)
+        jump = wd.reshape(-1).index_select(0, first).to(dtype)
+        same = True
+        step = max(1, _BUILD_CHUNK // K)
+        for lo in range(0, N, step):  # a chunk of rows at a time: no [N, K] temporaries
+            rows = wd[lo:lo + step].to(dtype)
+            if not bool((rows == jump.index_select(0, pre[lo:lo + step].reshape(-1)).view_as(rows)).all()):
+                same = False  # (NaN weights compare unequal: they take the general path)
+                break
+    result = jump if same else None
+    try:
+        _JUMPS[key] = (weakref.ref(w, lambda _r, k=key: _JUMPS.pop(k, None)), version, weakref.ref(pre), dtype,
+                       result)
+    except TypeError:  # pragma: no cover
+        pass
+    return result
+
+
 # ----------------------------------------------------------------------------------------------
 # PyTorch path of the sequence
 # ----------------------------------------------------------------------------------------------
 
 
-def _event_recurrent(fire: Tensor, pat: _Pattern, w_flat: Tensor) -> Tensor:
-    """``r = J s`` for boolean spikes ``fire [B, N]``, touching only the synapses of the spiking neurons."""
+def _event_recurrent(fire: Tensor, pat: _Pattern, w_flat: Tensor, jump: Optional[Tensor] = None) -> Tensor:
+    """``r = J s`` for boolean spikes ``fire [B, N]``, touching only the synapses of the spiking neurons
+    (``jump``: the weights as a function of the presynaptic neuron, :func:`_presynaptic_weights`, if any)."""
     B, N = fire.shape
     r = torch.zeros(B, N + 1, dtype=w_flat.dtype, device=w_flat.device)
     bi, j = fire.nonzero(as_tuple=True)
@@ -202,19 +251,22 @@ def _event_recurrent(fire: Tensor, pat: _Pattern, w_flat: Tensor) -> Tensor:
         # index_select rather than slot[j]: the advanced-indexing kernel is much slower for these row gathers
         rows = pat.slot.index_select(0, j[lo:lo + chunk])
         target = pat.targets(rows) + (bi[lo:lo + chunk] * (N + 1)).unsqueeze(1)
-        # Padding (slot N K) goes to the dummy target N, whatever weight it reads: clamp it into range.
-        vals = w_flat.index_select(0, rows.clamp(max=w_flat.numel() - 1).reshape(-1))
+        if jump is not None:  # the same numbers in the same order as the gather below
+            vals = jump.index_select(0, j[lo:lo + chunk]).unsqueeze(1).expand(rows.shape).reshape(-1)
+        else:  # padding (slot N K) goes to the dummy target N, whatever weight it reads: clamp it into range
+            vals = w_flat.index_select(0, rows.clamp(max=w_flat.numel() - 1).reshape(-1))
         r.view(-1).index_add_(0, target.reshape(-1), vals)
     return r[:, :N]
 
 
 def _sequence_forward_torch(x_drive: Tensor, state0: Tensor, w: Tensor, pre: Tensor, a_m: float, a_s: float,
-                            b: float, bc: float, ac: float) -> Tuple[Tensor, Tensor]:
+                            b: float, bc: float, ac: float, reuse_weights: bool = False) -> Tuple[Tensor, Tensor]:
     T, B, N = x_drive.shape
     dtype, dev = state0.dtype, state0.device
     acc = acc_dtype(dtype)
     pat = _pattern(pre)
     w_flat = w.detach().reshape(-1).to(acc)  # a view for float32/float64 weights: nothing of size N K is copied
+    jump = _presynaptic_weights(w, pre, pat, acc) if reuse_weights else None
     states = torch.empty(T, B, 2 * N, dtype=dtype, device=dev)
     st = states if acc == dtype else torch.empty(T, B, 2 * N, dtype=acc, device=dev)  # written in place
     fire_all = torch.empty(T, B, N, dtype=torch.bool, device=dev)
@@ -224,7 +276,7 @@ def _sequence_forward_torch(x_drive: Tensor, state0: Tensor, w: Tensor, pre: Ten
     I, V = state0[:, :N].to(acc), state0[:, N:].to(acc)
     fire = V > 1.0
     for t in range(T):
-        r = _event_recurrent(fire, pat, w_flat)
+        r = _event_recurrent(fire, pat, w_flat, jump)
         I_new, V_new = st[t, :, :N], st[t, :, N:]
         # balanced_step's operation order: a_m (1 - s) V + b I + bc r + (1 - a_m) u
         torch.mul(V.masked_fill(fire, 0.0), a_m, out=V_new).add_(b * I).add_(bc * r)
@@ -352,15 +404,16 @@ def _triton_module():
 @torch.library.custom_op("surroflos::balanced_sequence", mutates_args=())
 def _sequence_op(x_drive: Tensor, state0: Tensor, weight_rec: Tensor, pre_idx: Tensor, a_m: float, a_s: float,
                  b: float, bc: float, ac: float, surrogate_id: int, scale: float, detach_reset: bool,
-                 backend: str) -> Tuple[Tensor, Tensor]:
+                 backend: str, reuse_weights: bool = False) -> Tuple[Tensor, Tensor]:
     if backend == "triton":
         return _triton_module().sequence_forward(x_drive, state0, weight_rec, _pattern(pre_idx).pre32(pre_idx),
                                                  a_m, a_s, b, bc, ac)
-    return _sequence_forward_torch(x_drive, state0, weight_rec, pre_idx, a_m, a_s, b, bc, ac)
+    return _sequence_forward_torch(x_drive, state0, weight_rec, pre_idx, a_m, a_s, b, bc, ac, reuse_weights)
 
 
 @_sequence_op.register_fake
-def _(x_drive, state0, weight_rec, pre_idx, a_m, a_s, b, bc, ac, surrogate_id, scale, detach_reset, backend):
+def _(x_drive, state0, weight_rec, pre_idx, a_m, a_s, b, bc, ac, surrogate_id, scale, detach_reset, backend,
+      reuse_weights=False):
     T, B, N = x_drive.shape
     return state0.new_empty(T, B, N), state0.new_empty(T, B, 2 * N)
 
@@ -548,8 +601,10 @@ def balanced_sequence(x_drive: Tensor, state0: Tensor, weight_rec: Tensor, pre_i
     coef = _coefficients(a_m, a_s, b, bc, ac)
     surr = sg.get(surrogate)
     resolved = _resolve(backend, x_drive.device)
+    # Without gradient (BalancedNetwork.simulate, rollouts) the weights may be checked once and reused across
+    # calls (see _presynaptic_weights); with gradient they change at every step.
     return _sequence_op(x_drive, state0, weight_rec, pre_idx, *coef, surr.id, float(surr.scale),
-                        bool(detach_reset), resolved)
+                        bool(detach_reset), resolved, not torch.is_grad_enabled())
 
 
 def balanced_tangent_fused(d: Tensor, e: Tensor, Q: Tensor, weight_rec: Tensor, pre_idx: Tensor, a_m: float,

@@ -68,3 +68,49 @@ def test_event_recurrent_equals_the_dense_product():
     want = fire.double() @ J.T
     assert torch.allclose(got, want, rtol=0, atol=64 * torch.finfo(torch.float64).eps * float(J.abs().sum(1).max()))
     assert torch.equal(got[0], torch.zeros(N, dtype=torch.float64))
+
+
+def _simulate_both_ways(net, monkeypatch, steps=60):
+    """simulate with the presynaptic-weight shortcut as taken, and with it disabled (the gather through slot)."""
+    state0 = net.initial_state(2, random=True, generator=torch.Generator().manual_seed(8))
+    fast, fast_state, _ = net.simulate(steps, state0=state0, return_state=True)
+    with monkeypatch.context() as m:
+        m.setattr(kbal, "_presynaptic_weights", lambda *a, **k: None)
+        slow, slow_state, _ = net.simulate(steps, state0=state0, return_state=True)
+    assert bool(fast.any())  # not two silent networks
+    assert torch.equal(fast, slow) and torch.equal(fast_state, slow_state)  # same numbers, same order: bit for bit
+
+
+def test_presynaptic_weights_shortcut_for_fixed_weights_is_exact(monkeypatch):
+    for net in (_net(seed=9), BalancedNetwork(N=300, K=20, ei=True, generator=torch.Generator().manual_seed(9),
+                                              dtype=torch.float64)):
+        kbal._JUMPS.clear()
+        _simulate_both_ways(net, monkeypatch)
+        jump = kbal._JUMPS[id(net.weight_rec)][4]
+        assert jump is not None  # the shortcut was taken
+        pre = net.pre_idx.long()
+        assert torch.equal(jump[pre], net.weight_rec.detach())  # and it is the weights, read per presynaptic id
+
+
+def test_presynaptic_weights_shortcut_declines_general_weights(monkeypatch):
+    net = _net(seed=10)
+    with torch.no_grad():
+        net.weight_rec[3, 0] *= 1.5  # one synapse off: the weights no longer depend on the presynaptic id alone
+    kbal._JUMPS.clear()
+    _simulate_both_ways(net, monkeypatch)
+    assert kbal._JUMPS[id(net.weight_rec)][4] is None
+    with torch.no_grad():
+        net.weight_rec[3, 0] /= 1.5  # back: the version changed, so it is checked again and taken
+    net.simulate(5, batch=1)
+    assert kbal._JUMPS[id(net.weight_rec)][4] is not None
+
+
+def test_calls_with_gradient_never_use_the_shortcut():
+    net = _net(seed=11)
+    kbal._JUMPS.clear()
+    u = net.drive.expand(10, 1, net.N).clone()
+    s0 = net.initial_state(1, random=True, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+    with torch.enable_grad():
+        spikes, states = kbal.balanced_sequence(u, s0, net.weight_rec, net.pre_idx, a_m=net.a_m, a_s=net.a_s,
+                                                b=net.b, bc=net.bc, ac=net.ac)
+    assert states.requires_grad and len(kbal._JUMPS) == 0
