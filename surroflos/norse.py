@@ -104,7 +104,7 @@ __all__ = [
     "norse_surrogate", "BACKENDS",
 ]
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "cpu")
 
 # Norse threshold methods that surroflos does not (yet) provide.
 _UNSUPPORTED_METHODS = {
@@ -859,8 +859,8 @@ def _sequence_forward(module, input_tensor: torch.Tensor, state, param_fields, s
             return fused(module, input_tensor.to(promo.dtype), _converted(state, promo.dtype, dev), backend)
         blocker = (f"operands whose dtypes stay mixed under Norse's promotion (input {input_tensor.dtype}, state "
                    f"{[t.dtype for t in state]}, parameters {[_tag(getattr(p, f)) for f in param_fields]})")
-    if backend == "triton":
-        raise NotImplementedError(f"{type(module).__name__}(backend='triton'): the fused kernels do not support "
+    if backend in ("triton", "cpu"):
+        raise NotImplementedError(f"{type(module).__name__}(backend={backend!r}): the fused kernels do not support "
                                   f"{blocker}; use backend='auto' or 'torch' (they fall back to the step loop)")
     return _run(lambda x, s: step(x, s, p, dt), input_tensor, state, module.record_states)
 
@@ -870,9 +870,10 @@ class LIF(_norse.LIF):
 
     Same constructor as Norse's (``p``, ``dt=1e-3``, ``record_states=False``) plus ``backend``:
     ``"torch"`` runs the whole sequence as one fused PyTorch op, ``"triton"`` as fused Triton kernels
-    (:func:`surroflos.kernels.norse_lif.lif_feed_forward_sequence`), ``"auto"`` picks Triton for CUDA
-    inputs. Parameters of shapes other than ``[]``/``[N]`` and forward-mode AD fall back to the step loop
-    (``"triton"`` raises NotImplementedError instead). Returns the spikes ``[T, ...]`` and the final
+    (:func:`surroflos.kernels.norse_lif.lif_feed_forward_sequence`), ``"cpu"`` as the compiled CPU kernels
+    (numba; CPU tensors), ``"auto"`` picks Triton for CUDA inputs and the CPU kernels for float32/float64
+    CPU inputs. Parameters of shapes other than ``[]``/``[N]`` and forward-mode AD fall back to the step
+    loop (``"triton"`` and ``"cpu"`` raise NotImplementedError instead). Returns the spikes ``[T, ...]`` and the final
     ``LIFFeedForwardState`` (all states stacked over time if ``record_states``).
     """
 
@@ -1044,6 +1045,9 @@ class LIFRecurrent(_FlatRecurrent, _norse.LIFRecurrent):
                  backend: str = "auto", **kwargs: Any) -> None:
         _check_p(type(self).__name__, p, _LIF_FIELDS, kwargs.get("dt", 1e-3))
         resolved = _check_backend(backend)
+        if resolved == "cpu":
+            raise ValueError("LIFRecurrent(backend='cpu'): the compiled CPU kernels cover LIF and LIFBox; the "
+                             "recurrent layer runs its fused PyTorch path with backend='torch' or 'auto'")
         super().__init__(input_size, hidden_size, p, **kwargs)
         self.backend = resolved
         self.activation = lif_recurrent_step

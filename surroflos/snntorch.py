@@ -131,7 +131,7 @@ __all__ = [
     "rleaky_flat_step", "rleaky_flat_tangent", "rsynaptic_flat_step", "rsynaptic_flat_tangent",
 ]
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "cpu")
 RESETS = ("subtract", "zero", "none")  # snnTorch's reset_mechanism_val 0, 1, 2
 
 Tensor = torch.Tensor
@@ -421,6 +421,12 @@ def _resolve_backend(backend: object) -> str:
     return backend
 
 
+def _no_cpu_kernel(layer: object, backend: str) -> None:
+    if backend == "cpu":
+        raise NotImplementedError(f'backend="cpu": the compiled CPU kernels cover Leaky and Synaptic; '
+                                  f'{type(layer).__name__} runs its fused PyTorch path with backend="torch" or "auto"')
+
+
 def _one_to_one_classes() -> tuple:
     classes = []
     for mod in ("rleaky", "rsynaptic"):
@@ -621,8 +627,8 @@ class _SequenceMixin:
                                  graded=p.graded_spikes_factor, backend=backend))
             except _lif.LIFConfigError as err:
                 reason = str(err)
-        if backend == "triton":
-            raise NotImplementedError(f'backend="triton" cannot run this {type(self).__name__}: {reason}. '
+        if backend in ("triton", "cpu"):
+            raise NotImplementedError(f'backend="{backend}" cannot run this {type(self).__name__}: {reason}. '
                                       'backend="torch" or "auto" run it as a PyTorch loop.')
         return None
 
@@ -634,7 +640,9 @@ class _SequenceMixin:
         fused whole-sequence PyTorch path of :mod:`surroflos.kernels.lif` (``Leaky``, ``Synaptic``) or
         :mod:`surroflos.kernels.recurrent` (``RLeaky``, ``RSynaptic``) where it can express the layer,
         else the PyTorch loop; ``"triton"`` the Triton kernels (NotImplementedError where they cannot
-        express the layer); ``"auto"`` Triton for CUDA tensors; on the CPU the compiled CPU kernels of
+        express the layer); ``"cpu"`` the compiled CPU kernels (numba) of ``Leaky`` and ``Synaptic`` on CPU
+        tensors (NotImplementedError for ``RLeaky``/``RSynaptic`` and where they cannot express the layer);
+        ``"auto"`` Triton for CUDA tensors; on the CPU the compiled CPU kernels of
         ``Leaky`` and ``Synaptic`` (numba, :mod:`surroflos.kernels.lif`'s ``backend="cpu"``; the PyTorch path
         where numba is missing or ``SURROFLOS_DISABLE_CPU_KERNELS=1``), else ``"torch"``. ``x`` may also be
         integer or boolean; ``x`` and the state are converted to the dtype snnTorch's step promotes the
@@ -678,10 +686,10 @@ class _SequenceMixin:
         fused = self._fused(x, init, p, backend)
         if fused is not None:
             return fused
-        if backend == "triton":
+        if backend in ("triton", "cpu"):
             raise NotImplementedError(  # defensive: every layer's _fused raises its own reason first
-                f'backend="triton" has no kernel for this {type(self).__name__}; backend="torch" (or "auto") runs '
-                'it as a PyTorch loop.')
+                f'backend="{backend}" has no kernel for this {type(self).__name__}; backend="torch" (or "auto") '
+                'runs it as a PyTorch loop.')
         columns = self._loop(x, init, p)
         if x.shape[0] == 0:
             return tuple(x.new_zeros(x.shape) for _ in columns)
@@ -955,6 +963,7 @@ class RLeaky(_FlatMixin, _SequenceMixin, _snn.RLeaky):
     _STATE_FACTOR = 1
 
     def _fused(self, x, state, p, backend):
+        _no_cpu_kernel(self, backend)
         return _recurrent_fused(self, x, state, p, backend, synaptic=False)
 
     def _loop(self, x, state, p):
@@ -994,6 +1003,7 @@ class RSynaptic(_FlatMixin, _SequenceMixin, _snn.RSynaptic):
                 "so the reset stays delayed; sequence() reproduces snnTorch", UserWarning, stacklevel=3)
 
     def _fused(self, x, state, p, backend):
+        _no_cpu_kernel(self, backend)
         return _recurrent_fused(self, x, state, p, backend, synaptic=True)
 
     def _loop(self, x, state, p):

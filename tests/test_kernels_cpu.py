@@ -287,3 +287,27 @@ def _child(x, q):
     torch.set_num_threads(2)
     # bytes, not a tensor: a tensor travels as a shared-memory handle that dies with this process
     q.put(lif.leaky_sequence(x, None, 0.9, 0.5, surrogate="atan", backend="cpu")[0].numpy().tobytes())
+
+
+def test_snntorch_dropins_take_backend_cpu(monkeypatch):
+    """``sequence(x, backend="cpu")`` on the snnTorch drop-ins: Leaky and Synaptic run the compiled kernels (bit
+    for bit what ``auto`` gives on a float32 CPU tensor); the recurrent layers, which have none, raise."""
+    from surroflos import snntorch as st
+    from surroflos.kernels import lif_cpu
+
+    calls = []
+    for name in ("leaky_forward", "synaptic_forward"):
+        real = getattr(lif_cpu, name)
+        monkeypatch.setattr(lif_cpu, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
+    x = 2.0 * torch.rand(15, 3, 8, generator=torch.Generator().manual_seed(4))
+    for layer in (st.Leaky(beta=0.9), st.Synaptic(alpha=0.8, beta=0.9)):
+        cpu = layer.sequence(x, backend="cpu")
+        auto = layer.sequence(x)
+        assert all(torch.equal(a, b) for a, b in zip(cpu, auto))
+    assert calls == ["leaky_forward"] * 2 + ["synaptic_forward"] * 2
+    assert bool(cpu[0].any())
+    for layer in (st.RLeaky(beta=0.9, linear_features=8), st.RSynaptic(alpha=0.8, beta=0.9, linear_features=8)):
+        with pytest.raises(NotImplementedError, match='backend="cpu"'):
+            layer.sequence(x, backend="cpu")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        st.Leaky(beta=0.9).sequence(x, backend="numba")

@@ -250,3 +250,22 @@ def test_kernels_are_cached_on_disk():
     assert k._CACHE
     for fn in (k.norse_ff_fwd, k.norse_ff_bwd, k.norse_box_fwd, k.norse_box_bwd):
         assert fn._cache is not None and type(fn._cache).__name__ == "FunctionCache"
+
+
+def test_dropin_modules_take_backend_cpu(monkeypatch):
+    """``backend="cpu"`` on the Norse drop-ins runs the compiled kernels (bit for bit what ``auto`` gives on a
+    float32 CPU tensor), the recurrent layer refuses it at construction, and the loop-only cases raise."""
+    from surroflos.kernels import norse_lif_cpu
+
+    calls = []
+    real = norse_lif_cpu.lif_ff_forward
+    monkeypatch.setattr(norse_lif_cpu, "lif_ff_forward", lambda *a: calls.append(1) or real(*a))
+    x = 3.0 * torch.rand(20, 2, 6, generator=torch.Generator().manual_seed(1))
+    cpu_out, _ = sn.LIF(nt.LIFParameters(), backend="cpu")(x)
+    auto_out, _ = sn.LIF(nt.LIFParameters())(x)
+    assert len(calls) == 2 and torch.equal(cpu_out, auto_out)
+    assert "backend='cpu'" in repr(sn.LIF(backend="cpu"))
+    with pytest.raises(ValueError, match=r"LIFRecurrent\(backend='cpu'\)"):
+        sn.LIFRecurrent(3, 4, backend="cpu")
+    with pytest.raises(NotImplementedError, match=r"backend='cpu'"):  # a [2, 6] parameter: only the loop
+        sn.LIF(nt.LIFParameters(v_th=torch.ones(2, 6)), backend="cpu")(x)
