@@ -190,6 +190,15 @@ PRESETS: dict[str, dict] = {
         "cells": [{"name": "gng-d36-N512", "set": {"N": 512}}],
         "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}}],
     },
+    # Thresholds beyond the 0.5 and 1 of the earlier rounds (the threshold-to-reset gap sets how far the membranes
+    # sit from the surrogate's peak): 0.25 and 2 on the d = 36 cell; new seeds 80-89, fixed before its run.
+    "screen5": {
+        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, delay=36, seed=80),
+        "seeds": 10,
+        "cells": [{"name": "gng-d36-thr0.25", "set": {"threshold": 0.25}},
+                  {"name": "gng-d36-thr2", "set": {"threshold": 2.0}}],
+        "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}}],
+    },
     # A seconds-long study for tests and for trying the runner.
     "tiny": {
         "base": {"task": "xor", "model": "lif", "N": 8, "delay": 4, "T": 12, "epochs": 2, "steps_per_epoch": 2,
