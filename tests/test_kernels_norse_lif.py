@@ -275,6 +275,38 @@ def test_box_every_surrogate_and_reset(backend, reset, surrogate):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("used", [0, 1, 2], ids=["spikes-only", "membrane-only", "current-only"])
+def test_lif_backward_with_outputs_unused(backend, used):
+    """A loss on one output of the feed-forward LIF (the others' gradients None) gives the naive loop's gradients."""
+    x, v0, i0, p = lif_case((8, 3, 5), "per_neuron", F64, 70 + used)
+    x, v0, i0 = (t.to(DEVICE).detach().requires_grad_() for t in (x, v0, i0))
+    p = {k: (t.to(DEVICE).detach().requires_grad_() if isinstance(t, torch.Tensor) else t) for k, t in p.items()}
+    surrogate = sg.Surrogate("atan")
+    ref = naive_lif(x, v0, i0, p, 1e-3, surrogate)
+    out = run_lif(x, v0, i0, p, 1e-3, surrogate, backend)
+    check_spiking(ref[0])
+    w = leaves(x, v0, i0, p=p)
+    assert_grads(grads((out[used],), w, 71), grads((ref[used],), w, 71), grad_rtol(F64, (8, 3, 5)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reset", nl.RESETS)
+@pytest.mark.parametrize("used", [0, 1], ids=["spikes-only", "membrane-only"])
+def test_box_backward_with_one_output_unused(backend, reset, used):
+    """A loss on one output only (the other's gradient is None: the PyTorch loop takes it as zero without
+    materialising it) gives the naive loop's gradients for x, v0 and every parameter."""
+    x, v0, p = box_case((8, 3, 5), "per_neuron", F64, 50 + used)
+    x, v0 = x.to(DEVICE).detach().requires_grad_(), v0.to(DEVICE).detach().requires_grad_()
+    p = {k: (t.to(DEVICE).detach().requires_grad_() if isinstance(t, torch.Tensor) else t) for k, t in p.items()}
+    surrogate = sg.Surrogate("atan")
+    ref = naive_box(x, v0, p, 1e-3, reset, surrogate)
+    out = run_box(x, v0, p, 1e-3, reset, surrogate, backend)
+    check_spiking(ref[0])
+    w = leaves(x, v0, p=p)
+    assert_grads(grads((out[used],), w, 61), grads((ref[used],), w, 61), grad_rtol(F64, (8, 3, 5)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape,kind,dtype,reset", [((6, 3, 5), "scalar", F64, "value"),
                                                     ((1, 1, 7), "tensor", F32, "subtract"),
                                                     ((5, 2, 2, 3), "tensor", F64, "subtract"),

@@ -105,50 +105,48 @@ def _surrogate_derivative(s: Tensor, surrogate_id: int, scale: float) -> Tensor:
     return sg.surrogate_derivative(s, surrogate_id, scale)
 
 
-def _previous(first: Tensor, seq: Tensor) -> Tensor:
-    """The state entering each step: ``[first, seq[0], ..., seq[T-2]]``."""
-    return torch.cat([first.unsqueeze(0), seq[:-1]])
-
-
-def _ff_backward_torch(gz: Tensor, gv: Tensor, gi: Tensor, x: Tensor, v0: Tensor, i0: Tensor, z: Tensor,
-                       v_all: Tensor, i_all: Tensor, a: Tensor, c: Tensor, vl: Tensor, vth: Tensor, vr: Tensor,
-                       surrogate_id: int, scale: float, param_grads: bool) -> Tuple[Tensor, ...]:
+def _ff_backward_torch(gz: Optional[Tensor], gv: Optional[Tensor], gi: Optional[Tensor], x: Tensor, v0: Tensor,
+                       i0: Tensor, z: Tensor, v_all: Tensor, i_all: Tensor, a: Tensor, c: Tensor, vl: Tensor,
+                       vth: Tensor, vr: Tensor, surrogate_id: int, scale: float,
+                       param_grads: bool) -> Tuple[Tensor, ...]:
+    # One reverse pass over [rows, N] slices, each step's coefficients recomputed inside the loop (see
+    # _box_backward_torch: full-size temporaries cost more than the loop saves). A missing output gradient
+    # (None: that output is unused) is zero.
     acc = acc_dtype(x.dtype)
     T = x.shape[0]
-    gz, gv, gi, xs, zf = (t.to(acc) for t in (gz, gv, gi, x, z))
     ac, cc, vl, vth, vr = (p.to(acc) for p in (a, c, vl, vth, vr))
-    # Everything that does not depend on the adjoint is recomputed for all steps at once.
-    v_in = _previous(v0.to(acc), v_all.to(acc))
-    j = _previous(i0.to(acc), i_all.to(acc)).add_(xs)
-    u = torch.sub(vl, v_in).add_(j).mul_(ac).add_(v_in)
-    sp = _surrogate_derivative(u - vth, surrogate_id, scale)
-    vr_minus_u = vr - u
-    # Gu_t = Gv_t A_t + B_t: the reset and spike terms folded into one coefficient per step.
-    A = (1.0 - zf).addcmul_(vr_minus_u, sp)
-    B = gz * sp
     one_minus_a, one_plus_c = 1.0 - ac, 1.0 + cc
-    Gv = torch.empty_like(xs)
-    Gu = torch.empty_like(xs)
-    Gi = torch.empty_like(xs)
-    gx = torch.empty_like(xs)
-    lv = torch.zeros_like(v_in[0])
-    li = torch.zeros_like(v_in[0])
+    gx = torch.empty(x.shape, dtype=acc, device=x.device)
+    lv = torch.zeros(x.shape[1:], dtype=acc, device=x.device)
+    li = torch.zeros_like(lv)
+    if param_grads:
+        s_da, s_dc, s_gu, s_gzsp, s_gvz = (torch.zeros_like(lv) for _ in range(5))
     for t in range(T - 1, -1, -1):
-        torch.add(gv[t], lv, out=Gv[t])
-        torch.mul(Gv[t], A[t], out=Gu[t]).add_(B[t])
-        lv = one_minus_a * Gu[t]
-        torch.add(gi[t], li, out=Gi[t])
-        li = torch.mul(Gi[t], one_plus_c, out=gx[t]).addcmul_(Gu[t], ac)
+        v_in = (v0 if t == 0 else v_all[t - 1]).to(acc)
+        j = torch.add((i0 if t == 0 else i_all[t - 1]).to(acc), x[t].to(acc))
+        u = torch.sub(vl, v_in).add_(j).mul_(ac).add_(v_in)
+        sp = _surrogate_derivative(u - vth, surrogate_id, scale)
+        vr_minus_u = vr - u
+        zt = z[t].to(acc)
+        # Gu_t = Gv_t A_t + B_t: the reset and spike terms folded into one coefficient per step.
+        A = (1.0 - zt).addcmul_(vr_minus_u, sp)
+        Gv = lv if gv is None else torch.add(gv[t].to(acc), lv)
+        Gu = torch.mul(Gv, A)
+        if gz is not None:
+            Gu.add_(gz[t].to(acc) * sp)
+        lv = one_minus_a * Gu
+        Gi = li if gi is None else torch.add(gi[t].to(acc), li)
+        li = torch.mul(Gi, one_plus_c, out=gx[t]).addcmul_(Gu, ac)
+        if param_grads:
+            s_da.addcmul_(Gu, torch.sub(vl, v_in).add_(j))
+            s_dc.addcmul_(Gi, j)
+            s_gu.add_(Gu)
+            Gz = torch.mul(Gv, vr_minus_u) if gz is None else torch.addcmul(gz[t].to(acc), Gv, vr_minus_u)
+            s_gzsp.add_(Gz.mul_(sp))
+            s_gvz.addcmul_(Gv, zt)
     gv0, gi0 = lv.to(v0.dtype), gx[0].to(i0.dtype, copy=True)
     if param_grads:
-        sum_rows = (0, 1)
-        Gz = torch.addcmul(gz, Gv, vr_minus_u)  # (not in place: gz may be the caller's gradient)
-        da = (Gu * v_in.neg_().add_(vl).add_(j)).sum(sum_rows)
-        dc = (Gi * j).sum(sum_rows)
-        dvl = Gu.sum(sum_rows) * ac
-        dvth = -(Gz * sp).sum(sum_rows)
-        dvr = (Gv * zf).sum(sum_rows)
-        pg = (da, dc, dvl, dvth, dvr)
+        pg = (s_da.sum(0), s_dc.sum(0), s_gu.sum(0) * ac, -s_gzsp.sum(0), s_gvz.sum(0))
     else:
         pg = tuple(torch.zeros_like(p) for p in (ac, cc, vl, vth, vr))
     return (gx.to(x.dtype), gv0, gi0) + tuple(g.to(p.dtype) for g, p in zip(pg, (a, c, vl, vth, vr)))
@@ -172,45 +170,58 @@ def _box_forward_torch(x: Tensor, v0: Tensor, a: Tensor, vl: Tensor, vth: Tensor
     return spk.to(x.dtype), v_all.to(x.dtype)
 
 
-def _box_backward_torch(gz: Tensor, gv: Tensor, x: Tensor, v0: Tensor, z: Tensor, v_all: Tensor, a: Tensor,
+def _box_backward_torch(gz: Optional[Tensor], gv: Optional[Tensor], x: Tensor, v0: Tensor, z: Tensor, v_all: Tensor,
+                        a: Tensor,
                         vl: Tensor, vth: Tensor, vr: Tensor, reset: int, surrogate_id: int, scale: float,
                         param_grads: bool) -> Tuple[Tensor, ...]:
+    # One reverse pass over [rows, N] slices that recomputes each step's coefficients (u, sigma', A) inside the
+    # loop. Computing them for all steps at once made a dozen [T, rows, N] temporaries, each a fresh allocation
+    # whose page faults and memory traffic cost more than the loop saves: 3.4x slower than Norse's own cell loop
+    # at [500, 16, 2048]. The element-wise formulas (and so gx and gv0) are unchanged; the parameter gradients
+    # are summed per step into [rows, N] accumulators and over the rows at the end. A missing output gradient
+    # (gz or gv None: that output is unused) is zero.
     acc = acc_dtype(x.dtype)
     T = x.shape[0]
-    gz, gv, xs, zf = (t.to(acc) for t in (gz, gv, x, z))
     ac, vl, vth, vr = (p.to(acc) for p in (a, vl, vth, vr))
-    v_in = _previous(v0.to(acc), v_all.to(acc))
-    drive = torch.add(xs, vl).sub_(v_in)  # (x + v_leak) - v
-    u = torch.mul(drive, ac).add_(v_in)
-    sp = _surrogate_derivative(u - vth, surrogate_id, scale)
-    if reset == 0:
-        jump = vr - u  # dv'/dz
-        A = (1.0 - zf).addcmul_(jump, sp)
-    else:
-        jump = (-vth).expand_as(u)
-        A = 1.0 - vth * sp
-    B = gz * sp
     one_minus_a = 1.0 - ac
-    Gv = torch.empty_like(xs)
-    Gu = torch.empty_like(xs)
-    lv = torch.zeros_like(v_in[0])
+    gx = torch.empty(x.shape, dtype=acc, device=x.device)
+    lv = torch.zeros(x.shape[1:], dtype=acc, device=x.device)
+    if param_grads:
+        s_da, s_gu, s_gzsp, s_gvz = (torch.zeros_like(lv) for _ in range(4))
     for t in range(T - 1, -1, -1):
-        torch.add(gv[t], lv, out=Gv[t])
-        torch.mul(Gv[t], A[t], out=Gu[t]).add_(B[t])
-        lv = one_minus_a * Gu[t]
-    gx = Gu * ac
+        v_in = (v0 if t == 0 else v_all[t - 1]).to(acc)
+        drive = torch.add(x[t].to(acc), vl).sub_(v_in)  # (x + v_leak) - v
+        u = torch.mul(drive, ac).add_(v_in)
+        sp = _surrogate_derivative(u - vth, surrogate_id, scale)
+        zt = z[t].to(acc)
+        if reset == 0:
+            jump = vr - u  # dv'/dz
+            A = (1.0 - zt).addcmul_(jump, sp)
+        else:
+            jump = -vth
+            A = 1.0 - vth * sp
+        Gv = lv if gv is None else torch.add(gv[t].to(acc), lv)
+        Gu = torch.mul(Gv, A)
+        if gz is not None:
+            Gu.add_(gz[t].to(acc) * sp)
+        lv = one_minus_a * Gu
+        torch.mul(Gu, ac, out=gx[t])
+        if param_grads:
+            s_da.addcmul_(Gu, drive)
+            s_gu.add_(Gu)
+            Gz = torch.mul(Gv, jump) if gz is None else torch.addcmul(gz[t].to(acc), Gv, jump)
+            s_gzsp.add_(Gz.mul_(sp))
+            s_gvz.addcmul_(Gv, zt)
     gv0 = lv.to(v0.dtype)
     if param_grads:
-        sum_rows = (0, 1)
-        Gz = torch.addcmul(gz, Gv, jump)
-        GzSp = (Gz * sp).sum(sum_rows)
-        da = (Gu * drive).sum(sum_rows)
-        dvl = Gu.sum(sum_rows) * ac
+        GzSp = s_gzsp.sum(0)
+        da = s_da.sum(0)
+        dvl = s_gu.sum(0) * ac
         if reset == 0:
             dvth = -GzSp
-            dvr = (Gv * zf).sum(sum_rows)
+            dvr = s_gvz.sum(0)
         else:
-            dvth = -GzSp - (Gv * zf).sum(sum_rows)
+            dvth = -GzSp - s_gvz.sum(0)
             dvr = torch.zeros_like(vr)
         pg = (da, dvl, dvth, dvr)
     else:
@@ -258,11 +269,12 @@ def _lif_ff_bwd(gz: Optional[Tensor], gv: Optional[Tensor], gi: Optional[Tensor]
     if backend == "cpu":  # an unused output's gradient may be None (no [T, M] zero fill)
         return _cpu_module().lif_ff_backward(gz, gv, gi, x, v0, i0, z, v, i, a, c, v_leak, v_th, v_reset,
                                              surrogate_id, scale, param_grads)
+    if backend != "triton":  # the PyTorch loop takes a missing gradient as zero itself (no full-size zeros)
+        return _ff_backward_torch(gz, gv, gi, x, v0, i0, z, v, i, a, c, v_leak, v_th, v_reset, surrogate_id, scale,
+                                  param_grads)
     gz, gv, gi = (_zeros_if_none(g, x) for g in (gz, gv, gi))
-    args = (gz, gv, gi, x, v0, i0, z, v, i, a, c, v_leak, v_th, v_reset, surrogate_id, scale, param_grads)
-    if backend == "triton":
-        return _triton_module().lif_ff_backward(*args)
-    return _ff_backward_torch(*args)
+    return _triton_module().lif_ff_backward(gz, gv, gi, x, v0, i0, z, v, i, a, c, v_leak, v_th, v_reset,
+                                            surrogate_id, scale, param_grads)
 
 
 @_lif_ff_bwd.register_fake
@@ -317,11 +329,12 @@ def _lif_box_bwd(gz: Optional[Tensor], gv: Optional[Tensor], x: Tensor, v0: Tens
     if backend == "cpu":
         return _cpu_module().lif_box_backward(gz, gv, x, v0, z, v, a, v_leak, v_th, v_reset, reset, surrogate_id,
                                               scale, param_grads)
+    if backend != "triton":  # the PyTorch loop takes a missing gradient as zero itself (no full-size zeros)
+        return _box_backward_torch(gz, gv, x, v0, z, v, a, v_leak, v_th, v_reset, reset, surrogate_id, scale,
+                                   param_grads)
     gz, gv = (_zeros_if_none(g, x) for g in (gz, gv))
-    args = (gz, gv, x, v0, z, v, a, v_leak, v_th, v_reset, reset, surrogate_id, scale, param_grads)
-    if backend == "triton":
-        return _triton_module().lif_box_backward(*args)
-    return _box_backward_torch(*args)
+    return _triton_module().lif_box_backward(gz, gv, x, v0, z, v, a, v_leak, v_th, v_reset, reset, surrogate_id,
+                                             scale, param_grads)
 
 
 @_lif_box_bwd.register_fake
