@@ -25,7 +25,10 @@ import sys
 import time
 from typing import Callable, Optional
 
+import torch
+
 from ._io import atomic_json, atomic_write, ensure_writable_folder
+from .cli import _threads_arg, train_threads
 from .compare import compare
 from .errors import UsageError
 from .models.spiking import membrane_time_constant
@@ -420,6 +423,9 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the specification's)")
     p.add_argument("--out", default=None, help="the study's folder (required unless --pool)")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--threads", default="auto", type=_threads_arg,
+                   help="torch CPU threads: a number, or auto (default): one thread when every cell's network is "
+                        "small, as for surroflos train --threads")
     p.add_argument("--pool", nargs="+", default=None, metavar="COMPARISONS_JSONL",
                    help="instead of running: the pooled Cochran-Mantel-Haenszel tests of these comparisons")
     args = p.parse_args(argv)
@@ -440,7 +446,17 @@ def main(argv: Optional[list] = None) -> int:
         if args.epochs is not None:
             spec["base"]["epochs"] = args.epochs
         command = "python -m surroflos.study " + " ".join(argv if argv is not None else sys.argv[1:])
-        rows = run_study(spec, args.out, progress=args.progress, command=command)
+        # One thread when every comparison's ensemble is small (see surroflos.cli.train_threads); the largest
+        # cell decides, since the threads are the process's.
+        choices = {train_threads(cfg, args.threads) for _, _, cfg, _ in cell_configs(spec, args.out)}
+        threads = choices.pop() if len(choices) == 1 else None
+        before = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            rows = run_study(spec, args.out, progress=args.progress, command=command)
+        finally:
+            torch.set_num_threads(before)
     except (UsageError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -55,3 +55,34 @@ def test_bad_thread_count_is_a_one_line_error(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("surroflos train: error: argument --threads")
+
+
+@pytest.mark.parametrize("argv, want", [([], 1), (["--threads", "2"], 2)])
+def test_study_runs_small_cells_on_one_thread(tmp_path, monkeypatch, argv, want):
+    """python -m surroflos.study: one thread when every cell is small (the tiny preset), the given count otherwise;
+    the caller's count is restored."""
+    from surroflos import study
+
+    seen = []
+    monkeypatch.setattr(study, "run_study", lambda *a, **k: seen.append(torch.get_num_threads()) or [])
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        assert study.main(["--preset", "tiny", "--out", str(tmp_path / "s"), *argv]) == 0
+        assert seen == [want] and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_study_with_a_large_cell_keeps_torchs_threads(tmp_path, monkeypatch):
+    from surroflos import study
+
+    seen = []
+    monkeypatch.setattr(study, "run_study", lambda *a, **k: seen.append(torch.get_num_threads()) or [])
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        assert study.main(["--preset", "screen4", "--out", str(tmp_path / "s")]) == 0  # N = 512: 163840 elements
+        assert seen == [3]
+    finally:
+        torch.set_num_threads(before)
