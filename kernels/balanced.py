@@ -307,7 +307,7 @@ def _sequence_backward_torch(g_spk: Tensor, g_st: Tensor, state0: Tensor, states
         keep.sub_(a_m * V_all[:T] * d_all[:T])
     gS = g_st.to(acc, copy=True)  # direct gradients of states[t], plus the spikes' surrogate path
     gS[..., N:].add_(g_spk.to(acc) * d_all[1:])
-    flat = pre.reshape(-1).long()
+    flat = pre.reshape(-1)  # int32 or int64 as stored: index_add_ takes either (no N K int64 copy per call)
     g_r_all = torch.empty(T, B, N, dtype=acc, device=states.device)
     g_u = torch.empty(T, B, N, dtype=acc, device=states.device)
     gI = torch.zeros(B, N, dtype=acc, device=states.device)
@@ -359,7 +359,7 @@ def _tangent_forward_torch(d: Tensor, e: Tensor, Q: Tensor, w: Tensor, pre: Tens
     Qa = Q.to(acc)
     QI, QV = Qa[:, :N], Qa[:, N:]
     X = d.to(acc).unsqueeze(-1) * QV  # [B, N, k]
-    G = X.index_select(1, pre.reshape(-1).long()).unflatten(1, (N, K))  # [B, N, K, k]
+    G = X.index_select(1, pre.reshape(-1)).unflatten(1, (N, K))  # [B, N, K, k]; int32 ids index directly
     dr = torch.einsum("bnkq,nk->bnq", G, w.to(acc))
     dI = a_s * QI + ac * dr
     dV = a_m * e.to(acc).unsqueeze(-1) * QV + b * QI + bc * dr
@@ -376,7 +376,7 @@ def _tangent_backward_torch(grad: Tensor, d: Tensor, e: Tensor, Q: Tensor, w: Te
     gI, gV = g[:, :N], g[:, N:]
     QV = Qa[:, N:]
     g_dr = ac * gI + bc * gV  # [B, N, k]
-    flat = pre.reshape(-1).long()
+    flat = pre.reshape(-1)  # int32 ids index directly (no int64 copy per tangent step)
     JTg = torch.zeros(B, N, k, dtype=acc, device=Q.device)
     JTg.index_add_(1, flat, (g_dr.unsqueeze(2) * wa.unsqueeze(-1)).reshape(B, N * K, k))  # J^T g_dr
     gQ = torch.cat([a_s * gI + b * gV, a_m * ea.unsqueeze(-1) * gV + da.unsqueeze(-1) * JTg], dim=1)
