@@ -124,7 +124,8 @@ def _ff_backward_torch(gz: Optional[Tensor], gv: Optional[Tensor], gi: Optional[
     for t in range(T - 1, -1, -1):
         v_in = (v0 if t == 0 else v_all[t - 1]).to(acc)
         j = torch.add((i0 if t == 0 else i_all[t - 1]).to(acc), x[t].to(acc))
-        u = torch.sub(vl, v_in).add_(j).mul_(ac).add_(v_in)
+        drive = torch.sub(vl, v_in).add_(j)  # (v_leak - v) + j
+        u = torch.mul(drive, ac).add_(v_in)
         sp = _surrogate_derivative(u - vth, surrogate_id, scale)
         vr_minus_u = vr - u
         zt = z[t].to(acc)
@@ -138,7 +139,7 @@ def _ff_backward_torch(gz: Optional[Tensor], gv: Optional[Tensor], gi: Optional[
         Gi = li if gi is None else torch.add(gi[t].to(acc), li)
         li = torch.mul(Gi, one_plus_c, out=gx[t]).addcmul_(Gu, ac)
         if param_grads:
-            s_da.addcmul_(Gu, torch.sub(vl, v_in).add_(j))
+            s_da.addcmul_(Gu, drive)
             s_dc.addcmul_(Gi, j)
             s_gu.add_(Gu)
             Gz = torch.mul(Gv, vr_minus_u) if gz is None else torch.addcmul(gz[t].to(acc), Gv, vr_minus_u)
