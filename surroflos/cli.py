@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 from . import _argtypes as at
 from ._io import atomic_json, ensure_writable_folder
+from ._threads import SMALL_STATE, threads_arg, torch_threads, train_threads
 from .errors import UsageError
 
 __all__ = ["main", "build_parser"]
@@ -233,48 +234,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="data-parallel over the processes of torchrun (gloo on CPU, NCCL on CUDA): the global "
                         "--batch split over them, the same results as one process; rank 0 writes --out")
     o.add_argument("--no-progress", action="store_true", help="no progress bar")
-    o.add_argument("--threads", default="auto", type=_threads_arg,
+    o.add_argument("--threads", default="auto", type=threads_arg,
                    help="torch CPU threads: a number, or auto (default): one thread for small networks (at most "
                         f"{SMALL_STATE} state elements per step, ensemble x batch x N), where waking a second thread "
                         "for every small op costs more than it gains; torch's default otherwise")
 
 
-# `make train` (8 + 8 LIF networks, N = 64, batch 32) on the idle 2-core CPU: 87 s on torch's 2 threads, 45 s on
-# one, with the same results; the ops are [8, 32, 64] and each parallel region waits for a sleeping thread.
-SMALL_STATE = 1 << 16
-
-
-def _threads_arg(s: str):
-    return "auto" if s == "auto" else at.positive_int(s)
-
-
-def train_threads(cfg, threads, compare: bool = False) -> Optional[int]:
-    """The torch thread count ``surroflos train`` runs ``cfg`` with: ``threads`` if a number; for ``"auto"``, 1
-    on the CPU when ensemble x batch x N <= :data:`SMALL_STATE`, else None (torch's default)."""
-    if threads != "auto":
-        return int(threads)
-    if str(cfg.device).split(":")[0] != "cpu":
-        return None
-    members = cfg.ensemble if cfg.ensemble is not None else (8 if compare else 1)
-    return 1 if members * cfg.batch * cfg.N <= SMALL_STATE else None
-
-
 def cmd_train(args) -> int:
-    import torch
-
     from .train import TrainConfig
-
-    before = torch.get_num_threads()
-    try:
-        return _cmd_train(args, TrainConfig)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _cmd_train(args, TrainConfig) -> int:
-    import torch
-
-    from .train import train
 
     fields = set(TrainConfig.__dataclass_fields__)
     values = {k: v for k, v in vars(args).items() if k in fields}
@@ -292,11 +259,16 @@ def _cmd_train(args, TrainConfig) -> int:
         values["delay"] = d.delay if values["delay"] is None else values["delay"]
         values["T"] = d.T if values["T"] is None else values["T"]
     cfg = TrainConfig(**values)
-    threads = train_threads(cfg, getattr(args, "threads", "auto"), compare=getattr(args, "compare", False))
-    if threads is not None:
-        torch.set_num_threads(threads)
-    if getattr(args, "compare", False):
-        return _cmd_compare(cfg, args)
+    compare = getattr(args, "compare", False)
+    with torch_threads(train_threads(cfg, getattr(args, "threads", "auto"), compare=compare)):
+        if compare:
+            return _cmd_compare(cfg, args)
+        return _cmd_train(cfg, args)
+
+
+def _cmd_train(cfg, args) -> int:
+    from .train import train
+
     if not getattr(args, "distributed", False):
         train(cfg, resume=args.resume, progress=not args.no_progress)
         return 0

@@ -14,6 +14,7 @@ import time
 import torch
 
 from . import plotting
+from ._threads import torch_threads
 from .flossing import floss
 from .lyapunov import lyapunov_spectrum
 from .models import RateRNN, SpikingRNN
@@ -34,13 +35,9 @@ def _fmt(v: torch.Tensor, n: int = 8) -> str:
 def run_demo(out: str = "outputs/demo", seed: int = 0, quick: bool = False,
              device: torch.device | str = "cpu") -> dict:
     """Run the demo, print a summary, write ``demo.png`` and ``demo.json`` to ``out``; return the numbers."""
-    threads = torch.get_num_threads()
     # Many tiny ops: one thread avoids the synchronisation cost of intra-op parallelism on small tensors.
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _run(out, seed, quick, device)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(out: str, seed: int, quick: bool, device) -> dict:

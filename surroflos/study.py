@@ -25,10 +25,8 @@ import sys
 import time
 from typing import Callable, Optional
 
-import torch
-
 from ._io import atomic_json, atomic_write, ensure_writable_folder
-from .cli import _threads_arg, train_threads
+from ._threads import threads_arg, torch_threads, train_threads
 from .compare import compare
 from .errors import UsageError
 from .models.spiking import membrane_time_constant
@@ -41,6 +39,9 @@ _PILOT_BASE: dict = {"task": "gonogo_temporal", "model": "lif", "N": 64, "beta":
                      "surrogate": "atan", "delay": 24, "T": None, "epochs": 30, "steps_per_epoch": 10,
                      "batch": 32, "lr": 3e-3, "pre_steps": 100, "floss_T": 100, "floss_batch": 8,
                      "lyap_every": 5, "spectrum_T": 200, "spectrum_k": 16, "eval_batch": 256, "seed": 0}
+
+# The second round's lead, which every later round starts from: the wide SuperSpike surrogate, lr 1e-3, 60 epochs.
+_LEAD_BASE: dict = dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3)
 
 # The coarse pilot of docs/RESULTS.md section 5. Delays are >= 5 membrane time constants
 # (tau_m = -1/log(beta): 4.5 steps at beta 0.8, 19.5 at 0.95).
@@ -85,7 +86,7 @@ PRESETS: dict[str, dict] = {
     },
     # The second round's lead (lr 1e-3, 60 epochs, wide surrogate, k = 4) on 20 new seeds (10-29).
     "replicate": {
-        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, seed=10),
+        "base": dict(_LEAD_BASE, seed=10),
         "seeds": 20,
         "cells": [{"name": "gng-superspike-lr1e-3-60ep-s10", "set": {}}],
         "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}}],
@@ -93,7 +94,7 @@ PRESETS: dict[str, dict] = {
     # Third round: the best setting found (wide surrogate, lr 1e-3, 60 epochs) at longer horizons, 8 and 10.7
     # tau_m, where fewer unflossed networks should succeed; preflossing and bouts during training; new seeds.
     "horizon": {
-        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, seed=30),
+        "base": dict(_LEAD_BASE, seed=30),
         "seeds": 10,
         "cells": [{"name": "gng-d36-superspike", "set": {"delay": 36}},
                   {"name": "gng-d48-superspike", "set": {"delay": 48}}],
@@ -104,7 +105,7 @@ PRESETS: dict[str, dict] = {
     # Fourth round: a coarse screen of the other axes of question 1 around the d = 36 (8 tau_m) go/no-go cell of
     # the third round (where 3/10 unflossed networks succeed: room to move either way), on new seeds 40-49.
     "screen": {
-        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, delay=36, seed=40),
+        "base": dict(_LEAD_BASE, delay=36, seed=40),
         "seeds": 10,
         "cells": [{"name": "gng-d36-N128", "set": {"N": 128}},
                   {"name": "gng-d36-cuba", "set": {"model": "cuba", "alpha": 0.8}},
@@ -124,7 +125,7 @@ PRESETS: dict[str, dict] = {
     # Confirmation, fixed before its data were seen: the third round's d = 36 (8 tau_m) preflossing cell on 30 new
     # seeds (100-129). Primary endpoint: final success (Fisher); secondary: reaching the threshold at any epoch.
     "confirm": {
-        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, delay=36, seed=100),
+        "base": dict(_LEAD_BASE, delay=36, seed=100),
         "seeds": 30,
         "cells": [{"name": "gng-d36-superspike-s100", "set": {}}],
         "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}}],
@@ -133,7 +134,7 @@ PRESETS: dict[str, dict] = {
     # go/no-go cell with N = 256, subtract reset, threshold 0.5, and k = 32 flossed exponents; "b": other tasks
     # (copy at 5.4 tau_m, a 3-bit flip-flop whose pulses come every 50 steps = 11 tau_m on average) and beta 0.7.
     "screen2a": {
-        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, delay=36, seed=50),
+        "base": dict(_LEAD_BASE, delay=36, seed=50),
         "seeds": 10,
         "cells": [{"name": "gng-d36-N256", "set": {"N": 256}},
                   {"name": "gng-d36-subtract", "set": {"reset": "subtract"}},
@@ -145,7 +146,7 @@ PRESETS: dict[str, dict] = {
                  "gng-d36-superspike-s50": ["pre-k32"]},
     },
     "screen2b": {
-        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, seed=50),
+        "base": dict(_LEAD_BASE, seed=50),
         "seeds": 10,
         "cells": [{"name": "copy-d24", "set": {"task": "copy", "delay": 24, "T": 60}},
                   {"name": "flipflop-p0.02", "set": {"task": "flipflop", "delay": None, "T": None,
@@ -158,7 +159,7 @@ PRESETS: dict[str, dict] = {
     # finished blocks survive an interruption. Primary endpoint: final success, blocks pooled by
     # Cochran-Mantel-Haenszel (``--pool``), two-sided at 0.05; secondary: reaching the threshold at any epoch.
     "powered": {
-        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, delay=36),
+        "base": dict(_LEAD_BASE, delay=36),
         "seeds": 32,
         "cells": [{"name": f"gng-d36-s{s}", "set": {"seed": s}} for s in range(1000, 1320, 32)],
         "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}}],
@@ -168,7 +169,7 @@ PRESETS: dict[str, dict] = {
     # spikes instead of currents; the parametric working memory task at 5.4 tau_m (success: mean squared error
     # <= 0.01, an RMS error of 0.1, a third of the 0.29 of always answering the mean).
     "screen3": {
-        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, delay=36, seed=60),
+        "base": dict(_LEAD_BASE, delay=36, seed=60),
         "seeds": 10,
         "cells": [{"name": "gng-d36-s60", "set": {}},
                   {"name": "gng-d36-poisson", "set": {"task_params": {"encoding": "poisson"}}},
@@ -181,14 +182,14 @@ PRESETS: dict[str, dict] = {
     # The sixth round's lead (k = N = 64: 5/10 against 3/10) on 32 new seeds (200-231), fixed before its run.
     # Primary endpoint: final success (Fisher, two-sided 0.05).
     "confirm_k64": {
-        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, delay=36, seed=200),
+        "base": dict(_LEAD_BASE, delay=36, seed=200),
         "seeds": 32,
         "cells": [{"name": "gng-d36-s200", "set": {}}],
         "flossing": [{"name": "pre-k64", "set": {"flossing": "pre", "k": 64}}],
     },
     # N = 512, the largest size question 1 names (rounds 4-5 went to 256), on the d = 36 cell; new seeds 70-79.
     "screen4": {
-        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, delay=36, seed=70),
+        "base": dict(_LEAD_BASE, delay=36, seed=70),
         "seeds": 10,
         "cells": [{"name": "gng-d36-N512", "set": {"N": 512}}],
         "flossing": [{"name": "pre-k4", "set": {"flossing": "pre", "k": 4}}],
@@ -196,7 +197,7 @@ PRESETS: dict[str, dict] = {
     # Thresholds beyond the 0.5 and 1 of the earlier rounds (the threshold-to-reset gap sets how far the membranes
     # sit from the surrogate's peak): 0.25 and 2 on the d = 36 cell; new seeds 80-89, fixed before its run.
     "screen5": {
-        "base": dict(_PILOT_BASE, surrogate="superspike", epochs=60, lr=1e-3, delay=36, seed=80),
+        "base": dict(_LEAD_BASE, delay=36, seed=80),
         "seeds": 10,
         "cells": [{"name": "gng-d36-thr0.25", "set": {"threshold": 0.25}},
                   {"name": "gng-d36-thr2", "set": {"threshold": 2.0}}],
@@ -423,7 +424,7 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the specification's)")
     p.add_argument("--out", default=None, help="the study's folder (required unless --pool)")
     p.add_argument("--progress", action="store_true")
-    p.add_argument("--threads", default="auto", type=_threads_arg,
+    p.add_argument("--threads", default="auto", type=threads_arg,
                    help="torch CPU threads: a number, or auto (default): one thread when every cell's network is "
                         "small, as for surroflos train --threads")
     p.add_argument("--pool", nargs="+", default=None, metavar="COMPARISONS_JSONL",
@@ -446,17 +447,11 @@ def main(argv: Optional[list] = None) -> int:
         if args.epochs is not None:
             spec["base"]["epochs"] = args.epochs
         command = "python -m surroflos.study " + " ".join(argv if argv is not None else sys.argv[1:])
-        # One thread when every comparison's ensemble is small (see surroflos.cli.train_threads); the largest
+        # One thread when every comparison's ensemble is small (surroflos._threads.train_threads); the largest
         # cell decides, since the threads are the process's.
         choices = {train_threads(cfg, args.threads) for _, _, cfg, _ in cell_configs(spec, args.out)}
-        threads = choices.pop() if len(choices) == 1 else None
-        before = torch.get_num_threads()
-        if threads is not None:
-            torch.set_num_threads(threads)
-        try:
+        with torch_threads(choices.pop() if len(choices) == 1 else None):
             rows = run_study(spec, args.out, progress=args.progress, command=command)
-        finally:
-            torch.set_num_threads(before)
     except (UsageError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -76,6 +76,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
 from ._argtypes import MAX_SEED
+from ._threads import torch_threads
 from .train import MEMBER_FIELDS, ConfigError, TrainConfig, check_memory, ensemble_config, validate
 
 __all__ = ["SweepSpec", "PRESETS", "expand", "plan", "run_sweep", "summarize", "config_hash", "run_definition",
@@ -992,16 +993,10 @@ def run_sweep(spec: SweepSpec, out: str, *, workers: int = 1, progress: bool = T
                 _run_ray(jobs, done, out, address=address, workers=workers, cpus_per_pack=cpus_per_pack,
                          gpus_per_pack=gpus_per_pack)
             elif jobs and workers == 1:
-                import torch
-
-                threads = torch.get_num_threads()
-                torch.set_num_threads(1)
-                try:
+                with torch_threads(1):
                     for job in jobs:
                         for row in _run_job(job):
                             done(row)
-                finally:
-                    torch.set_num_threads(threads)
             elif jobs:
                 _run_pool(jobs, workers, done)
         finally:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from surroflos import cli
+from surroflos._threads import SMALL_STATE, train_threads
 from surroflos.train import TrainConfig
 
 TINY = ["--model", "lif", "--N", "8", "--epochs", "1", "--steps-per-epoch", "1", "--batch", "4", "--k", "1",
@@ -15,16 +16,16 @@ TINY = ["--model", "lif", "--N", "8", "--epochs", "1", "--steps-per-epoch", "1",
 
 def test_auto_picks_one_thread_for_small_networks_only():
     small = TrainConfig(N=64, batch=32)
-    assert cli.train_threads(small, "auto") == 1
-    assert cli.train_threads(TrainConfig(N=64, batch=32, ensemble=8), "auto") == 1  # 16384 elements: make train
-    assert cli.train_threads(small, "auto", compare=True) == 1  # 8 members by default
+    assert train_threads(small, "auto") == 1
+    assert train_threads(TrainConfig(N=64, batch=32, ensemble=8), "auto") == 1  # 16384 elements: make train
+    assert train_threads(small, "auto", compare=True) == 1  # 8 members by default
     big = TrainConfig(N=512, batch=256)
-    assert cli.train_threads(big, "auto") is None  # torch's default
-    edge = cli.SMALL_STATE // (4 * 64)
-    assert cli.train_threads(TrainConfig(N=64, batch=edge, ensemble=4), "auto") == 1
-    assert cli.train_threads(TrainConfig(N=64, batch=edge + 1, ensemble=4), "auto") is None
-    assert cli.train_threads(TrainConfig(N=64, batch=32, device="cuda"), "auto") is None
-    assert cli.train_threads(big, 3) == 3 and cli.train_threads(small, 2) == 2
+    assert train_threads(big, "auto") is None  # torch's default
+    edge = SMALL_STATE // (4 * 64)
+    assert train_threads(TrainConfig(N=64, batch=edge, ensemble=4), "auto") == 1
+    assert train_threads(TrainConfig(N=64, batch=edge + 1, ensemble=4), "auto") is None
+    assert train_threads(TrainConfig(N=64, batch=32, device="cuda"), "auto") is None
+    assert train_threads(big, 3) == 3 and train_threads(small, 2) == 2
 
 
 @pytest.mark.parametrize("flag, want", [([], 1), (["--threads", "2"], 2)])
@@ -84,5 +85,24 @@ def test_study_with_a_large_cell_keeps_torchs_threads(tmp_path, monkeypatch):
     try:
         assert study.main(["--preset", "screen4", "--out", str(tmp_path / "s")]) == 0  # N = 512: 163840 elements
         assert seen == [3]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_torch_threads_sets_and_restores_even_on_error():
+    from surroflos._threads import torch_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 3
+        with torch_threads(None):  # None: as they are
+            assert torch.get_num_threads() == 3
+        with pytest.raises(RuntimeError):
+            with torch_threads(2):
+                raise RuntimeError("boom")
+        assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
