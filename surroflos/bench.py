@@ -89,6 +89,7 @@ import torch
 from ._argtypes import positive_float as _positive_float
 from ._argtypes import positive_int as _positive_int
 from ._argtypes import seed as _seed
+from ._threads import torch_threads
 
 __all__ = ["SCHEMA", "CONFIGS", "GPU_CONFIGS", "Context", "Impl", "Built", "add_bench_parser", "run_bench",
            "main", "run_config", "format_table", "time_callable", "lif_floor_bytes",
@@ -1085,28 +1086,6 @@ def _norse_dropin_forward(device, box: bool, backend: str, record: bool = False)
     return forward
 
 
-def _norse_kernel_forward(device, box: bool, backend: str) -> Callable[[Tensor], tuple]:
-    """The drop-ins' whole-sequence op (``lif_feed_forward_sequence`` / ``lif_box_sequence``) on Norse's default
-    parameters and default initial state, with an explicit ``backend`` (the modules take only auto/torch/triton):
-    ``(spikes, membrane after every step)``."""
-    from .kernels.norse_lif import lif_box_sequence, lif_feed_forward_sequence
-    from .norse import LIFBoxParameters, LIFParameters, norse_surrogate
-
-    p = LIFBoxParameters() if box else LIFParameters()
-    sur = norse_surrogate(p.method, p.alpha)
-    common = dict(tau_mem_inv=p.tau_mem_inv, v_leak=p.v_leak, v_th=p.v_th, v_reset=p.v_reset, dt=1e-3,
-                  surrogate=sur, backend=backend)
-
-    def forward(x):
-        v0 = torch.full_like(x[0], float(p.v_leak))
-        if box:
-            return lif_box_sequence(x, v0, reset="value", **common)
-        z, v, _ = lif_feed_forward_sequence(x, v0, torch.zeros_like(x[0]), tau_syn_inv=p.tau_syn_inv, **common)
-        return z, v
-
-    return forward
-
-
 def _norse_impls(ctx: Context, box: bool) -> List[Impl]:
     """The Norse rows of config ``cpu_kernels``: Norse 1.1's own module (the baseline), our drop-in with
     ``backend="torch"``, the compiled CPU kernels (numba, ``backend="cpu"``, the run's threads) and the drop-in
@@ -1125,8 +1104,9 @@ def _norse_impls(ctx: Context, box: bool) -> List[Impl]:
                        "Norse's own SNN loop over its (TorchScript) step, default parameters")),
             Impl("ours_torch", f"ours: norse.{mod}(backend='torch')",
                  recorded(lambda r: _norse_dropin_forward(dev, box, "torch", r)), checked=True),
-            Impl("ours_cpu", f"ours: {fn} cpu", lambda: Built(forward=_norse_kernel_forward(dev, box, "cpu")),
-                 checked=True, note=f"{fn}(backend='cpu'): the numba kernels the drop-in runs on CPU tensors"),
+            Impl("ours_cpu", f"ours: norse.{mod}(backend='cpu')",
+                 recorded(lambda r: _norse_dropin_forward(dev, box, "cpu", r)), checked=True,
+                 note=f"the numba kernels ({fn}, backend='cpu') that the drop-in runs on CPU tensors"),
             Impl("ours_dropin", f"ours: norse.{mod}() (auto)",
                  recorded(lambda r: _norse_dropin_forward(dev, box, "auto", r)), checked=True,
                  note="the drop-in as users call it (backend='auto': the numba kernels for float32 CPU tensors)")]
@@ -1137,12 +1117,8 @@ def _with_threads(fn: Callable[[], Any], threads: Optional[int]) -> Callable[[],
         return fn
 
     def run():
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
+        with torch_threads(threads):
             return fn()
-        finally:
-            torch.set_num_threads(before)
 
     return run
 

@@ -232,7 +232,7 @@ def test_norse_check_catches_a_wrong_neuron():
     g = torch.randn(60, 3, 20, generator=gen)
     check = bench._truth_check(lambda: bench._norse_own_forward("cpu", box=False, record=True), x, g,
                                bench.NORSE_OPS_PER_STEP["lif"])
-    right = check(bench.Built(forward=bench._norse_kernel_forward("cpu", False, "torch")))
+    right = check(bench.Built(forward=bench._norse_dropin_forward("cpu", False, "torch", record=True)))
     assert right["within_tolerance"] is True and right["spike_mismatches"] == 0, right
     assert right["vs_float64"]["membrane"]["reference_err"] > 0  # float32 Norse is off the float64 truth
 
@@ -243,7 +243,7 @@ def test_norse_check_catches_a_wrong_neuron():
     wrong = check(bench.Built(forward=recorded(slower)))
     assert wrong["within_tolerance"] is False and wrong["summary"].endswith("FAIL")
     assert wrong["vs_float64"]["membrane"]["err"] > wrong["vs_float64"]["membrane"]["bound"]
-    f = bench._norse_kernel_forward("cpu", False, "torch")
+    f = bench._norse_dropin_forward("cpu", False, "torch", record=True)
     rounded = check(bench.Built(forward=lambda xx: f(xx.to(torch.bfloat16).to(xx.dtype))))
     assert rounded["within_tolerance"] is False
     no_trace = check(bench.Built(forward=lambda xx: (f(xx)[0], None)))
