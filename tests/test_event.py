@@ -179,9 +179,10 @@ def test_naive_loop_equals_heap_loop(neuron):
     np.testing.assert_array_equal(ot, res.spike_times)  # same arithmetic, so bit for bit
 
 
-def _run(net: EventNetwork, n: int, lazy: bool, state0=None, k: int = 0):
-    """Spike times, ids, final phases, frame and log-determinant of ``n`` spikes with the eager or lazy heap."""
-    eng = net._engine(state0, lazy=lazy)
+def _run(net: EventNetwork, n: int, queue, state0=None, k: int = 0, fill=None):
+    """Spike times, ids, final phases, frame and log-determinant of ``n`` spikes with the given queue (``False`` /
+    ``True``: the eager / lazy heap, or a name: ``"heap"``, ``"lazy"``, ``"calendar"``)."""
+    eng = net._engine(state0, lazy=queue) if isinstance(queue, bool) else net._engine(state0, queue=queue, fill=fill)
     ot, oi = np.empty(n), np.empty(n, dtype=np.int32)
     Q = _frame(net, k, 7) if k else None
     logdet = np.zeros(1)
@@ -189,14 +190,16 @@ def _run(net: EventNetwork, n: int, lazy: bool, state0=None, k: int = 0):
     return ot, oi, eng.phases(), Q, logdet[0]
 
 
+@pytest.mark.parametrize("queue", ["lazy", "calendar"])
 @pytest.mark.parametrize("neuron", ["lif", "theta"])
 @pytest.mark.parametrize("seed, graph", [(0, "out"), (1, "in"), (2, "out"), (5, "in")])
-def test_lazy_heap_equals_eager_heap(neuron, seed, graph):
-    # The lazy heap (inhibitory networks: kicks update the true keys only, stale roots re-sifted) must give the
-    # eager heap's spikes, tangent frame and log-determinant bit for bit, and the plain reference's spikes.
+def test_lazy_queues_equal_eager_heap(neuron, seed, graph, queue):
+    # The lazy heap and the calendar queue (inhibitory networks: kicks update the true keys only, stale entries
+    # re-queued when reached) must give the eager heap's spikes, tangent frame and log-determinant bit for bit,
+    # and the plain reference's spikes.
     net = EventNetwork(200, 20, 1.0, 2.0, TAU, neuron=neuron, seed=seed, graph=graph)
     n = 3000
-    eager, lazy = _run(net, n, False, k=3), _run(net, n, True, k=3)
+    eager, lazy = _run(net, n, False, k=3), _run(net, n, queue, k=3)
     for a, b in zip(eager, lazy):
         np.testing.assert_array_equal(a, b)
     rr = ref.simulate(net, 1000 if neuron == "lif" else 150)  # theta's chaos amplifies rounding beyond that
@@ -205,22 +208,28 @@ def test_lazy_heap_equals_eager_heap(neuron, seed, graph):
     np.testing.assert_allclose(lazy[0][:m], rr.spike_times, rtol=EXACT_RTOL_F64, atol=0)
 
 
-def test_lazy_heap_needs_inhibition():
+def test_lazy_queues_need_inhibition():
     net = EventNetwork(60, 12, 1.0, 2.0, TAU, seed=5, ei=True, g=6.0)
     assert net._engine(None).lazy is False  # the eager heap by default
-    with pytest.raises(ValueError, match="inhibitory"):
-        net._engine(None, lazy=True)
+    assert net._engine(None).queue == "heap"
+    for kw in (dict(lazy=True), dict(queue="lazy"), dict(queue="calendar")):
+        with pytest.raises(ValueError, match="inhibitory"):
+            net._engine(None, **kw)
+    with pytest.raises(ValueError, match="queue must be one of"):
+        small()._engine(None, queue="bucket")
+    with pytest.raises(ValueError, match="contradicts"):
+        small()._engine(None, lazy=True, queue="calendar")
 
 
 @pytest.mark.parametrize("neuron", ["lif", "theta"])
-@pytest.mark.parametrize("lazy", [False, True])
-def test_ties_spike_in_id_order_as_in_the_naive_loop(neuron, lazy):
-    # Exactly tied keys (a synchronous start: four groups of equal phases) spike in ascending id order in both
-    # heaps, as the naive loop's scan picks them, whatever the heap's shape: the same spikes bit for bit.
+@pytest.mark.parametrize("queue", ["heap", "lazy", "calendar"])
+def test_ties_spike_in_id_order_as_in_the_naive_loop(neuron, queue):
+    # Exactly tied keys (a synchronous start: four groups of equal phases) spike in ascending id order in every
+    # queue, as the naive loop's scan picks them, whatever the heap's shape: the same spikes bit for bit.
     net = EventNetwork(60, 6, 1.0, 2.0, TAU, neuron=neuron, seed=1)
     u0 = np.repeat([0.9, 0.6, 0.3, 0.1], 15)[np.random.default_rng(0).permutation(60)]
     n = 600
-    ot, oi, *_ = _run(net, n, lazy, state0=u0)
+    ot, oi, *_ = _run(net, n, queue, state0=u0)
     keys = net._keys_from_phases(u0).reshape(-1, 1).copy()
     g = np.array([1.0 if neuron == "lif" else 0.0, 0.0])
     nt, ni = np.empty(n), np.empty(n, dtype=np.int32)
@@ -231,6 +240,71 @@ def test_ties_spike_in_id_order_as_in_the_naive_loop(neuron, lazy):
     np.testing.assert_array_equal(ot, nt)
     first = oi[:3]
     assert np.all(u0[first] == 0.9) and np.all(np.diff(first) > 0)
+
+
+@pytest.mark.parametrize("neuron", ["lif", "theta"])
+@pytest.mark.parametrize("fill", [0.01, 1e9])
+def test_calendar_extreme_slot_widths(neuron, fill):
+    # fill = 0.01: a ring of many nearly empty slots (long runs of empty slots); fill = 1e9: the smallest ring
+    # (16-32 slots), so slots of a hundred neurons and more chain extra blocks. LIF starts with some neurons hyperpolarised far past the ring's span (phase -3: the
+    # overflow at any fill). Same spikes as the eager heap either way, with ties (a group of equal phases) and
+    # over several renormalisations of the offset (rebuilds of the calendar).
+    from surroflos.event import _calendar as cal
+
+    net = EventNetwork(1000, 30, 1.0, 2.0, TAU, neuron=neuron, seed=4)
+    u0 = net.initial_state()
+    u0[::7] = 0.5  # a group of equal phases
+    if neuron == "lif":
+        u0[3::11] = -3.0  # V ~ -1e3
+    n = 40_000
+    eager = _run(net, n, "heap", state0=u0, k=2)
+    eng = net._engine(u0, queue="calendar", fill=fill)
+    ot, oi = np.empty(n), np.empty(n, dtype=np.int32)
+    Q, logdet = _frame(net, 2, 7), np.zeros(1)
+    assert eng.advance(n, out_t=ot, out_i=oi, Q=Q, logdet=logdet) == n
+    for a, b in zip(eager, (ot, oi, eng.phases(), Q, logdet[0])):
+        np.testing.assert_array_equal(a, b)
+    st = eng.cal[6]
+    assert st[cal.REBUILDS] >= 3  # the initial fill and >= 2 renormalisations
+    if fill > 1:
+        assert eng.cal[0].shape[0] <= 32  # slots of ~N / 8 neurons
+    if neuron == "lif":  # theta's keys stay within 2 pi of the front: never past the ring
+        assert st[cal.OVFSCANS] > 0
+
+
+@pytest.mark.parametrize("neuron", ["lif", "theta"])
+def test_calendar_stops_and_continues_like_the_heap(neuron):
+    # advance(.., t_stop) stops at the same spike and moves the offset the same way; continuing (the calendar's
+    # state kept across calls, act included) gives the heap's spikes; duration-based simulate as well.
+    net = small(neuron, N=300, K=20)
+    a, b = net._engine(None), net._engine(None, queue="calendar")
+    for t_stop in (0.05, 0.05, 0.13, 0.4):
+        outs = []
+        for eng in (a, b):
+            ot, oi = np.empty(5000), np.empty(5000, dtype=np.int32)
+            d = eng.advance(5000, t_stop, ot, oi)
+            outs.append((ot[:d], oi[:d], eng.g.copy(), eng.time(), eng.phases()))
+        for x, y in zip(*outs):
+            np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("neuron", ["lif", "theta"])
+def test_simulate_and_spectrum_with_the_calendar_queue(neuron):
+    # The public entry points with queue="calendar": the same raster (count and duration modes, warm-up) and the
+    # same Lyapunov exponents, log-determinant rate and convergence history as the default heap, bit for bit.
+    net = EventNetwork(400, 40, 1.0, 2.0, TAU, neuron=neuron, seed=6)
+    for kw in (dict(spikes_per_neuron=5, warmup_spikes_per_neuron=1), dict(duration=0.7)):
+        a, b = net.simulate(**kw), net.simulate(**kw, queue="calendar")
+        for x, y in ((a.spike_times, b.spike_times), (a.spike_ids, b.spike_ids), (a.final_state, b.final_state)):
+            np.testing.assert_array_equal(x, y)
+        assert (a.t_start, a.t_end, a.n_spikes) == (b.t_start, b.t_end, b.n_spikes)
+    kw = dict(k=12, spikes_per_neuron=4, warmup_spikes_per_neuron=1, qr_every=50)
+    la, lb = lyapunov_spectrum(net, **kw), lyapunov_spectrum(net, **kw, queue="calendar")
+    np.testing.assert_array_equal(la.exponents, lb.exponents)
+    assert (la.log_det_rate, la.time, la.rate) == (lb.log_det_rate, lb.time, lb.rate)
+    np.testing.assert_array_equal(la.history, lb.history)
+    with pytest.raises(ValueError, match="fill"):
+        net._engine(None, queue="calendar", fill=0)
 
 
 @pytest.mark.parametrize("sign", [-1.0, 1.0])
@@ -490,7 +564,8 @@ def test_same_spikes_and_spectrum_with_numba_jit_disabled(tmp_path):
     code = ("import numpy as np, sys; from surroflos.event import EventNetwork, lyapunov_spectrum; "
             "net = EventNetwork(30, 6, 1.0, 2.0, 0.01, neuron='theta', seed=1); r = net.simulate(3); "
             "l = lyapunov_spectrum(net, k=5, spikes_per_neuron=5, warmup_spikes_per_neuron=1, qr_every=5); "
-            "np.save(sys.argv[1], np.concatenate([r.spike_times, r.spike_ids, l.exponents]))")
+            "c = EventNetwork(30, 6, 1.0, 2.0, 0.01, seed=1).simulate(3, queue='calendar'); "
+            "np.save(sys.argv[1], np.concatenate([r.spike_times, r.spike_ids, l.exponents, c.spike_times, c.spike_ids]))")
     path = str(tmp_path / "nojit.npy")
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")
     subprocess.run([sys.executable, "-c", code, path], check=True, env=env, timeout=300)
@@ -498,5 +573,6 @@ def test_same_spikes_and_spectrum_with_numba_jit_disabled(tmp_path):
     net = EventNetwork(30, 6, 1.0, 2.0, TAU, neuron="theta", seed=1)
     r = net.simulate(3)
     lam = lyapunov_spectrum(net, k=5, spikes_per_neuron=5, warmup_spikes_per_neuron=1, qr_every=5).exponents
-    want = np.concatenate([r.spike_times, r.spike_ids, lam])
+    c = EventNetwork(30, 6, 1.0, 2.0, TAU, seed=1).simulate(3)  # the calendar queue in Python = the heap compiled
+    want = np.concatenate([r.spike_times, r.spike_ids, lam, c.spike_times, c.spike_ids])
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=0)

@@ -89,4 +89,5 @@ def test_time_stepped_spikes_converge_at_dt_1e_6():
     for i in range(net.N):
         a, b = ev.spike_times[ev.spike_ids == i], times[ids == i]
         assert a.size == b.size
-        assert np.abs(a - b).max() <= 4e-6
+        if a.size:  # a neuron may stay silent for these 0.1 s (neuron 0 of this network does)
+            assert np.abs(a - b).max() <= 4e-6

@@ -107,7 +107,7 @@ def _check_supported(net: EventNetwork) -> None:
 def lyapunov_spectrum(net: EventNetwork, k: Optional[int] = None, spikes_per_neuron: float = 100,
                       warmup_spikes_per_neuron: float = 20, qr_every: Optional[int] = None, *,
                       frame_warmup_spikes_per_neuron: Optional[float] = None, state0: Optional[np.ndarray] = None,
-                      seed: Optional[int] = None) -> EventLyapunovResult:
+                      seed: Optional[int] = None, queue: str = "heap") -> EventLyapunovResult:
     """The ``k`` largest Lyapunov exponents of ``net`` (all ``N`` by default), exactly, from its spike Jacobians.
 
     Algorithm (the QR method on the exact tangent dynamics; Monteforte & Wolf 2010, Engelken et al. 2023):
@@ -146,6 +146,8 @@ def lyapunov_spectrum(net: EventNetwork, k: Optional[int] = None, spikes_per_neu
         frame_warmup_spikes_per_neuron: frame transient (default: ``warmup_spikes_per_neuron``).
         state0: initial phases ``[N]``.
         seed: seed of the initial frame.
+        queue: the event queue, ``"heap"`` (default), or for purely inhibitory networks ``"lazy"`` or
+            ``"calendar"`` (see :meth:`EventNetwork.simulate`): the same exponents bit for bit.
 
     Returns an :class:`EventLyapunovResult` (exponents in 1/s, descending).
     """
@@ -163,7 +165,7 @@ def lyapunov_spectrum(net: EventNetwork, k: Optional[int] = None, spikes_per_neu
     qr_every = max(1, N // 4) if qr_every is None else _int("qr_every", qr_every, 1)
     seed = net.seed if seed is None else _int("seed", seed, 0)
 
-    eng = net._engine(state0)
+    eng = net._engine(state0, queue=queue)
     if n_warm:
         eng.advance(n_warm)
     rng = np.random.default_rng([seed, 2])

@@ -44,6 +44,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import _calendar as cal
 from . import _kernels as kern
 
 __all__ = ["EventNetwork", "SimulationResult", "NEURONS", "GRAPHS"]
@@ -179,27 +180,50 @@ class SimulationResult:
 # ----------------------------------------------------------------------------------------------
 
 
+QUEUES = ("heap", "lazy", "calendar")
+
+
 class _Engine:
-    """One running simulation: the heap of keys, the global offset and the compiled loop.
+    """One running simulation: the queue of keys, the global offset and the compiled loop.
 
-    The eager heap (records hold the true keys, ``hpos`` their positions) by default; ``lazy=True`` (purely
-    inhibitory networks: every kick ``<= 0``, so kicks only delay spikes) the lazy heap of
-    :mod:`~surroflos.event._kernels`: the true keys in ``key [N, 1]``, the records only lower bounds of them, no
-    positions. Both give the same spikes bit for bit; the lazy one measured slower (BENCHMARKS.md)."""
+    ``queue`` (default ``"heap"``, or ``"lazy"`` when ``lazy=True``):
 
-    def __init__(self, net: "EventNetwork", phases: np.ndarray, lazy: bool = False) -> None:
+    * ``"heap"``: the eager indexed 4-ary heap (records hold the true keys, ``hpos`` their positions);
+    * ``"lazy"`` (purely inhibitory networks: every kick ``<= 0``, so kicks only delay spikes): the lazy heap of
+      :mod:`~surroflos.event._kernels`, the true keys in ``key [N, 1]``, the records only lower bounds of them;
+    * ``"calendar"`` (inhibitory too): the calendar queue of :mod:`~surroflos.event._calendar`, the true keys in
+      ``key [N, 1]`` and each neuron queued by a stale lower bound in a ring of key-range slots, so a kick and a
+      re-insertion are both O(1).
+
+    All give the same spikes, tangent frame and log-determinant bit for bit (tests); speeds in BENCHMARKS.md."""
+
+    def __init__(self, net: "EventNetwork", phases: np.ndarray, lazy: bool = False, queue: Optional[str] = None,
+                 fill: Optional[float] = None) -> None:
+        if queue is None:
+            queue = "lazy" if lazy else "heap"
+        elif lazy and queue != "lazy":
+            raise ValueError(f"lazy=True contradicts queue={queue!r}")
+        if queue not in QUEUES:
+            raise ValueError(f"queue must be one of {QUEUES}, got {queue!r}")
         self.net = net
         self.model = kern.LIF if net.neuron == "lif" else kern.THETA
         self.p = net._kernel_params()
         self.g = np.array([1.0 if self.model == kern.LIF else 0.0, 0.0])
-        self.lazy = bool(lazy)
+        self.queue = queue
+        self.lazy = queue != "heap"  # true keys in self.key, stale bounds in the queue
         if self.lazy and not (net.jump <= 0).all():
-            raise ValueError("the lazy heap needs purely inhibitory kicks")
-        self.h = kern.alloc_heap(net.N)
+            raise ValueError(f"the {queue} queue (lazy keys) needs purely inhibitory kicks")
         keys = net._keys_from_phases(phases)
+        self.hpos = _EMPTY_I
+        if queue == "calendar":
+            fill = cal.DEFAULT_FILL if fill is None else _number("fill", fill)
+            self.key = keys.reshape(-1, 1).copy()
+            self.cal = cal.alloc(self.model, net.N, self.p, fill)
+            cal.rebuild(self.model, self.key, *self.cal)
+            return
+        self.h = kern.alloc_heap(net.N)
         if self.lazy:
             self.key = keys.reshape(-1, 1).copy()
-            self.hpos = _EMPTY_I
         else:
             self.key = _EMPTY_K
             self.hpos = np.empty(net.N, dtype=np.int32)
@@ -214,6 +238,11 @@ class _Engine:
                 out_i: Optional[np.ndarray] = None, Q: Optional[np.ndarray] = None,
                 logdet: Optional[np.ndarray] = None) -> int:
         net = self.net
+        if self.queue == "calendar":
+            return int(cal.advance(self.model, n, t_stop, self.key, *self.cal, net.indptr, net.indices, net.jump,
+                                   self.p, self.g, _EMPTY_F if out_t is None else out_t,
+                                   _EMPTY_I if out_i is None else out_i, _EMPTY_Q if Q is None else Q,
+                                   _EMPTY_F if logdet is None else logdet))
         return int(kern.advance(self.model, n, t_stop, self.h, self.hpos, self.key, net.indptr, net.indices, net.jump,
                                 self.p, self.g, _EMPTY_F if out_t is None else out_t,
                                 _EMPTY_I if out_i is None else out_i, _EMPTY_Q if Q is None else Q,
@@ -401,15 +430,18 @@ class EventNetwork:
         """Number of presynaptic partners of each neuron, ``[N]``."""
         return np.bincount(self.indices, minlength=self.N)
 
-    def _engine(self, state0: Optional[np.ndarray], lazy: bool = False) -> _Engine:
+    def _engine(self, state0: Optional[np.ndarray], lazy: bool = False, queue: Optional[str] = None,
+                fill: Optional[float] = None) -> _Engine:
+        """A running simulation from phases ``state0``; ``queue`` ``"heap"`` (default), ``"lazy"`` (also
+        ``lazy=True``) or ``"calendar"`` (see :class:`_Engine`; ``fill``: the calendar's neurons per slot)."""
         u = self.initial_state() if state0 is None else self.check_state(state0)
-        return _Engine(self, u, lazy)
+        return _Engine(self, u, lazy, queue, fill)
 
     # -- simulation ------------------------------------------------------------------------------
 
     def simulate(self, spikes_per_neuron: Optional[float] = None, warmup_spikes_per_neuron: float = 0, *,
                  duration: Optional[float] = None, state0: Optional[np.ndarray] = None,
-                 record: bool = True) -> SimulationResult:
+                 record: bool = True, queue: str = "heap") -> SimulationResult:
         """Simulate exactly, spike by spike; returns a :class:`SimulationResult`.
 
         Args:
@@ -418,11 +450,14 @@ class EventNetwork:
             duration: record for this many seconds instead (after the warm-up).
             state0: initial phases ``[N]`` (default :meth:`initial_state`).
             record: keep spike times and ids (``False``: only counts, rate and the final state).
+            queue: the event queue: ``"heap"`` (default; any network), or for purely inhibitory networks
+                (``ei=False``) ``"lazy"`` (lazy heap) or ``"calendar"`` (calendar queue: O(1) kicks and
+                re-insertions). All give the same spikes bit for bit; speeds in BENCHMARKS.md.
         """
         if (spikes_per_neuron is None) == (duration is None):
             raise ValueError("give exactly one of spikes_per_neuron and duration")
         warm = int(round(_number("warmup_spikes_per_neuron", warmup_spikes_per_neuron, allow_zero=True) * self.N))
-        eng = self._engine(state0)
+        eng = self._engine(state0, queue=queue)
         if warm:
             eng.advance(warm)
         t_start = eng.time()
