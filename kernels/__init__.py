@@ -16,6 +16,7 @@ modules.
 ``lif_feed_forward_sequence``  Norse ``LIF`` (:mod:`.norse_lif`)
 ``lif_box_sequence``           Norse ``LIFBox`` (:mod:`.norse_lif`)
 ``spiking_rnn_sequence``       recurrent LIF / current-based network (:mod:`.recurrent`)
+``spike_linear``               a linear readout of 0/1 spikes that keeps them as bytes (:mod:`.spike_linear`)
 ``balanced_sequence``          sparse balanced network (:mod:`.balanced`)
 ``balanced_tangent_fused``     its tangent map (:mod:`.balanced`)
 ``dense_tangent``              ``c (W (d Q) + a Q)`` for a block of k vectors (:mod:`.tangent`)
@@ -35,7 +36,7 @@ from .backend import BACKENDS, CpuKernelUnavailableError, TritonUnavailableError
 _LAZY = {
     "leaky_sequence": "lif", "synaptic_sequence": "lif",
     "lif_feed_forward_sequence": "norse_lif", "lif_box_sequence": "norse_lif",
-    "spiking_rnn_sequence": "recurrent",
+    "spiking_rnn_sequence": "recurrent", "spike_linear": "spike_linear",
     "balanced_sequence": "balanced", "balanced_tangent_fused": "balanced",
     "dense_tangent": "tangent", "block_tangent": "tangent", "fused_tangent_function": "tangent",
     "orthonormalize": "qr", "cholesky_qr2": "qr",

@@ -49,11 +49,20 @@ Backends (see :mod:`surroflos.kernels.backend`):
 - ``"torch"``: one whole-sequence op. Its forward loops over time under no autograd with one matmul and
   a few fused elementwise ops per step into preallocated buffers; its backward scans time in reverse
   with the explicit adjoint below (one matmul ``dI[t] W`` per step), and forms
-  ``dW = sum_t dI[t]^T S[t-1]`` as ONE GEMM over ``[T * B]`` at the end.
+  ``dW = sum_t dI[t]^T S[t-1]`` with one GEMM per window of time steps (2^21 elements of ``dI``: one GEMM
+  for short sequences).
 - ``"triton"``: per-step kernels (:mod:`surroflos.kernels.recurrent_triton`): the forward fuses the
   recurrent product (skipping all-zero spike blocks) with the neuron update, the backward fuses
   ``dI[t] W`` with the local adjoint; dW is the same final GEMM.
 - ``"auto"``: Triton for CUDA tensors, PyTorch otherwise.
+
+Memory (long sequences). Between forward and backward the op keeps the states and the spikes as booleans
+(one byte each), not the float spikes it returns; the backward makes one full-length array, ``dI`` (the
+gradient of ``x_in``), and derives everything else (surrogate slopes, ``S[t-1]`` as numbers) a chunk of
+time steps at a time; an output whose gradient is unused costs nothing (no zero array). With the spike
+readout of :class:`surroflos.SpikingRNN` (:func:`surroflos.kernels.spike_linear.spike_linear`, which keeps
+bytes too) a training step at ``T = 2000`` peaks at about 3.5 ``[T, B, N]`` float arrays, a third of
+snnTorch's loop (``benchmarks/long_sequence_memory.py``).
 
 Both run through the ``torch.library`` custom ops ``surroflos::spiking_rnn_fwd`` / ``_bwd`` (with fake
 implementations, so ``torch.compile`` captures them). Forward-mode AD and double backward are not
@@ -102,9 +111,12 @@ ParamLike = Union[float, int, Tensor]
 # ----------------------------------------------------------------------------------------------
 
 
-# An ensemble backward's per-chunk working set (elements of one [chunk, E, B, N] array): a few such arrays
-# stay in a CPU core's L2 cache, where whole [T, E, B, N] sequences would not.
+# The backward's per-chunk working set (elements of one [chunk, (E,) B, N] array): a few such arrays stay in a
+# CPU core's L2 cache, where whole [T, (E,) B, N] sequences would not.
 _CHUNK_ELEMS = 1 << 15
+# Rows of dI (elements) that the backward adds into dW with one GEMM: large enough to run at the GEMM's speed,
+# small enough that the window's spikes as numbers are a small fraction of a long sequence's memory.
+_DW_WINDOW_ELEMS = 1 << 21
 
 
 def _member_views(ens: bool):
@@ -156,82 +168,115 @@ def _forward_torch(x_in: Tensor, W: Tensor, state0: Tensor, beta: Tensor, alpha:
     return spikes.to(x_in.dtype), states.to(x_in.dtype)
 
 
-def _backward_torch(gspk: Tensor, gst: Tensor, W: Tensor, state0: Tensor, spikes: Tensor, states: Tensor, beta: Tensor,
-                    alpha: Optional[Tensor], theta: Tensor, cuba: bool, zero: bool, detach: bool, sid: int,
-                    scale: float, need_beta: bool, need_alpha: bool, need_theta: bool, zmem: bool = False):
-    """``(dI, dstate0, dbeta, dalpha, dtheta, S_prev)`` in the accumulator dtype (see the module docstring).
+def _backward_torch(gspk: Optional[Tensor], gst: Optional[Tensor], W: Tensor, state0: Tensor, spike_bits: Tensor,
+                    states: Tensor, beta: Tensor, alpha: Optional[Tensor], theta: Tensor, cuba: bool, zero: bool,
+                    detach: bool, sid: int, scale: float, need_beta: bool, need_alpha: bool, need_theta: bool,
+                    zmem: bool = False, need_w: bool = True):
+    """``(dI, dstate0, dbeta, dalpha, dtheta, dW)`` in the accumulator dtype (see the module docstring).
+    ``gspk`` / ``gst`` ``None`` are zero gradients; ``spike_bits`` are the spikes as booleans; ``dW`` is
+    ``None`` unless ``need_w``.
 
-    Full-sequence work is done once up front (surrogate derivatives); the reverse scan then works on
-    ``[B, N]`` (ensemble: ``[E, B, N]``) slices only and accumulates the parameter gradients per element,
-    summed over the batch at the end (ensemble: ``[E, N]`` gradients, one row per member). An ensemble's
-    sequences are E times larger and would no longer fit in cache: its "full-sequence" work is done per chunk
-    of time steps (``_CHUNK_ELEMS`` elements) as the scan reaches it.
+    Long sequences run out of memory, so the only full-length array made here is ``dI`` (it is the
+    gradient of ``x_in``): the scan reads the saved states and spike bits and derives the surrogate
+    derivatives, the parts of ``gmem[t]`` known before the scan and the spikes ``R[t] = S[t-1]`` one chunk of
+    time steps (``_CHUNK_ELEMS`` elements, so that a few such arrays stay in a core's L2 cache) at a time as
+    it reaches them. ``dW = sum_t dI[t]^T R[t]`` is one GEMM per window of ``_DW_WINDOW_ELEMS`` elements (one
+    for the whole sequence when it is short). The parameter gradients accumulate per element and are
+    summed over the batch at the end (ensemble: ``[E, N]`` gradients, one row per member).
     """
-    ens = spikes.ndim == 4
-    T, N = spikes.shape[0], spikes.shape[-1]
-    lead = tuple(spikes.shape[1:-1])  # (B,) or (E, B)
+    ens = states.ndim == 4
+    T, N = states.shape[0], spike_bits.shape[-1]
+    lead = tuple(states.shape[1:-1])  # (B,) or (E, B)
     D = state0.shape[-1]
-    ad = acc_dtype(spikes.dtype)
-    dev = spikes.device
+    ad = acc_dtype(states.dtype)
+    dev = states.device
     mv = _member_views(ens)
     mm = torch.bmm if ens else torch.mm
     W = W.to(ad)
     beta, theta = mv(beta.to(ad)), mv(theta.to(ad))
     alpha = mv(alpha.to(ad)) if cuba else None
-    states, gspk, gst = states.to(ad), gspk.to(ad), gst.to(ad)
-    mem = states[..., D - N:]
+    mem = states[..., D - N:]  # in the stored dtype: converted a chunk or a step at a time
     mem0 = state0[..., D - N:].to(ad)
     syn0 = state0[..., :N].to(ad) if cuba else None
-    if ens:  # R[t] = S[t-1], stored member-major [E, T, B, N] so that the dW GEMM reads it without a copy
-        s_prev = torch.empty(lead[0], T, *lead[1:], N, dtype=ad, device=dev)
-        s_prev[:, 0] = mem0 > theta
-        s_prev[:, 1:] = spikes[:-1].transpose(0, 1)
-        s_prev = s_prev.transpose(0, 1)  # the [T, E, B, N] view the scan reads
-    else:
-        s_prev = torch.cat([(mem0 > theta).to(ad).unsqueeze(0), spikes[:-1].to(ad)])  # R[t] = S[t-1]
+    r0 = (mem0 > theta).to(ad)  # R[0] = S[-1]
     sd0 = sg.surrogate_derivative(mem0 - theta, sid, scale)
-    if ens:  # computed chunk by chunk in the scan: [c0, c1) = the chunk in sd_c, G0_c
-        chunk = max(1, _CHUNK_ELEMS // spikes[0].numel())
-        c0, sd_c, G0_c = T, None, None
-        acc_sg = torch.zeros(*lead, N, dtype=ad, device=dev) if need_theta else None  # sum_t sd[t] gS[t]
-    else:
-        sd = sg.surrogate_derivative(mem - theta, sid, scale)
-        G0 = torch.addcmul(gst[..., D - N:], sd, gspk)  # the parts of gmem[t] known before the scan
+    step_elems = spike_bits[0].numel()
+    chunk = max(1, _CHUNK_ELEMS // step_elems)
+    window = max(1, _DW_WINDOW_ELEMS // step_elems)
+
+    def st(t: int, lo: int, hi: int) -> Tensor:  # states[t][..., lo:hi] in the accumulator dtype
+        return states[t, ..., lo:hi].to(ad)
+
+    def spikes_before(c0: int, c1: int, member_major: bool = False) -> Tensor:  # R[c0:c1] = S[c0-1:c1-1]
+        if member_major:  # [E, c, B, N] storage, returned as the [c, E, B, N] view
+            r = torch.empty(lead[0], c1 - c0, *lead[1:], N, dtype=ad, device=dev).transpose(0, 1)
+        else:
+            r = torch.empty(c1 - c0, *lead, N, dtype=ad, device=dev)
+        if c0 == 0:
+            r[0] = r0
+            r[1:] = spike_bits[:c1 - 1]
+        else:
+            r.copy_(spike_bits[c0 - 1:c1 - 1])
+        return r
+
     need_alpha = need_alpha and cuba
     acc_b = torch.zeros(*lead, N, dtype=ad, device=dev) if need_beta else None
     acc_a = torch.zeros(*lead, N, dtype=ad, device=dev) if need_alpha else None
     acc_t = torch.zeros(*lead, N, dtype=ad, device=dev) if need_theta else None
+    acc_sg = torch.zeros(*lead, N, dtype=ad, device=dev) if need_theta and gspk is not None else None  # sd gS
+    dW = None
     dI = torch.empty(T, *lead, N, dtype=ad, device=dev)
     gm, gm_next = torch.empty(*lead, N, dtype=ad, device=dev), torch.empty(*lead, N, dtype=ad, device=dev)
     gsp, gsp_next = torch.empty(*lead, N, dtype=ad, device=dev), torch.empty(*lead, N, dtype=ad, device=dev)
+    c0 = w0 = T  # [c0, c1): the chunk in sd_c, G0_c, R_c; [t, w0): dI rows not yet in dW
+    R_next = None  # R[t + 1]
     for t in range(T - 1, -1, -1):
-        if ens:
-            if t < c0:  # the next chunk of time steps (in reverse)
-                c1, c0 = c0, max(0, c0 - chunk)
-                sd_c = sg.surrogate_derivative(mem[c0:c1] - theta, sid, scale)
-                G0_c = torch.addcmul(gst[c0:c1, ..., D - N:], sd_c, gspk[c0:c1])
-                if need_theta:
-                    acc_sg.add_((sd_c * gspk[c0:c1]).sum(0))
-            sd_t, G0_t = sd_c[t - c0], G0_c[t - c0]
-        else:
-            sd_t, G0_t = sd[t], G0[t]
+        if t < c0:  # the next chunk of time steps (in reverse)
+            c1, c0 = c0, max(0, c0 - chunk)
+            sd_c = sg.surrogate_derivative(mem[c0:c1].to(ad) - theta, sid, scale)
+            G0_c = None  # gU_mem[t] + sd[t] gS[t] (None: zero)
+            if gspk is not None:
+                gspk_c = gspk[c0:c1].to(ad)
+                if gst is not None:
+                    G0_c = torch.addcmul(gst[c0:c1, ..., D - N:].to(ad), sd_c, gspk_c)
+                    if need_theta:
+                        acc_sg.add_((sd_c * gspk_c).sum(0))
+                else:
+                    G0_c = sd_c * gspk_c
+                    if need_theta:
+                        acc_sg.add_(G0_c.sum(0))
+            elif gst is not None:
+                G0_c = gst[c0:c1, ..., D - N:].to(ad)
+            R_c = spikes_before(c0, c1)
+        sd_t, R = sd_c[t - c0], R_c[t - c0]
         # gmem[t] = gU_mem[t] + sd[t] (gS[t] + gsp[t+1]) + K[t+1] gmem[t+1]
         if t == T - 1:
-            gm.copy_(G0_t)
+            if G0_c is None:
+                gm.zero_()
+            else:
+                gm.copy_(G0_c[t - c0])
         else:
-            torch.addcmul(G0_t, sd_t, gsp_next, out=gm)
-            gm.addcmul_(beta * (1.0 - s_prev[t + 1]) if zero else beta, gm_next)
+            if G0_c is None:
+                torch.mul(sd_t, gsp_next, out=gm)
+            else:
+                torch.addcmul(G0_c[t - c0], sd_t, gsp_next, out=gm)
+            gm.addcmul_(beta * (1.0 - R_next) if zero else beta, gm_next)
             if need_theta:
                 acc_t.addcmul_(sd_t, gsp_next)
-        mem_prev = mem[t - 1] if t > 0 else mem0
-        R = s_prev[t]
+        mem_prev = st(t - 1, D - N, D) if t > 0 else mem0
         d = dI[t]
         if cuba:
-            syn_prev = states[t - 1, ..., :N] if t > 0 else syn0
+            syn_prev = st(t - 1, 0, N) if t > 0 else syn0
+            g_syn = gst[t, ..., :N].to(ad) if gst is not None else None
             if zero and not zmem:
-                torch.addcmul(gst[t, ..., :N], 1.0 - R, gm, out=d)
+                if g_syn is None:
+                    torch.mul(1.0 - R, gm, out=d)
+                else:
+                    torch.addcmul(g_syn, 1.0 - R, gm, out=d)
+            elif g_syn is None:
+                d.copy_(gm)
             else:
-                torch.add(gst[t, ..., :N], gm, out=d)
+                torch.add(g_syn, gm, out=d)
             if t < T - 1:
                 d.addcmul_(alpha, dI[t + 1])
             if need_alpha:
@@ -243,17 +288,21 @@ def _backward_torch(gspk: Tensor, gst: Tensor, W: Tensor, state0: Tensor, spikes
             if not zero:
                 gsp.addcmul_(theta, gm, value=-1.0)
             elif cuba and not zmem:
-                gsp.addcmul_(torch.addcmul(states[t, ..., :N], beta, mem_prev), gm, value=-1.0)
+                gsp.addcmul_(torch.addcmul(st(t, 0, N), beta, mem_prev), gm, value=-1.0)
             else:
                 gsp.addcmul_(beta * mem_prev, gm, value=-1.0)
         if need_beta:
             acc_b.addcmul_(gm * (1.0 - R) if zero else gm, mem_prev)
         if need_theta and not zero:
             acc_t.addcmul_(R, gm)
+        if need_w and (t == 0 or w0 - t >= window):  # the rows [t, w0) into dW
+            dW = _add_dW(dW, dI[t:w0], spikes_before(t, w0, member_major=ens))
+            w0 = t
         gm, gm_next = gm_next, gm
         gsp, gsp_next = gsp_next, gsp
+        R_next = R
     # After the swap: gm_next = gmem[0], gsp_next = gsp[0] = dL/dS[-1].
-    keep0 = beta * (1.0 - s_prev[0]) if zero else beta
+    keep0 = beta * (1.0 - r0) if zero else beta
     g_mem0 = torch.addcmul(keep0 * gm_next, sd0, gsp_next)
     dstate0 = torch.cat([alpha * dI[0], g_mem0], dim=-1) if cuba else g_mem0
     bdim = len(lead) - 1  # the batch axis of a per-step slice
@@ -262,11 +311,22 @@ def _backward_torch(gspk: Tensor, gst: Tensor, W: Tensor, state0: Tensor, spikes
     dtheta = None
     if need_theta:  # -sum sd (gS + gsp_next) over t >= -1, minus sum R gmem (subtract reset)
         acc_t.addcmul_(sd0, gsp_next)
-        if ens:
-            dtheta = -(acc_t.sum(bdim) + acc_sg.sum(bdim))
-        else:
-            dtheta = -(acc_t.sum(bdim) + (sd * gspk).sum((0, bdim + 1)))
-    return dI, dstate0, dbeta, dalpha, dtheta, s_prev
+        dtheta = -(acc_t.sum(bdim) + acc_sg.sum(bdim)) if acc_sg is not None else -acc_t.sum(bdim)
+    return dI, dstate0, dbeta, dalpha, dtheta, dW
+
+
+def _add_dW(dW: Optional[Tensor], dI: Tensor, R: Tensor) -> Tensor:
+    """``dW + sum_{t, b} dI[t, b]^T R[t, b]`` (ensemble: per member, ``[c, E, B, N]`` inputs with ``R`` stored
+    member-major), the first window without an addition, so a one-window sequence is one plain GEMM."""
+    N = dI.shape[-1]
+    if dI.ndim == 3:  # dW[n, k] = sum_{t, b} dI[t, b, n] R[t, b, k]: one GEMM over the window's rows
+        a, b = dI.reshape(-1, N).t(), R.reshape(-1, N)
+        return torch.mm(a, b) if dW is None else dW.addmm_(a, b)
+    # [E, c * B, N] rows (a transposing copy to [E, N, c * B] is slower); the GEMM reads dI's transpose as a view
+    E = dI.shape[1]
+    a = dI.permute(1, 0, 2, 3).reshape(E, -1, N).transpose(1, 2)
+    b = R.transpose(0, 1).reshape(E, -1, N)  # R's member-major storage: a view
+    return torch.bmm(a, b) if dW is None else dW.baddbmm_(a, b)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,78 +337,73 @@ def _backward_torch(gspk: Tensor, gst: Tensor, W: Tensor, state0: Tensor, spikes
 @torch.library.custom_op("surroflos::spiking_rnn_fwd", mutates_args=())
 def _rnn_fwd(x_in: Tensor, W: Tensor, state0: Tensor, beta: Tensor, alpha: Optional[Tensor], threshold: Tensor,
              bias: Optional[Tensor], cuba: bool, zero_reset: bool, detach_reset: bool, surrogate_id: int,
-             surrogate_scale: float, use_triton: bool, zero_mem: bool) -> Tuple[Tensor, Tensor]:
+             surrogate_scale: float, use_triton: bool, zero_mem: bool) -> Tuple[Tensor, Tensor, Tensor]:
     if use_triton:
         from .recurrent_triton import forward_triton  # lazy: Triton picks interpreter/compiled at import
 
         spikes, states = forward_triton(x_in, W, state0, beta, alpha, threshold, bias, cuba, zero_reset, zero_mem)
     else:
         spikes, states = _forward_torch(x_in, W, state0, beta, alpha, threshold, bias, cuba, zero_reset, zero_mem)
-    return spikes.contiguous(), states
+    # The backward keeps the spikes as one byte each, not as numbers: the float spikes are the caller's output,
+    # freed once nothing reads them (a spike readout keeps bytes too: surroflos.kernels.spike_linear).
+    return spikes.contiguous(), states, spikes != 0
 
 
 @_rnn_fwd.register_fake
 def _rnn_fwd_fake(x_in, W, state0, beta, alpha, threshold, bias, cuba, zero_reset, detach_reset, surrogate_id,
                   surrogate_scale, use_triton, zero_mem):
-    return x_in.new_empty(x_in.shape), x_in.new_empty(*x_in.shape[:-1], state0.shape[-1])
+    return (x_in.new_empty(x_in.shape), x_in.new_empty(*x_in.shape[:-1], state0.shape[-1]),
+            x_in.new_empty(x_in.shape, dtype=torch.bool))
 
 
 @torch.library.custom_op("surroflos::spiking_rnn_bwd", mutates_args=())
-def _rnn_bwd(grad_spikes: Tensor, grad_states: Tensor, W: Tensor, state0: Tensor, spikes: Tensor, states: Tensor,
-             beta: Tensor, alpha: Optional[Tensor], threshold: Tensor, cuba: bool, zero_reset: bool,
-             detach_reset: bool, surrogate_id: int, surrogate_scale: float, need_w: bool, need_beta: bool,
-             need_alpha: bool, need_theta: bool, use_triton: bool, zero_mem: bool
+def _rnn_bwd(grad_spikes: Optional[Tensor], grad_states: Optional[Tensor], W: Tensor, state0: Tensor,
+             spike_bits: Tensor, states: Tensor, beta: Tensor, alpha: Optional[Tensor], threshold: Tensor, cuba: bool,
+             zero_reset: bool, detach_reset: bool, surrogate_id: int, surrogate_scale: float, need_w: bool,
+             need_beta: bool, need_alpha: bool, need_theta: bool, use_triton: bool, zero_mem: bool
              ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    args = (grad_spikes, grad_states, W, state0, spikes, states, beta, alpha, threshold, cuba, zero_reset,
-            detach_reset, surrogate_id, surrogate_scale, need_beta, need_alpha, need_theta, zero_mem)
+    flags = (cuba, zero_reset, detach_reset, surrogate_id, surrogate_scale, need_beta, need_alpha, need_theta, zero_mem)
     if use_triton:
         from .recurrent_triton import backward_triton
 
-        dI, ds0, db, da, dt, s_prev = backward_triton(*args)
+        spikes = spike_bits.to(states.dtype)  # the Triton kernels read spikes as numbers
+        gspk = torch.zeros_like(spikes) if grad_spikes is None else grad_spikes
+        gst = torch.zeros_like(states) if grad_states is None else grad_states
+        dI, ds0, db, da, dt, s_prev = backward_triton(gspk, gst, W, state0, spikes, states, beta, alpha, threshold,
+                                                      *flags)
+        del spikes, gspk, gst
+        dW = _add_dW(None, dI, s_prev.to(dI.dtype)) if need_w else None
     else:
-        dI, ds0, db, da, dt, s_prev = _backward_torch(*args)
-    if need_w and spikes.ndim == 3:  # dW[n, k] = sum_{t, b} dI[t, b, n] S[t-1, b, k]: one GEMM over T * B rows
-        T, B, N = spikes.shape
-        dW = torch.mm(dI.reshape(T * B, N).t(), s_prev.reshape(T * B, N).to(dI.dtype)).to(W.dtype)
-    elif need_w:  # ensemble: dW[e] = sum_{t, b} dI[t, e, b]^T S[t-1, e, b], one batched GEMM over the members
-        T, E, B, N = spikes.shape
-        # [E, T * B, N] copies keep the rows contiguous (a transposing copy to [E, N, T * B] is slower); the GEMM
-        # reads dI's transpose as a view
-        dI_e = dI.permute(1, 0, 2, 3).reshape(E, T * B, N)
-        s_e = s_prev.to(dI.dtype).permute(1, 0, 2, 3).reshape(E, T * B, N)
-        dW = torch.bmm(dI_e.transpose(1, 2), s_e).to(W.dtype)
-    else:
-        dW = W.new_empty(0)
+        dI, ds0, db, da, dt, dW = _backward_torch(grad_spikes, grad_states, W, state0, spike_bits, states, beta,
+                                                  alpha, threshold, *flags, need_w=need_w)
     # (custom ops may not return one tensor twice: a fresh empty for every unneeded gradient)
     vec = lambda g, like: like.new_empty(0) if g is None else g.to(like.dtype)  # noqa: E731
-    return dI.to(spikes.dtype), dW, ds0.to(state0.dtype), vec(db, beta), vec(da, beta), vec(dt, threshold)
+    return (dI.to(states.dtype), W.new_empty(0) if dW is None else dW.to(W.dtype), ds0.to(state0.dtype),
+            vec(db, beta), vec(da, beta), vec(dt, threshold))
 
 
 @_rnn_bwd.register_fake
-def _rnn_bwd_fake(grad_spikes, grad_states, W, state0, spikes, states, beta, alpha, threshold, cuba, zero_reset,
+def _rnn_bwd_fake(grad_spikes, grad_states, W, state0, spike_bits, states, beta, alpha, threshold, cuba, zero_reset,
                   detach_reset, surrogate_id, surrogate_scale, need_w, need_beta, need_alpha, need_theta, use_triton,
                   zero_mem):
     vec = lambda need: W.new_empty(W.shape[:-1] if need else (0,))  # noqa: E731 - [N] or [E, N]
-    return (torch.empty_like(spikes), W.new_empty(W.shape) if need_w else W.new_empty(0), torch.empty_like(state0),
-            vec(need_beta), vec(need_alpha and cuba), vec(need_theta))
+    return (states.new_empty(spike_bits.shape), W.new_empty(W.shape) if need_w else W.new_empty(0),
+            torch.empty_like(state0), vec(need_beta), vec(need_alpha and cuba), vec(need_theta))
 
 
 def _setup(ctx, inputs, output):
     (_, W, state0, beta, alpha, threshold, _bias, cuba, zero, detach, sid, scale, use_triton, zmem) = inputs
-    spikes, states = output
-    ctx.save_for_backward(W, state0, beta, alpha, threshold, spikes, states)
+    _spikes, states, spike_bits = output
+    ctx.save_for_backward(W, state0, beta, alpha, threshold, spike_bits, states)
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not a full-size zero array
     ctx.flags = (cuba, zero, detach, sid, scale, use_triton, zmem)
 
 
-def _backward(ctx, g_spikes, g_states):
-    W, state0, beta, alpha, threshold, spikes, states = ctx.saved_tensors
+def _backward(ctx, g_spikes, g_states, _g_bits):
+    W, state0, beta, alpha, threshold, spike_bits, states = ctx.saved_tensors
     cuba, zero, detach, sid, scale, use_triton, zmem = ctx.flags
     need = ctx.needs_input_grad
-    if g_spikes is None:
-        g_spikes = torch.zeros_like(spikes)
-    if g_states is None:
-        g_states = torch.zeros_like(states)
-    dx, dW, ds0, db, da, dt = _rnn_bwd(g_spikes, g_states, W, state0, spikes, states, beta, alpha, threshold,
+    dx, dW, ds0, db, da, dt = _rnn_bwd(g_spikes, g_states, W, state0, spike_bits, states, beta, alpha, threshold,
                                        cuba, zero, detach, sid, scale, need[1], need[3], need[4] and cuba,
                                        need[5], use_triton, zmem)
     db_in = None  # I = x_in + S W^T + bias: sum over time and batch ([N], or [E, N] per member)
@@ -508,8 +563,10 @@ def spiking_rnn_sequence(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: str
             raise ValueError(f"bias is {bias.dtype} on {bias.device} but x_in is {x_in.dtype} on {x_in.device}; "
                              "convert one of them")
     use_triton = _use_triton(backend, x_in.device)
-    return _rnn_fwd(x_in, W, state0, beta_v, alpha_v, theta_v, bias, cuba, reset in ("zero", "zero_mem"),
-                    bool(detach_reset), surrogate.id, float(surrogate.scale), use_triton, reset == "zero_mem")
+    spikes, states, _bits = _rnn_fwd(x_in, W, state0, beta_v, alpha_v, theta_v, bias, cuba,
+                                     reset in ("zero", "zero_mem"), bool(detach_reset), surrogate.id,
+                                     float(surrogate.scale), use_triton, reset == "zero_mem")
+    return spikes, states
 
 
 def spiking_rnn_reference(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: str = "lif", beta: ParamLike = 0.9,

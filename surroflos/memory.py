@@ -78,7 +78,10 @@ def train_bytes(cfg, task) -> int:
     n_params = n_rec + N * n_in + N + N * n_out + n_out
     T = cfg.T or getattr(task, "T", None) or 1
     weights = 4 * itemsize * n_params + idx
-    activations = itemsize * T * (cfg.batch + cfg.eval_batch) * (state_dim + N)
+    # the states of every step, and the activity: rates as numbers, spikes as one byte each (the fused
+    # recurrent op and its readout keep them as booleans for the backward)
+    activity = 1 if cfg.model in ("lif", "cuba") else itemsize
+    activations = T * (cfg.batch + cfg.eval_batch) * (itemsize * state_dim + activity * N)
     k = max(cfg.k, cfg.spectrum_k or cfg.k)
     frames = itemsize * cfg.floss_T * cfg.floss_batch * state_dim * (k + 1) if cfg.flossing != "none" else 0
     spectrum = spectrum_bytes(state_dim, N, k, 4, itemsize, n_weights=0)

@@ -187,15 +187,17 @@ def test_sequence_edge_shapes(T, E, B, N, neuron):
         assert_exact_f64(r)
 
 
-@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("steps,window", [(1, 2), (3, 1), (3, 4)])
 @pytest.mark.parametrize("neuron,reset", [("lif", "subtract"), ("cuba", "zero")])
-def test_backward_time_chunks(neuron, reset, steps, monkeypatch):
-    # The PyTorch backward of an ensemble does its full-sequence work per chunk of time steps (cache-sized): with
-    # chunks of 1 and 3 steps over T = 7 (3 + 3 + 1) every chunk boundary must give the reference's numbers.
+def test_backward_time_chunks(neuron, reset, steps, window, monkeypatch):
+    # The PyTorch backward does its full-sequence work per chunk of time steps (cache-sized) and adds dW one
+    # window of steps at a time: with chunks of 1 and 3 steps over T = 7 (3 + 3 + 1) and windows of 1, 2 and 4
+    # steps, every chunk and window boundary must give the reference's numbers.
     from surroflos.kernels import recurrent
 
     E, B, N = 3, 2, 19
     monkeypatch.setattr(recurrent, "_CHUNK_ELEMS", steps * E * B * N)
+    monkeypatch.setattr(recurrent, "_DW_WINDOW_ELEMS", window * E * B * N)
     r = run_case(neuron, reset, False, KINDS[1], E, "torch", T=7, B=B, N=N, seed=steps, silent=1)
     assert_exact_f64(r)
 
@@ -308,8 +310,8 @@ def test_opcheck_ensemble_shapes():
     vec = [torch.rand(2, 5, dtype=F64, requires_grad=True) for _ in range(4)]
     flags = (True, False, False, 1, 2.0, False, False)
     torch.library.opcheck(_rnn_fwd, (x_in, W, s0, *vec, *flags), test_utils=checks)
-    S, U = (t.detach() for t in _rnn_fwd(x_in, W, s0, *vec, *flags))
-    d = [t.detach() for t in (W, s0, S, U, vec[0], vec[1], vec[2])]
+    S, U, bits = (t.detach() for t in _rnn_fwd(x_in, W, s0, *vec, *flags))
+    d = [t.detach() for t in (W, s0, bits, U, vec[0], vec[1], vec[2])]
     torch.library.opcheck(_rnn_bwd, (torch.rand_like(S), torch.rand_like(U), *d, True, False, False, 1, 2.0,
                                      True, True, True, True, False, False), test_utils=checks)
     Q = torch.randn(2, 3, 10, 4, dtype=F64, requires_grad=True)

@@ -122,6 +122,50 @@ def test_every_surrogate(surrogate, backend):
     check_against_loop(model, x, model.initial_state(2, random=True, generator=gen(5)), [backend])
 
 
+@pytest.mark.parametrize("steps,window", [(1, 2), (3, 1), (2, 4)])
+@pytest.mark.parametrize("neuron,reset,detach_reset", [("lif", "subtract", False), ("lif", "zero", True),
+                                                        ("cuba", "zero", False), ("cuba", "subtract", True)])
+def test_backward_chunks_and_dw_windows(neuron, reset, detach_reset, steps, window, monkeypatch):
+    # The PyTorch backward derives surrogate slopes and spikes one chunk of time steps at a time and adds dW
+    # one window at a time (so that long sequences keep no second full-length array): chunks of 1, 2 and 3 steps
+    # and windows of 1, 2 and 4 steps over T = 7 must give the step loop's numbers at every boundary.
+    from surroflos.kernels import recurrent
+
+    B, N = 3, 20
+    monkeypatch.setattr(recurrent, "_CHUNK_ELEMS", steps * B * N)
+    monkeypatch.setattr(recurrent, "_DW_WINDOW_ELEMS", window * B * N)
+    case = steps + 3 * window
+    model = make_model(neuron, reset, detach_reset, "atan", True, N=N, seed=case)
+    x = 1.5 * torch.rand(7, B, 3, generator=gen(case), dtype=F64)
+    check_against_loop(model, x, model.initial_state(B, random=True, generator=gen(case + 1)), ["torch"])
+
+
+@pytest.mark.parametrize("neuron,reset", [("lif", "subtract"), ("cuba", "zero"), ("cuba", "zero_mem")])
+@pytest.mark.parametrize("used", ["spikes", "states"])
+def test_one_output_unused(neuron, reset, used):
+    # A loss on one output only: the other's gradient reaches the backward as None (no zero array is made);
+    # the gradients must equal those of the reference loop with that output's cotangent zero.
+    T, B, N = 6, 3, 17
+    D = 2 * N if neuron == "cuba" else N
+    x_in = torch.randn(T, B, N, generator=gen(1), dtype=F64).requires_grad_(True)
+    W = (0.6 * torch.randn(N, N, generator=gen(2), dtype=F64)).requires_grad_(True)
+    s0 = (1.5 * torch.rand(B, D, generator=gen(3), dtype=F64)).requires_grad_(True)
+    beta = torch.full((N,), 0.85, dtype=F64, requires_grad=True)
+    theta = torch.full((N,), 0.9, dtype=F64, requires_grad=True)
+    kw = dict(neuron=neuron, beta=beta, alpha=0.7, threshold=theta, surrogate="atan", reset=reset, detach_reset=False)
+    leaves = [x_in, W, s0, beta, theta]
+    grads = []
+    for fn in (spiking_rnn_sequence, spiking_rnn_reference):
+        S, U = fn(x_in, W, s0, **kw) if fn is spiking_rnn_reference else fn(x_in, W, s0, backend="torch", **kw)
+        out = S if used == "spikes" else U
+        c = torch.randn(out.shape, generator=gen(4), dtype=F64)
+        grads.append(torch.autograd.grad((c * out).sum(), leaves))
+    assert 0 < float(S.detach().sum()) < S.numel()
+    for name, g, g_ref in zip(["x_in", "W", "state0", "beta", "threshold"], *grads):
+        assert float(g_ref.abs().max()) > 0, name
+        assert_close_rel(g, g_ref, 1e-10, name)
+
+
 @pytest.mark.parametrize("T,B,N", [(1, 1, 5), (3, 1, 17), (1, 4, 20), (2, 33, 18)])
 @pytest.mark.parametrize("neuron", ["lif", "cuba"])
 def test_edge_shapes(T, B, N, neuron):
@@ -277,10 +321,12 @@ def test_opcheck_registrations():
     vec = [beta, alpha.expand(5), theta, bias]
     flags = (True, False, False, 1, 2.0, False, False)  # cuba, subtract, attached, atan(2), PyTorch, not zero_mem
     torch.library.opcheck(_rnn_fwd, (x_in, W, s0, *vec, *flags), test_utils=checks)
-    S, U = (t.detach() for t in _rnn_fwd(x_in, W, s0, *vec, *flags))
-    d = [t.detach() for t in (W, s0, S, U, beta, alpha.expand(5), theta)]
-    torch.library.opcheck(_rnn_bwd, (torch.rand_like(S), torch.rand_like(U), *d[:4], *d[4:], True, False, False, 1,
-                                     2.0, True, True, True, True, False, False), test_utils=checks)
+    S, U, bits = (t.detach() for t in _rnn_fwd(x_in, W, s0, *vec, *flags))
+    assert bits.dtype == torch.bool and torch.equal(bits, S != 0)
+    d = [t.detach() for t in (W, s0, bits, U, beta, alpha.expand(5), theta)]
+    for gS, gU in ((torch.rand_like(S), torch.rand_like(U)), (None, torch.rand_like(U)), (torch.rand_like(S), None)):
+        torch.library.opcheck(_rnn_bwd, (gS, gU, *d[:4], *d[4:], True, False, False, 1, 2.0, True, True, True, True,
+                                         False, False), test_utils=checks)
 
 
 # ----------------------------------------------------------------------------------------------

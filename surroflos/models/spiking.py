@@ -34,6 +34,7 @@ from .. import surrogate as sg
 from .._random import rand
 from ..kernels.backend import check_backend
 from ..kernels.recurrent import spiking_rnn_sequence
+from ..kernels.spike_linear import spike_linear
 from ..ensemble import draw_per_member, member_view
 from .base import RecurrentModel, Rollout, check_inputs, check_state_and_model, member_generators
 from .rate import batched_weight
@@ -287,10 +288,17 @@ class SpikingRNN(RecurrentModel):
             x_in, p.weight_rec, state, neuron=self.neuron, beta=p.beta, alpha=p.alpha, threshold=p.threshold,
             surrogate=p.surrogate, reset=p.reset, detach_reset=p.detach_reset, bias=p.bias,
             backend=getattr(self, "backend", "auto"))  # (modules pickled before the attribute existed)
-        return Rollout(self.readout(spikes), states, spikes)
+        return Rollout(self.readout(spikes, spiking=True), states, spikes)
 
-    def readout(self, activity: torch.Tensor) -> torch.Tensor:
-        drive = self._linear_readout(activity)
+    def readout(self, activity: torch.Tensor, *, spiking: bool = False) -> torch.Tensor:
+        """The readout of an activity trajectory ``[T, B, N]`` (ensemble ``[T, E, B, N]``). ``spiking=True``
+        promises that every entry is 0 or 1 (the rollout's own spikes): the linear map then keeps them as
+        bytes for the backward (:func:`surroflos.kernels.spike_linear.spike_linear`), not as numbers."""
+        if spiking:
+            w, b = self.readout_layer.weight, self.readout_layer.bias
+            drive = spike_linear(activity, w, b)
+        else:
+            drive = self._linear_readout(activity)
         if self.readout_kind == "linear":
             return drive
         y, out = torch.zeros_like(drive[0]), []
