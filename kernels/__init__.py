@@ -4,11 +4,11 @@ tangent dynamics, each beside its plain-PyTorch reference.
 Layout: ``<concept>.py`` holds the public dispatch function and the PyTorch path,
 ``<concept>_triton.py`` the Triton kernels, both imported lazily (see :mod:`surroflos.kernels.backend`),
 and a naive per-step reference that the tests compare both against. An op family with compiled CPU
-kernels (numba) too has a folder of its own: ``lif/`` and ``norse_lif/``, with ``__init__.py`` (public
-functions, PyTorch path, custom ops), ``triton.py``, ``cpu.py`` (and ``lif/_cpu_kernels.py``, the numba
+kernels (numba) too has a folder of its own: ``lif/``, ``norse_lif/`` and ``recurrent/``, with ``__init__.py``
+(public functions, PyTorch path, custom ops), ``triton.py``, ``cpu.py`` (and ``lif/_cpu_kernels.py``, the numba
 kernels of both, ``lif/reference.py``); their former module names (``lif_triton``, ``lif_cpu``,
-``lif_reference``, ``_lif_cpu_kernels``, ``norse_lif_triton``, ``norse_lif_cpu``) are aliases of the moved
-modules.
+``lif_reference``, ``_lif_cpu_kernels``, ``norse_lif_triton``, ``norse_lif_cpu``, ``recurrent_triton``) are
+aliases of the moved modules.
 
 =============================  ===============================================================
 ``leaky_sequence``             snnTorch ``Leaky`` over ``[T, ...]`` (:mod:`.lif`)

@@ -51,7 +51,7 @@ Backends (see :mod:`surroflos.kernels.backend`):
   with the explicit adjoint below (one matmul ``dI[t] W`` per step), and forms
   ``dW = sum_t dI[t]^T S[t-1]`` with one GEMM per window of time steps (2^21 elements of ``dI``: one GEMM
   for short sequences).
-- ``"triton"``: per-step kernels (:mod:`surroflos.kernels.recurrent_triton`): the forward fuses the
+- ``"triton"``: per-step kernels (:mod:`surroflos.kernels.recurrent.triton`): the forward fuses the
   recurrent product (skipping all-zero spike blocks) with the neuron update, the backward fuses
   ``dI[t] W`` with the local adjoint; dW is the same final GEMM.
 - ``"auto"``: Triton for CUDA tensors, PyTorch otherwise.
@@ -92,8 +92,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .. import surrogate as sg
-from .backend import acc_dtype, check_backend, constant_result, resolve_backend
+from ... import surrogate as sg
+from ..backend import acc_dtype, check_backend, constant_result, resolve_backend
 
 __all__ = ["spiking_rnn_sequence", "spiking_rnn_reference", "NEURONS", "RESETS"]
 
@@ -339,7 +339,7 @@ def _rnn_fwd(x_in: Tensor, W: Tensor, state0: Tensor, beta: Tensor, alpha: Optio
              bias: Optional[Tensor], cuba: bool, zero_reset: bool, detach_reset: bool, surrogate_id: int,
              surrogate_scale: float, use_triton: bool, zero_mem: bool) -> Tuple[Tensor, Tensor, Tensor]:
     if use_triton:
-        from .recurrent_triton import forward_triton  # lazy: Triton picks interpreter/compiled at import
+        from .triton import forward_triton  # lazy: Triton picks interpreter/compiled at import
 
         spikes, states = forward_triton(x_in, W, state0, beta, alpha, threshold, bias, cuba, zero_reset, zero_mem)
     else:
@@ -364,7 +364,7 @@ def _rnn_bwd(grad_spikes: Optional[Tensor], grad_states: Optional[Tensor], W: Te
              ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     flags = (cuba, zero_reset, detach_reset, surrogate_id, surrogate_scale, need_beta, need_alpha, need_theta, zero_mem)
     if use_triton:
-        from .recurrent_triton import backward_triton
+        from .triton import backward_triton
 
         spikes = spike_bits.to(states.dtype)  # the Triton kernels read spikes as numbers
         gspk = torch.zeros_like(spikes) if grad_spikes is None else grad_spikes
@@ -579,7 +579,7 @@ def spiking_rnn_reference(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: st
     ``x_in`` enters as the input with ``W_in = I`` and ``b = 0`` (exact: multiplying by the identity
     rounds nothing), so this is the model's own step function on the same numbers.
     """
-    from ..models.spiking import SpikingParams, cuba_step, lif_step
+    from ...models.spiking import SpikingParams, cuba_step, lif_step
 
     N = x_in.shape[-1]
     if reset == "zero_mem":  # (no step function has it: the equations of the module docstring, op by op)
