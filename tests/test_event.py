@@ -288,6 +288,22 @@ def test_calendar_stops_and_continues_like_the_heap(neuron):
             np.testing.assert_array_equal(x, y)
 
 
+def test_simulate_picks_the_calendar_for_inhibitory_networks(monkeypatch):
+    # queue="auto" (simulate's default): the calendar queue when every kick is inhibitory, else the eager heap.
+    used = []
+    orig = EventNetwork._engine
+
+    def spy(self, state0, lazy=False, queue=None, fill=None):
+        used.append(queue)
+        return orig(self, state0, lazy, queue, fill)
+
+    monkeypatch.setattr(EventNetwork, "_engine", spy)
+    small().simulate(1)
+    small("theta", ei=True, g=6.0, N=100, K=20).simulate(1)
+    small().simulate(1, queue="heap")
+    assert used == ["calendar", "heap", "heap"]
+
+
 @pytest.mark.parametrize("neuron", ["lif", "theta"])
 def test_simulate_and_spectrum_with_the_calendar_queue(neuron):
     # The public entry points with queue="calendar": the same raster (count and duration modes, warm-up) and the

@@ -16,12 +16,12 @@ def test_event_bench_quick(tmp_path, capsys):
     sim, spec = payload["cases"]
     assert sim["name"] == "simulate" and spec["name"] == "spectrum"
     names = [(r["N"], r["name"]) for r in sim["rows"]]
-    assert names == [(N, name) for N in (1000, 4000) for name in ("heap", "lazy", "naive", "stepped")]
+    assert names == [(N, name) for N in (1000, 4000) for name in ("heap", "lazy", "calendar", "naive", "stepped")]
     for r in sim["rows"]:
         assert r["status"] == "ok", r["status"]
         s = r["spikes_per_s"]
         assert s["runs"] >= 3 and 0 < s["q1"] <= s["median"] <= s["q3"]
-        if r["name"] in ("heap", "lazy"):
+        if r["name"] in ("heap", "lazy", "calendar"):
             assert r["spikes_per_cpu_s"]["median"] > 0 and r["cost_growth"] > 0
         if r["name"] == "naive":
             assert r["check"]["same_spikes_as_heap"] is True

@@ -31,7 +31,9 @@ lower bound of the true key in ``key``. A kick then costs one update of ``key`` 
 key is larger is re-sifted with it before it may spike. Same spikes as the eager heap, bit for bit. Measured
 (BENCHMARKS.md): in SparseProp's balanced network a neuron reaches the root stale ~23 times per spike it fires
 (its free time to threshold is ~1/40 of its inter-spike interval), and 23 root-to-leaf sifts cost more than
-the 100 short sifts they replace, so :class:`~surroflos.event.EventNetwork` uses the eager heap.
+the 100 short sifts they replace. The calendar queue (:mod:`~surroflos.event._calendar`) keeps the lazy kick and
+re-queues a stale neuron in O(1): ``EventNetwork.simulate`` runs it for inhibitory networks, the eager heap
+otherwise.
 
 Tangent dynamics (``Q.shape[1] = k > 0``): perturbations of the phases are constant between spikes; at a
 spike of ``j`` each target ``i`` (voltage ``V -> V' = V + J``) gets

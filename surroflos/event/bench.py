@@ -9,6 +9,8 @@ Cases (``--quick`` shrinks every size so the run takes seconds, for tests):
               - ``heap``: :class:`~surroflos.event.EventNetwork` (compiled 4-ary heap loop, O(K log N) per spike),
               - ``lazy``: the same loop with the lazy heap (kicks update true keys only, stale roots re-sifted;
                 same spikes bit for bit),
+              - ``calendar``: the calendar queue (``queue="calendar"``: kicks update true keys only, stale
+                neurons re-queued in O(1) into key-range slots; same spikes bit for bit),
               - ``naive``: the same dynamics and arithmetic with an O(N) scan for the next spiker per spike
                 (:func:`~surroflos.event._kernels.naive_advance`; checked to give the same spikes bit for bit),
               - ``stepped``: the time-stepped :class:`~surroflos.BalancedNetwork` with the same graph
@@ -70,9 +72,9 @@ def _repeats(ctx, est_s: float) -> int:
     return int(max(3, min(ctx.repeats, ctx.budget_s // max(est_s, 1e-9))))
 
 
-def _heap_row(net: EventNetwork, ctx, n_per_run: int, lazy: bool) -> Dict[str, Any]:
+def _heap_row(net: EventNetwork, ctx, n_per_run: int, queue: str) -> Dict[str, Any]:
     t0 = time.perf_counter()
-    eng = net._engine(None, lazy=lazy)
+    eng = net._engine(None, queue=queue)
     first = time.perf_counter()
     eng.advance(net.N)  # steady state; the first call also loads (or compiles) the loop
     first = time.perf_counter() - first
@@ -90,7 +92,7 @@ def _heap_row(net: EventNetwork, ctx, n_per_run: int, lazy: bool) -> Dict[str, A
         rates.append(n_per_run / dt)
         cpu_rates.append(n_per_run / max(time.process_time() - c, 1e-9))
         sims.append((eng.time() - tb) / dt)
-    return {"name": "lazy" if lazy else "heap", "status": "ok", "spikes_per_s": _stats(rates),
+    return {"name": queue, "status": "ok", "spikes_per_s": _stats(rates),
             "spikes_per_cpu_s": _stats(cpu_rates), "sim_per_wall": statistics.median(sims),
             "spikes_per_run": n_per_run, "first_call_s": first, "setup_s": t_setup}
 
@@ -158,24 +160,25 @@ def _simulate_case(ctx) -> Dict[str, Any]:
         build = time.perf_counter() - t
         n_heap = 20 * N if ctx.quick else max(200_000, N)
         n_naive = 200 if ctx.quick else max(200, int(2e8 // N))
-        heap = _heap_row(net, ctx, n_heap, lazy=False)
-        lazy = _heap_row(net, ctx, n_heap, lazy=True)
+        heap = _heap_row(net, ctx, n_heap, "heap")
+        lazy = _heap_row(net, ctx, n_heap, "lazy")
+        calendar = _heap_row(net, ctx, n_heap, "calendar")
         naive = _naive_row(net, ctx, n_naive, check=True)
         stepped = _stepped_row(net, ctx, 20 if ctx.quick else 100, 1e-4)
-        for r in (heap, lazy, naive, stepped):
+        for r in (heap, lazy, calendar, naive, stepped):
             r["N"] = N
             r["K"] = net.K
             if r["status"] == "ok":
                 r["us_per_spike"] = 1e6 / r["spikes_per_s"]["median"]
                 r["speedup_heap_vs_this"] = heap["spikes_per_s"]["median"] / r["spikes_per_s"]["median"]
         heap["build_network_s"] = build
-        rows += [heap, lazy, naive, stepped]
-    for name in ("heap", "lazy"):
+        rows += [heap, lazy, calendar, naive, stepped]
+    for name in ("heap", "lazy", "calendar"):
         rs = [r for r in rows if r["name"] == name]
         for r in rs:
             r["cost_growth"] = r["us_per_spike"] / rs[0]["us_per_spike"]
             r["log_growth"] = math.log(r["N"]) / math.log(rs[0]["N"])
-    heaps = [r for r in rows if r["name"] == "heap"]  # what EventNetwork.simulate runs
+    heaps = [r for r in rows if r["name"] == "calendar"]  # what EventNetwork.simulate runs (inhibitory: calendar)
     base, last = heaps[0], heaps[-1]
     targets = [
         {"text": f">= {TARGET_SPIKES_PER_S:.0e} spikes/s at N = {last['N']}", "value": last["spikes_per_s"]["median"],
