@@ -14,7 +14,9 @@ whole run takes seconds, for tests):
          ``Synaptic`` (current-based) at ``[500, 16, 2048]`` against snnTorch and the PyTorch path; then
          Norse's feed-forward LIF and LIF box at ``[500, 16, 2048]``: Norse 1.1's own module against our
          drop-in (``backend="torch"`` and ``auto``) and its numba kernels, checked against Norse in float32
-         and float64.
+         and float64; then the recurrent LIF network's training step at N=512, B=32, T=500 (n_in=128)
+         against snnTorch, ``SpikingRNN`` on the PyTorch path and with the compiled spike-sparse forward
+         (``backend="cpu"``; target: >= 4x snnTorch).
 ``cpu_lyapunov``  Issue 17's Lyapunov cases: the k=32 spectrum of a tanh rate network N=256 (T=1000) and of
          a LIF network N=512 (T=500; atan surrogate, never zero; triangle, zero off its support: the sparse
          product), 4 trajectories, forward and forward+backward, ``lyapunov_spectrum`` against the naive loop
@@ -1365,6 +1367,8 @@ def _rnn_impls(ctx: Context, sizes: Dict[str, int], gpu: bool) -> List[Impl]:
     if gpu:
         impls.append(Impl("ours_triton", "ours: SpikingRNN triton", ours_build("triton"), needs_cuda=True,
                           checked=True))
+    else:  # the compiled spike-sparse forward (numba), the PyTorch backward
+        impls.append(Impl("ours_cpu", "ours: SpikingRNN cpu (compiled forward)", ours_build("cpu"), checked=True))
     return impls
 
 
@@ -1690,6 +1694,10 @@ def _config_cpu_kernels(ctx: Context) -> List[Dict[str, Any]]:
                   impls=_cpu_kernel_synaptic_impls(ctx), synaptic=True),
         _norse_case(ctx, f"norse_lif_N{N}", T, B, N, box=False, targets=norse_targets),
         _norse_case(ctx, f"norse_box_N{N}", T, B, N, box=True, targets=norse_targets)]
+    # The recurrent network's training step at the issue's size (the compiled spike-sparse forward)
+    rnn = dict(T=16, B=4, N=32, n_in=8, n_out=4) if ctx.quick else dict(T=500, B=32, N=512, n_in=128, n_out=10)
+    cases.append(_rnn_case(ctx, f"rnn_train_N{rnn['N']}", rnn, gpu=False,
+                           targets=[_target(">= 4x snnTorch", "speedup", "ours_cpu", 4.0, "snntorch")]))
     for case in cases:
         case["group"] = "cpu_kernels"
     return cases

@@ -36,3 +36,14 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rtol: float =
 
 
 requires_triton = __import__("pytest").mark.skipif(not triton_importable(), reason="triton does not import")
+
+
+def _cpu_kernels_here() -> bool:
+    from surroflos.kernels.backend import cpu_kernels_importable
+
+    return DEVICE == "cpu" and cpu_kernels_importable()
+
+
+# backend="cpu" (numba) runs CPU tensors only: the suite's tensors are on DEVICE
+requires_cpu_kernels = __import__("pytest").mark.skipif(not _cpu_kernels_here(),
+                                                        reason="numba does not import, or the tests run on CUDA")

@@ -65,8 +65,8 @@ def test_cpu_quick_json_and_table(tmp_path, capsys):
     names = [c["name"] for c in payload["cases"]]
     # its own cases, then config cpu_kernels' in the same run (tests/test_kernels_cpu_bench.py checks those rows)
     assert names == ["lif", "rnn_train", "lyapunov_forward", "lyapunov_forward_backward", "lif_N64", "lif_N256",
-                     "synaptic_N64", "norse_lif_N64", "norse_box_N64"]
-    assert [c["group"] for c in payload["cases"]] == ["cpu"] * 4 + ["cpu_kernels"] * 5
+                     "synaptic_N64", "norse_lif_N64", "norse_box_N64", "rnn_train_N32"]
+    assert [c["group"] for c in payload["cases"]] == ["cpu"] * 4 + ["cpu_kernels"] * 6
     for case in payload["cases"]:
         assert {"title", "dtype", "shapes", "floor", "baseline", "implementations", "targets"} <= set(case)
         fl = case["floor"]

@@ -10,7 +10,7 @@ from surroflos.kernels import backend as kb
 
 pytestmark = pytest.mark.skipif(not kb.cpu_kernels_importable(), reason="numba does not import")
 
-KERNEL_CASES = ["lif_N64", "lif_N256", "synaptic_N64", "norse_lif_N64", "norse_box_N64"]
+KERNEL_CASES = ["lif_N64", "lif_N256", "synaptic_N64", "norse_lif_N64", "norse_box_N64", "rnn_train_N32"]
 NORSE_ROWS = ["norse", "ours_torch", "ours_cpu", "ours_dropin"]
 
 
@@ -62,6 +62,15 @@ def test_cpu_kernels_config_quick():
             continue
         rows = {r["name"]: r for r in case["implementations"]}
         results = {t["text"]: t["result"] for t in case["targets"]}
+        if case["name"].startswith("rnn_train"):  # the recurrent training step with the compiled forward
+            assert list(rows) == ["snntorch", "norse", "ours_torch", "ours_compiled", "ours_cpu"]
+            for name in ("ours_torch", "ours_cpu"):  # same weights as snnTorch's network: checked against it
+                assert rows[name]["status"] == "ok", rows[name]
+                assert rows[name]["check"]["out_rel_err"] < 1e-5 and rows[name]["check"]["grad_rel_err"] < 1e-4
+            (target,) = case["targets"]
+            assert target["subject"] == "ours_cpu" and target["other"] == "snntorch"
+            assert target["value"] == pytest.approx(rows["snntorch"]["median_ms"] / rows["ours_cpu"]["median_ms"])
+            continue
         if case["name"].startswith("lif"):
             assert list(rows) == ["snntorch", "ours_torch", "ours_cpu", "ours_cpu_2t", "ours_dropin", "ours_compiled"]
             assert rows["ours_compiled"]["status"].startswith("skipped")

@@ -21,7 +21,7 @@ from surroflos.kernels import tangent as kt
 from surroflos.kernels.recurrent import spiking_rnn_reference, spiking_rnn_sequence
 from surroflos.models.base import RecurrentModel
 
-from _kernel_checks import DEVICE, assert_close_rel, assert_spikes_match, requires_triton
+from _kernel_checks import DEVICE, assert_close_rel, assert_spikes_match, requires_cpu_kernels, requires_triton
 from _tolerance import (EXACT_RTOL_F64, assert_within_rounding, recurrence_ops, rounding_rtol, rounding_tol,
                         scale_of, threshold_margin)
 
@@ -29,7 +29,7 @@ F64, F32 = torch.float64, torch.float32
 # The interpreter evaluates the sigmoid surrogate's exp(-scale x) in numpy, which warns where it overflows to
 # inf (the formula is built for that).
 pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning"), pytest.mark.numerics]
-BACKENDS = ["torch", pytest.param("triton", marks=requires_triton)]
+BACKENDS = ["torch", pytest.param("triton", marks=requires_triton), pytest.param("cpu", marks=requires_cpu_kernels)]
 SURROGATE_NAMES = list(sg.SURROGATES)
 
 

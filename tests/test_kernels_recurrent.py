@@ -14,7 +14,7 @@ from surroflos.kernels.recurrent import spiking_rnn_reference, spiking_rnn_seque
 from surroflos.models import SpikingRNN
 from surroflos.models.base import RecurrentModel
 
-from _kernel_checks import DEVICE, assert_close_rel, assert_spikes_match, requires_triton
+from _kernel_checks import DEVICE, assert_close_rel, assert_spikes_match, requires_cpu_kernels, requires_triton
 from _tolerance import assert_within_rounding, recurrence_ops, scale_of
 from _oracles import spiking_param_defaults
 
@@ -88,7 +88,7 @@ def check_against_loop(model, x, s0, backends):
     return r_ref
 
 
-BACKENDS = ["torch", pytest.param("triton", marks=requires_triton)]
+BACKENDS = ["torch", pytest.param("triton", marks=requires_triton), pytest.param("cpu", marks=requires_cpu_kernels)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,7 +173,8 @@ def test_edge_shapes(T, B, N, neuron):
     reset = "zero" if neuron == "lif" else "subtract"
     model = make_model(neuron, reset, False, "fast_sigmoid", True, N=N, seed=N)
     x = 2.0 * torch.rand(T, B, 3, generator=gen(T + B), dtype=F64).to(DEVICE)
-    backends = ["torch"] + (["triton"] if kb.triton_importable() else [])
+    backends = (["torch"] + (["triton"] if kb.triton_importable() else [])
+                + (["cpu"] if DEVICE == "cpu" and kb.cpu_kernels_importable() else []))
     # Membranes uniform in [0, 2.6) (some spike at t = -1, so dW != 0 even for T = 1), synaptic currents N(0, 1).
     s0 = 2.6 * torch.rand(B, model.state_dim, generator=gen(1), dtype=F64)
     if neuron == "cuba":
@@ -293,7 +294,8 @@ def test_gradcheck(neuron, reset, backend):
     assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7, rtol=1e-6, fast_mode=backend == "triton")
 
 
-@pytest.mark.parametrize("backend", ["auto", pytest.param("triton", marks=requires_triton)])
+@pytest.mark.parametrize("backend", ["auto", pytest.param("triton", marks=requires_triton),
+                                     pytest.param("cpu", marks=requires_cpu_kernels)])
 def test_compile_captures_the_op(backend):
     # fullgraph: the backend resolution and the op (with its fake implementations) trace without breaks.
     x_in, W, s0, beta, alpha, theta, bias = op_inputs("cuba", N=7)
@@ -500,3 +502,69 @@ def test_gradcheck_zero_mem(backend):
                                     backend=backend)
 
     assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7, rtol=1e-6, fast_mode=backend == "triton")
+
+
+# ----------------------------------------------------------------------------------------------
+# backend="cpu": the compiled spike-sparse forward (surroflos.kernels.recurrent.cpu)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_auto_takes_the_cpu_forward_from_n_512(monkeypatch):
+    # "auto" on the CPU: the compiled forward for float32/float64 networks of N >= 512, the PyTorch path below
+    # and for half precision; "torch" is always the PyTorch path. Which ran is seen by making the kernel raise.
+    from surroflos.kernels.recurrent import _implementation
+
+    if not kb.cpu_kernels_importable():
+        pytest.skip("numba does not import")
+    assert _implementation("auto", torch.zeros(1, 1, 512)) == "cpu"
+    assert _implementation("auto", torch.zeros(1, 1, 512, dtype=F64)) == "cpu"
+    assert _implementation("auto", torch.zeros(1, 1, 511)) == "torch"
+    assert _implementation("auto", torch.zeros(1, 1, 512, dtype=torch.bfloat16)) == "torch"
+    assert _implementation("torch", torch.zeros(1, 1, 4096)) == "torch"
+    assert _implementation("cpu", torch.zeros(1, 1, 3)) == "cpu"
+    from surroflos.kernels.recurrent import cpu as rcpu
+
+    def boom(*a, **k):
+        raise RuntimeError("the compiled forward ran")
+
+    monkeypatch.setattr(rcpu, "forward", boom)
+    x_in, W, s0 = torch.zeros(2, 1, 512), torch.zeros(512, 512), torch.zeros(1, 512)
+    with pytest.raises(RuntimeError, match="compiled forward ran"):
+        spiking_rnn_sequence(x_in, W, s0)
+    spiking_rnn_sequence(x_in[..., :511], W[:511, :511], s0[:, :511])  # the PyTorch path
+    monkeypatch.setenv("SURROFLOS_DISABLE_CPU_KERNELS", "1")
+    assert kb.resolve_backend("auto", "cpu", cpu_kernel=True) == "torch"
+
+
+def test_cpu_backend_errors_name_the_problem():
+    with pytest.raises(kb.CpuKernelUnavailableError, match="runs CPU tensors"):
+        spiking_rnn_sequence(torch.zeros(2, 1, 3, device="meta"), torch.zeros(3, 3, device="meta"),
+                             torch.zeros(1, 3, device="meta"), backend="cpu")
+
+
+@requires_cpu_kernels
+@pytest.mark.parametrize("neuron,reset", [("lif", "subtract"), ("cuba", "zero_mem")])
+def test_cpu_forward_float32_agrees_with_torch_and_threads_do_not_matter(neuron, reset):
+    # float32 at a size where the compiled forward runs on two threads (rows split between them): the same numbers
+    # on 1 and 2 threads (rows are independent), and the PyTorch path's spikes except within rounding of the
+    # threshold, its states within the rounding bound of the recurrence.
+    T, B, N = 40, 8, 256
+    D = 2 * N if neuron == "cuba" else N
+    g = gen(11)
+    x_in = 0.6 * torch.randn(T, B, N, generator=g) + 0.2
+    W = torch.randn(N, N, generator=g) / N ** 0.5
+    s0 = torch.rand(B, D, generator=g)
+    kw = dict(neuron=neuron, beta=0.9, alpha=0.8, threshold=1.0, reset=reset)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        S1, U1 = spiking_rnn_sequence(x_in, W, s0, backend="cpu", **kw)
+        torch.set_num_threads(2)
+        S2, U2 = spiking_rnn_sequence(x_in, W, s0, backend="cpu", **kw)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(S1, S2) and torch.equal(U1, U2)
+    S_ref, U_ref = spiking_rnn_sequence(x_in, W, s0, backend="torch", **kw)
+    assert 0.02 < float(S_ref.mean()) < 0.5
+    assert_spikes_match(S1, S_ref, U_ref[..., -N:], 1.0, torch.float32)
+    assert_within_rounding(U1, U_ref, recurrence_ops(T, N + 8), "states")

@@ -54,7 +54,11 @@ Backends (see :mod:`surroflos.kernels.backend`):
 - ``"triton"``: per-step kernels (:mod:`surroflos.kernels.recurrent.triton`): the forward fuses the
   recurrent product (skipping all-zero spike blocks) with the neuron update, the backward fuses
   ``dI[t] W`` with the local adjoint; dW is the same final GEMM.
-- ``"auto"``: Triton for CUDA tensors, PyTorch otherwise.
+- ``"cpu"``: the compiled spike-sparse forward (:mod:`surroflos.kernels.recurrent.cpu`, numba): the whole
+  sequence in one call, the recurrent input summed over the out-going weights of the neurons that spiked;
+  the backward is the PyTorch path's.
+- ``"auto"``: Triton for CUDA tensors; on the CPU the compiled forward for float32/float64 networks of
+  ``N >= 512`` neurons (where it measured faster at every firing rate), PyTorch otherwise.
 
 Memory (long sequences). Between forward and backward the op keeps the states and the spikes as booleans
 (one byte each), not the float spikes it returns; the backward makes one full-length array, ``dI`` (the
@@ -337,7 +341,13 @@ def _add_dW(dW: Optional[Tensor], dI: Tensor, R: Tensor) -> Tensor:
 @torch.library.custom_op("surroflos::spiking_rnn_fwd", mutates_args=())
 def _rnn_fwd(x_in: Tensor, W: Tensor, state0: Tensor, beta: Tensor, alpha: Optional[Tensor], threshold: Tensor,
              bias: Optional[Tensor], cuba: bool, zero_reset: bool, detach_reset: bool, surrogate_id: int,
-             surrogate_scale: float, use_triton: bool, zero_mem: bool) -> Tuple[Tensor, Tensor, Tensor]:
+             surrogate_scale: float, use_triton: bool, zero_mem: bool, use_cpu: bool = False
+             ) -> Tuple[Tensor, Tensor, Tensor]:
+    if use_cpu:  # the compiled spike-sparse forward (its backward is the PyTorch path's)
+        from .cpu import forward as forward_cpu
+
+        spikes, states, bits = forward_cpu(x_in, W, state0, beta, alpha, threshold, bias, cuba, zero_reset, zero_mem)
+        return spikes.to(x_in.dtype), states.to(x_in.dtype), bits
     if use_triton:
         from .triton import forward_triton  # lazy: Triton picks interpreter/compiled at import
 
@@ -351,7 +361,7 @@ def _rnn_fwd(x_in: Tensor, W: Tensor, state0: Tensor, beta: Tensor, alpha: Optio
 
 @_rnn_fwd.register_fake
 def _rnn_fwd_fake(x_in, W, state0, beta, alpha, threshold, bias, cuba, zero_reset, detach_reset, surrogate_id,
-                  surrogate_scale, use_triton, zero_mem):
+                  surrogate_scale, use_triton, zero_mem, use_cpu=False):
     return (x_in.new_empty(x_in.shape), x_in.new_empty(*x_in.shape[:-1], state0.shape[-1]),
             x_in.new_empty(x_in.shape, dtype=torch.bool))
 
@@ -392,7 +402,7 @@ def _rnn_bwd_fake(grad_spikes, grad_states, W, state0, spike_bits, states, beta,
 
 
 def _setup(ctx, inputs, output):
-    (_, W, state0, beta, alpha, threshold, _bias, cuba, zero, detach, sid, scale, use_triton, zmem) = inputs
+    (_, W, state0, beta, alpha, threshold, _bias, cuba, zero, detach, sid, scale, use_triton, zmem, *_cpu) = inputs
     _spikes, states, spike_bits = output
     ctx.save_for_backward(W, state0, beta, alpha, threshold, spike_bits, states)
     ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not a full-size zero array
@@ -410,7 +420,7 @@ def _backward(ctx, g_spikes, g_states, _g_bits):
     if need[6]:
         db_in = dx.sum((0, 1)) if dx.ndim == 3 else dx.sum((0, 2))
     return (dx, dW if need[1] else None, ds0, db if need[3] else None, da if need[4] and cuba else None,
-            dt if need[5] else None, db_in, None, None, None, None, None, None, None)
+            dt if need[5] else None, db_in, None, None, None, None, None, None, None, None)
 
 
 _rnn_fwd.register_autograd(_backward, setup_context=_setup)
@@ -462,19 +472,29 @@ def _member_param(value: ParamLike, name: str, E: int, N: int, like: Tensor, bia
     return value.expand(E, N)
 
 
-def _resolves_to_triton(backend: str, device_type: str) -> bool:
-    return resolve_backend(backend, device_type) == "triton"
+# The compiled CPU forward (.cpu) pays for N >= this many neurons at every firing rate measured (8-30%); below it
+# "auto" keeps the PyTorch path, whose small GEMMs are cheap (explicit backend="cpu" runs it at any N).
+_CPU_AUTO_MIN_N = 512
+
+
+def _resolved(backend: str, device_type: str) -> str:
+    return resolve_backend(backend, device_type, cpu_kernel=True)
 
 
 # torch.compile must evaluate the resolution while tracing and keep the answer as a constant (it reads
-# the environment and Triton's settings, which Dynamo cannot trace).
-_resolves_to_triton = constant_result(_resolves_to_triton)
+# the environment, numba's and Triton's settings, which Dynamo cannot trace).
+_resolved = constant_result(_resolved)
 
 
-def _use_triton(backend: str, device: torch.device) -> bool:
-    if backend == "torch" or (backend == "auto" and device.type != "cuda"):
-        return False
-    return _resolves_to_triton(backend, device.type)
+def _implementation(backend: str, x_in: Tensor) -> str:
+    """``"torch"``, ``"triton"`` or ``"cpu"`` for this call (see :mod:`surroflos.kernels.backend`)."""
+    if backend == "torch":
+        return "torch"
+    which = _resolved(backend, x_in.device.type)
+    if which == "cpu" and backend == "auto" and (x_in.dtype not in (torch.float32, torch.float64)
+                                                 or x_in.shape[-1] < _CPU_AUTO_MIN_N):
+        return "torch"
+    return which
 
 
 def spiking_rnn_sequence(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: str = "lif", beta: ParamLike = 0.9,
@@ -502,7 +522,7 @@ def spiking_rnn_sequence(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: str
             rounds the one ``[T*B]``-row GEMM like the per-step ones; near-threshold membranes make the
             surrogate gradients sensitive to the last bit). Otherwise fold ``b`` into ``x_in``. For an
             ensemble ``[N]`` (shared), ``[E, N]`` or ``[E, 1, N]``.
-        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cpu"`` (see the module docstring).
 
     Returns:
         ``(spikes [T, B, N], states [T, B, D])`` (ensemble ``[T, E, B, N]``, ``[T, E, B, D]``) in the dtype
@@ -511,6 +531,7 @@ def spiking_rnn_sequence(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: str
     Raises:
         ValueError / TypeError: bad shapes, dtypes, devices or options.
         TritonUnavailableError: ``backend="triton"`` where the kernels cannot run.
+        CpuKernelUnavailableError: ``backend="cpu"`` where numba does not import, or for non-CPU tensors.
     """
     check_backend(backend)
     if neuron not in NEURONS:
@@ -562,10 +583,10 @@ def spiking_rnn_sequence(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: str
         if bias.dtype != x_in.dtype or bias.device != x_in.device:
             raise ValueError(f"bias is {bias.dtype} on {bias.device} but x_in is {x_in.dtype} on {x_in.device}; "
                              "convert one of them")
-    use_triton = _use_triton(backend, x_in.device)
+    impl = _implementation(backend, x_in)
     spikes, states, _bits = _rnn_fwd(x_in, W, state0, beta_v, alpha_v, theta_v, bias, cuba,
                                      reset in ("zero", "zero_mem"), bool(detach_reset), surrogate.id,
-                                     float(surrogate.scale), use_triton, reset == "zero_mem")
+                                     float(surrogate.scale), impl == "triton", reset == "zero_mem", impl == "cpu")
     return spikes, states
 
 

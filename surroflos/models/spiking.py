@@ -184,7 +184,8 @@ class SpikingRNN(RecurrentModel):
             may then be a list of E generators (member e equals the network built alone from the e-th).
             Members with different ``beta``/``alpha``/``threshold`` come from :func:`surroflos.ensemble.stack`.
         backend: how :meth:`rollout` (and ``forward``) runs the sequence: ``"auto"`` (fused Triton
-            kernels for CUDA inputs, the fused PyTorch op otherwise), ``"torch"`` or ``"triton"``; see
+            kernels for CUDA inputs; on the CPU the compiled spike-sparse forward from N = 512 neurons, the
+            fused PyTorch op below), ``"torch"``, ``"triton"`` or ``"cpu"``; see
             :func:`surroflos.kernels.recurrent.spiking_rnn_sequence`. ``smooth=True`` always uses the
             step loop. Single steps, tangent maps and Lyapunov spectra use the step functions.
     """
