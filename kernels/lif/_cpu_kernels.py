@@ -76,6 +76,34 @@ def surrogate_row(v, out, w, sid, c1, c2, one):
             out[j] = c2 * np.exp(-(u * u) * half)
 
 @jit_inline
+def surrogate_one(v, sid, c1, c2, one):
+    """``sigma'(v)`` of one element: :func:`surrogate_row`'s formulas and rounding, for the fused loops. Called
+    with a constant ``sid`` from a loop written once per surrogate (``if sid == 0: row(..., 0, ...)``), so the
+    branch below folds away and the loop vectorises (the exponential ones call ``exp`` per element)."""
+    zero = one - one
+    if sid == 0:
+        d = c2 * abs(v) + one
+        return one / (d * d)
+    if sid == 1:
+        u = c1 * v
+        return c2 / (one + u * u)
+    if sid == 2:
+        y = c1 * v
+        s1 = one / (one + np.exp(-y))
+        s2 = one / (one + np.exp(y))
+        return (c1 * s1) * s2
+    if sid == 3:
+        return c2 * max(one - abs(v), zero)
+    if sid == 4:
+        return c2 * np.exp(c1 * abs(v))
+    if sid < 0:
+        return zero
+    half = one / (one + one)
+    u = c1 * v
+    return c2 * np.exp(-(u * u) * half)
+
+
+@jit_inline
 def block_span(blk, BLOCK, M):
     """``(lo, w)``: the first neuron of block ``blk`` and its width (the last block may be partial)."""
     lo = blk * BLOCK
@@ -769,13 +797,41 @@ def norse_box_fwd(x, v0, a, vl, vth, vr, reset, one, BLOCK, b0, b1, spk, v_all):
                 vs[j] = nv
 
 
+@jit_inline
+def _box_bwd_row(xs, vin, gzs, gxs, lv, ab, na, lb, tb, rb, w, sid, c1, c2, one):
+    """One row of the box adjoint for the value reset, no parameter gradients and no gradient on ``v``
+    (Norse's defaults, a loss on the spikes): ``u`` recomputed, the surrogate, the adjoint, in one loop."""
+    zero = one - one
+    for j in range(w):
+        vj = vin[j]
+        d = xs[j] + lb[j]
+        d = d - vj
+        u = d * ab[j]
+        u = u + vj
+        s = u - tb[j]
+        sp = surrogate_one(s, sid, c1, c2, one)
+        zj = one if s > zero else zero
+        A = (one - zj) + (rb[j] - u) * sp
+        Gv = zero + lv[j]
+        Gu = Gv * A
+        Gu = Gu + gzs[j] * sp
+        lv[j] = na[j] * Gu
+        gxs[j] = Gu * ab[j]
+
+
 @jit
-def norse_box_bwd(gz, gv, has_gz, has_gv, x, v0, z, v_all, a, vl, vth, vr, reset, sid, c1, c2, one, params, BLOCK,
-                  b0, b1, gx, gv0, da, dvl, dvth, dvr):
+def norse_box_bwd(gz, gv, has_gz, has_gv, x, v0, z, v_all, a, vl, vth, vr, reset, sid, c1, c2, one, params, zsaved,
+                  BLOCK, b0, b1, gx, gv0, da, dvl, dvth, dvr):
     """Reverse-time adjoint of the LIF box: ``Gv = gv + lv``, ``Gu = Gv A + gz sigma'`` with
     ``A = (1 - z) + (v_reset - u) sigma'`` (value reset) or ``1 - v_th sigma'`` (subtract),
     ``lv = (1 - a) Gu``, gradient on ``x[t]`` = ``Gu a``. Partials: ``da``, ``dvl`` (sum of ``Gu``; times
-    ``a`` on the host), ``dvth`` (``-Gz sigma'``, and ``-Gv z`` for the subtract reset), ``dvr``."""
+    ``a`` on the host), ``dvth`` (``-Gz sigma'``, and ``-Gv z`` for the subtract reset), ``dvr``.
+
+    ``u`` is recomputed from ``x[t]`` and ``v[t-1]`` with the forward's operations, so ``H(u - v_th)`` is the
+    forward's spike bit for bit: ``z`` is not read unless ``zsaved`` (the saved states were rounded to a
+    narrower dtype than the kernels', so the recomputed ``u`` may differ from the forward's). Each row is two
+    loops without branches inside (the variant is chosen per row, so LLVM vectorises them): the states and the
+    surrogate, then the adjoint."""
     T, M = x.shape
     nblk = (M + BLOCK - 1) // BLOCK
     zero = one - one
@@ -791,54 +847,89 @@ def norse_box_bwd(gz, gv, has_gz, has_gv, x, v0, z, v_all, a, vl, vth, vr, reset
         lb = per_neuron(vl, lo, w)
         tb = per_neuron(vth, lo, w)
         rb = per_neuron(vr, lo, w)
+        na = np.empty(w, x.dtype)  # 1 - a
+        for j in range(w):
+            na[j] = one - ab[j]
         lv = np.zeros(w, x.dtype)
         uu = np.empty(w, x.dtype)
         dr = np.empty(w, x.dtype)
         sv = np.empty(w, x.dtype)
         sp = np.empty(w, x.dtype)
+        zz = np.empty(w, x.dtype)
         pa = np.zeros(w, x.dtype)
         pl = np.zeros(w, x.dtype)
         pt = np.zeros(w, x.dtype)
         pr = np.zeros(w, x.dtype)
+        fused = reset == 0 and not params and not has_gv and not zsaved
         for t in range(T - 1, -1, -1):
             base = t * M + lo
             xs = xf[base:base + w]
             vin = vf[base - M:base - M + w] if t > 0 else v0[lo:lo + w]
+            gzs = gzf[base:base + w] if has_gz else gzf[lo:lo + w]
+            gxs = gxf[base:base + w]
+            if fused:  # one loop per surrogate (a constant sid: its branches fold)
+                if sid == 0:
+                    _box_bwd_row(xs, vin, gzs, gxs, lv, ab, na, lb, tb, rb, w, 0, c1, c2, one)
+                elif sid == 1:
+                    _box_bwd_row(xs, vin, gzs, gxs, lv, ab, na, lb, tb, rb, w, 1, c1, c2, one)
+                elif sid == 2:
+                    _box_bwd_row(xs, vin, gzs, gxs, lv, ab, na, lb, tb, rb, w, 2, c1, c2, one)
+                elif sid == 3:
+                    _box_bwd_row(xs, vin, gzs, gxs, lv, ab, na, lb, tb, rb, w, 3, c1, c2, one)
+                elif sid == 4:
+                    _box_bwd_row(xs, vin, gzs, gxs, lv, ab, na, lb, tb, rb, w, 4, c1, c2, one)
+                elif sid == 5:
+                    _box_bwd_row(xs, vin, gzs, gxs, lv, ab, na, lb, tb, rb, w, 5, c1, c2, one)
+                else:
+                    _box_bwd_row(xs, vin, gzs, gxs, lv, ab, na, lb, tb, rb, w, -1, c1, c2, one)
+                continue
             for j in range(w):
                 d = xs[j] + lb[j]
                 d = d - vin[j]
                 u = d * ab[j]
                 u = u + vin[j]
+                s = u - tb[j]
                 dr[j] = d
                 uu[j] = u
-                sv[j] = u - tb[j]
+                sv[j] = s
             surrogate_row(sv, sp, w, sid, c1, c2, one)
-            gzs = gzf[base:base + w] if has_gz else gzf[lo:lo + w]
+            if zsaved:
+                zs = zf[base:base + w]
+                for j in range(w):
+                    zz[j] = one if zs[j] != zero else zero
+            else:
+                for j in range(w):
+                    zz[j] = one if sv[j] > zero else zero
             gvs = gvf[base:base + w] if has_gv else gvf[lo:lo + w]
-            zs = zf[base:base + w]
-            gxs = gxf[base:base + w]
-            for j in range(w):
-                zj = one if zs[j] != zero else zero
+            for j in range(w):  # A, in sv (its last use was the surrogate)
                 if reset == 0:
-                    jump = rb[j] - uu[j]
-                    A = (one - zj) + jump * sp[j]
+                    sv[j] = (one - zz[j]) + (rb[j] - uu[j]) * sp[j]
                 else:
-                    jump = -tb[j]
-                    A = one - tb[j] * sp[j]
+                    sv[j] = one - tb[j] * sp[j]
+            if not params:
+                for j in range(w):
+                    Gv = gvs[j] + lv[j]
+                    Gu = Gv * sv[j]
+                    Gu = Gu + gzs[j] * sp[j]
+                    lv[j] = na[j] * Gu
+                    gxs[j] = Gu * ab[j]
+                continue
+            for j in range(w):
+                zj = zz[j]
+                jump = rb[j] - uu[j] if reset == 0 else -tb[j]
                 Gv = gvs[j] + lv[j]
-                Gu = Gv * A
+                Gu = Gv * sv[j]
                 Gu = Gu + gzs[j] * sp[j]
-                lv[j] = (one - ab[j]) * Gu
+                lv[j] = na[j] * Gu
                 gxs[j] = Gu * ab[j]
-                if params:
-                    Gz = gzs[j] + Gv * jump
-                    pa[j] = pa[j] + Gu * dr[j]
-                    pl[j] = pl[j] + Gu
-                    pt[j] = pt[j] - Gz * sp[j]
-                    if reset == 0:
-                        pr[j] = pr[j] + Gv * zj
-                    else:
-                        pt[j] = pt[j] - Gv * zj
+                Gz = gzs[j] + Gv * jump
+                pa[j] = pa[j] + Gu * dr[j]
+                pl[j] = pl[j] + Gu
+                pt[j] = pt[j] - Gz * sp[j]
+                if reset == 0:
+                    pr[j] = pr[j] + Gv * zj
+                else:
+                    pt[j] = pt[j] - Gv * zj
         for j in range(w):
             gv0[lo + j] = lv[j]
             da[lo + j] = pa[j]

@@ -129,10 +129,14 @@ def lif_box_backward(gz: Optional[Tensor], gv: Optional[Tensor], x: Tensor, v0: 
         c1, c2 = _sur(surrogate_id, scale, npd)
         block = _block(M)
         coef = [_np(p.to(acc)) for p in (a, vl, vth, vr)]
+        # The kernel recomputes the spikes from x and v (bit for bit the forward's) unless the saved states
+        # were rounded to a narrower dtype (float16/bfloat16 inputs): then it reads them.
+        zsaved = x.dtype != acc
         _run_blocks(_kernels().norse_box_bwd,
                     (*(g for g, _ in grads), *(h for _, h in grads), _flat(x, acc, T, M),
-                     _np(v0.to(acc).reshape(M)), _flat(z, acc, T, M), _flat(v_all, acc, T, M), *coef, reset,
-                     surrogate_id, c1, c2, npd.type(1), param_grads, block),
+                     _np(v0.to(acc).reshape(M)), _flat(z, acc, T, M) if zsaved else _flat(x, acc, T, M),
+                     _flat(v_all, acc, T, M), *coef, reset, surrogate_id, c1, c2, npd.type(1), param_grads, zsaved,
+                     block),
                     (gx.numpy(), gv0.numpy(), *(p.numpy() for p in parts)), -(-M // block), _threads(T, M, block))
     da, dvl, dvth, dvr = parts
     return (gx.view(x.shape).to(x.dtype), gv0.view(v0.shape).to(v0.dtype), _to_param(da, a),
