@@ -19,12 +19,12 @@ from .flossing import FlossingHistory, FlossingSchedule, floss, flossing_loss
 from .lyapunov import (LyapunovResult, NonFiniteError, kaplan_yorke_dimension, ks_entropy, lyapunov_spectrum,
                        max_lyapunov_bruteforce)
 from .models import BalancedNetwork, RateRNN, RecurrentModel, Rollout, SpikingRNN
-from .surrogate import Surrogate, spike
+from .surrogate import MemberSurrogate, Surrogate, spike
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "surrogate", "Surrogate", "spike",
+    "surrogate", "Surrogate", "MemberSurrogate", "spike",
     "RateRNN", "SpikingRNN", "BalancedNetwork", "RecurrentModel", "Rollout",
     "lyapunov_spectrum", "max_lyapunov_bruteforce", "LyapunovResult", "NonFiniteError",
     "kaplan_yorke_dimension", "ks_entropy",

@@ -385,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "models (a grid axis)")
     w.add_argument("--targets", nargs="+", type=at.finite_float, help="flossing targets of the exponents (a grid "
                    "axis; runs with flossing none ignore it and run once, with the default target)")
+    w.add_argument("--surrogate-scales", nargs="+", type=at.positive_float, help="surrogate widths (scales: larger "
+                   "is narrower) of spiking models (a grid axis; members of one pack may differ in it)")
     w.add_argument("--epochs", type=at.positive_int)
     w.add_argument("--steps-per-epoch", type=at.positive_int)
     w.add_argument("--N", type=at.positive_int)

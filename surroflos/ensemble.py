@@ -19,10 +19,12 @@ Member ``e`` of an ensemble computes exactly what the solo model :func:`member` 
 ``RateRNN(..., ensemble=E)`` / ``SpikingRNN(..., ensemble=E)``.
 
 Members may differ in the values of any tensor (weights, and ``beta``, ``alpha``, ``threshold`` of
-spiking networks, scalar or per neuron) and in the initial gain ``g`` (kept per member); settings that are
-not tensors (sizes, ``dt``, nonlinearity, neuron type, reset, surrogate and its width, readout kind) must
-be equal. The surrogate width in particular is one scalar of the fused kernels, so members of different
-widths cannot share an ensemble.
+spiking networks, scalar or per neuron), in the initial gain ``g`` and in the width (scale) of their
+surrogate (both kept per member: the model's ``surrogate`` becomes a tuple of the members' surrogates, and
+its ``params()`` a :class:`surroflos.surrogate.MemberSurrogate`); settings that are not tensors (sizes,
+``dt``, nonlinearity, neuron type, reset, the surrogate's kind, readout kind) must be equal. The fused
+recurrent op takes one width per member on its PyTorch and CPU paths; its Triton kernels take one width,
+so with ``backend="auto"`` such an ensemble runs the PyTorch path on a GPU.
 
 Training (:func:`surroflos.train.train`): members may also differ in their learning rates. An optimiser of
 stacked parameters has one learning rate, but Adam's step is linear in it (its moments do not depend on
@@ -47,7 +49,8 @@ __all__ = ["stack", "stack_into", "member", "select", "ensemble_size", "member_v
            "draw_per_member", "MemberUpdates"]
 
 # Attributes that may differ between members (kept per member as a tuple); the rest must be equal.
-_PER_MEMBER_ATTRS = ("g",)
+# (A surrogate may differ in its scale only: stack checks that the kind is shared.)
+_PER_MEMBER_ATTRS = ("g", "surrogate")
 # Module attributes that are not settings.
 _IGNORED = ("training",)
 
@@ -134,7 +137,11 @@ def stack(models: Sequence[nn.Module]) -> nn.Module:
         if _settings(m) != _settings(first):
             diff = sorted(k for k in _settings(first) if _settings(m).get(k) != _settings(first)[k])
             raise ValueError(f"member {i} differs from member 0 in {diff}; only tensors (weights, beta, alpha, "
-                             "threshold) may differ between members")
+                             "threshold), g and the surrogate's width may differ between members")
+        kinds = [getattr(getattr(x, "surrogate", None), "name", None) for x in (first, m)]
+        if kinds[0] != kinds[1]:
+            raise ValueError(f"member {i}'s surrogate is {kinds[1]!r}, member 0's {kinds[0]!r}; members may differ "
+                             "in the surrogate's width (scale) but not in its kind")
     return stack_into(copy.deepcopy(first), models)
 
 

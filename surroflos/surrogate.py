@@ -32,18 +32,25 @@ Each surrogate also has a *primitive* ``F(x) = int_{-inf}^x sigma'(u) du`` (see
 :meth:`Surrogate.primitive`). Using ``F`` instead of ``H`` in the forward pass gives a smooth network
 whose exact Jacobian *is* the surrogate tangent map; :class:`surroflos.SpikingRNN` offers it as
 ``smooth=True`` so that surrogate exponents can be checked against brute-force perturbation growth.
+
+Ensembles (:mod:`surroflos.ensemble`) whose members share a surrogate but not its width use a
+:class:`MemberSurrogate`: one name, one scale per member, applied as an ``[E, 1, 1]`` tensor that
+broadcasts against member-first arrays (``[E, B, N]`` states, ``[T, E, B, N]`` sequences). The formulas
+are the same; in float64 member ``e`` computes what a :class:`Surrogate` with its scale computes, in
+float32 to rounding (a scale constant such as ``pi/2 scale`` is then formed in float32, not in double).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Union
+from typing import Sequence, Union
 
 import torch
 
 __all__ = [
     "Surrogate",
+    "MemberSurrogate",
     "SURROGATES",
     "get",
     "spike",
@@ -175,11 +182,88 @@ class Surrogate:
         return surrogate_primitive(x, self.id, self.scale)  # type: ignore[arg-type]
 
 
-SurrogateLike = Union[str, Surrogate]
+class MemberSurrogate:
+    """The surrogate of an ensemble whose members differ in its width: ``MemberSurrogate("atan", [2, 4, 8])``.
+
+    ``name`` and ``id`` as :class:`Surrogate`; ``scales``: one positive scale per member (E of them).
+    Calling it, :meth:`derivative` and :meth:`primitive` take member-first arrays (the member axis third from
+    the end: ``[E, B, N]`` or ``[T, E, B, N]``) and use member ``e``'s scale on slice ``e``.
+    :meth:`member` is member ``e``'s own :class:`Surrogate`.
+
+    Raises:
+        ValueError: an unknown name, no scales, or a scale that is not positive and finite.
+    """
+
+    def __init__(self, name: str, scales: Sequence[float]) -> None:
+        members = [Surrogate(name, s) for s in scales]  # checks the name and each scale
+        if not members:
+            raise ValueError("MemberSurrogate needs one scale per member, got none")
+        self.name = name
+        self.scales = tuple(float(m.scale) for m in members)
+        self._tensors: dict = {}
+
+    @property
+    def id(self) -> int:
+        return SURROGATES[self.name][0]
+
+    @property
+    def members(self) -> int:
+        return len(self.scales)
+
+    def member(self, index: int) -> Surrogate:
+        return Surrogate(self.name, self.scales[index])
+
+    def scale_tensor(self, like: torch.Tensor) -> torch.Tensor:
+        """The scales as ``[E, 1, 1]`` in ``like``'s dtype and on its device (made once per dtype and device)."""
+        key = (like.dtype, like.device)
+        t = self._tensors.get(key)
+        if t is None:
+            t = self._tensors[key] = torch.tensor(self.scales, dtype=like.dtype, device=like.device).view(-1, 1, 1)
+        return t
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.ndim < 3 or x.shape[-3] != len(self.scales):
+            raise ValueError(f"a MemberSurrogate of {len(self.scales)} members needs member-first arrays [..., E, B, N] "
+                             f"with E = {len(self.scales)}, got shape {tuple(x.shape)}")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        return _SurrogateSpike.apply(x, self.id, self.scale_tensor(x))
+
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        return surrogate_derivative(x, self.id, self.scale_tensor(x))  # type: ignore[arg-type]
+
+    def primitive(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        return surrogate_primitive(x, self.id, self.scale_tensor(x))  # type: ignore[arg-type]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MemberSurrogate) and (self.name, self.scales) == (other.name, other.scales)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.scales))
+
+    def __getstate__(self) -> dict:
+        return {"name": self.name, "scales": self.scales}
+
+    def __setstate__(self, state: dict) -> None:
+        self.name, self.scales, self._tensors = state["name"], tuple(state["scales"]), {}
+
+    def __repr__(self) -> str:
+        return f"MemberSurrogate(name={self.name!r}, scales={list(self.scales)})"
+
+
+SurrogateLike = Union[str, Surrogate, MemberSurrogate]
 
 
 def get(surrogate: SurrogateLike = "atan", scale: float | None = None) -> Surrogate:
-    """Return a :class:`Surrogate` from a name (with optional scale) or pass one through."""
+    """Return a :class:`Surrogate` from a name (with optional scale) or pass one through (a
+    :class:`MemberSurrogate` too, when no scale is given)."""
+    if isinstance(surrogate, MemberSurrogate):
+        if scale is not None:
+            raise ValueError("a MemberSurrogate has one scale per member; give it no other scale")
+        return surrogate  # type: ignore[return-value]
     if isinstance(surrogate, Surrogate):
         if scale is not None and scale != surrogate.scale:
             return Surrogate(surrogate.name, scale)

@@ -25,8 +25,9 @@ and test loss against delay, one line per flossing mode) are written.
 
 New runs of one shape train as one ensemble (:mod:`surroflos.ensemble`, ``--ensemble auto|E``, ``auto`` by
 default): runs that agree in every setting but the member-wise ones (:data:`surroflos.train.MEMBER_FIELDS`:
-seed, gain ``g``, ``beta``, ``alpha``, ``threshold``, ``lr``, ``floss_lr``, flossing ``target`` and mode;
-:func:`pack_key`), so a grid's seeds, gains and flossing modes of one task, delay, model, rule and size share
+seed, gain ``g``, ``beta``, ``alpha``, ``threshold``, ``lr``, ``floss_lr``, flossing ``target`` and mode, the
+surrogate's width ``surrogate_scale``; :func:`pack_key`), so a grid's seeds, gains and flossing modes of one
+task, delay, model, rule and size share
 a pack, while runs of another ``N``, model, task, delay, rule or any other setting never do. Each member
 computes what its solo run computes (its own seed, gain, learning rates; it flosses in its own bouts only).
 The ensemble run lives in ``OUT/packs/<first run>-E<size>-<hash>/``
@@ -50,13 +51,14 @@ and per task and model ``gain_<task>_<model>.png`` (metric, that mean loss and l
 initialisation / after preflossing / after training against g, one line per rule x flossing mode) and
 ``gain_curves_<task>_<model>.png`` (learning curves per gain) replace the learning-curve plot.
 
-Grids may vary the member-wise training settings too: the learning rate, the spiking membrane decay and
-the flossing target (``lrs``, ``betas``, ``targets``; CLI ``--lrs``, ``--betas``, ``--targets``; ``None``
+Grids may vary the member-wise training settings too: the learning rate, the spiking membrane decay, the
+flossing target and the surrogate's width (``lrs``, ``betas``, ``targets``, ``surrogate_scales``; CLI
+``--lrs``, ``--betas``, ``--targets``, ``--surrogate-scales``; ``None``
 in a list: the base's value). Such runs still pack into one ensemble. A field given by one of these axes
 may not also be set in the base (CLI: ``--lrs`` replaces a preset's ``lr``; with ``--lr`` it is an error).
-The tables get a column lr, beta or target (after delay, g, rule and local) for each of these axes that the
-sweep sets or that differs between its runs, and the learning-speed column; the plots draw one line per
-value. A run without flossing does not depend on the target, so ``targets`` applies to the flossing runs
+The tables get a column lr, beta, target or surrogate_scale (after delay, g, rule and local) for each of these
+axes that the sweep sets or that differs between its runs, and the learning-speed column; the plots draw one
+line per value. A run without flossing does not depend on the target, so ``targets`` applies to the flossing runs
 only: the ``"none"`` runs are run once, with the base's target.
 """
 
@@ -99,13 +101,14 @@ class SweepSpec:
     ``gains``: recurrent gains ``g`` (``None``: the base's ``g``); ``rules``: learning rules
     (``TrainConfig.rule``); ``local``: local flossing on/off (``TrainConfig.local_flossing``). Local
     flossing acts on flossing bouts only, so ``local=True`` with flossing ``"none"`` is skipped (the
-    plain ``"none"`` run is the one with ``local=False``). ``lrs``, ``betas``, ``targets``: learning
-    rates ``lr``, membrane decays ``beta`` (spiking models; rate networks ignore it) and flossing targets
-    ``target`` (``None``: the base's value; a field set by an axis may not be in ``base`` too). The
+    plain ``"none"`` run is the one with ``local=False``). ``lrs``, ``betas``, ``targets``,
+    ``surrogate_scales``: learning rates ``lr``, membrane decays ``beta`` (spiking models; rate networks
+    ignore it), flossing targets ``target`` and surrogate widths ``surrogate_scale`` (spiking models)
+    (``None``: the base's value; a field set by an axis may not be in ``base`` too). The
     target acts on flossing bouts only, so runs with flossing ``"none"`` ignore ``targets``: each is run
     once, with the base's target. Runs with the defaults (``[None]``, ``["bptt"]``, ``[False]``) keep
-    their names; other values add ``-g<g>``, ``-lr<lr>``, ``-b<beta>``, ``-t<target>``, ``-<rule>``,
-    ``-local`` before the ``-s<seed>`` of the name.
+    their names; other values add ``-g<g>``, ``-lr<lr>``, ``-b<beta>``, ``-t<target>``, ``-ss<scale>``,
+    ``-<rule>``, ``-local`` before the ``-s<seed>`` of the name.
     """
 
     tasks: list = field(default_factory=lambda: ["xor"])
@@ -121,11 +124,13 @@ class SweepSpec:
     lrs: list = field(default_factory=lambda: [None])
     betas: list = field(default_factory=lambda: [None])
     targets: list = field(default_factory=lambda: [None])
+    surrogate_scales: list = field(default_factory=lambda: [None])
 
 
 # The member-wise axes beyond the gain: TrainConfig field -> (SweepSpec axis, run-name prefix). Their values
 # keep every tensor's shape (surroflos.train.MEMBER_FIELDS), so runs differing in them still share a pack.
-HPARAM_AXES = {"lr": ("lrs", "lr"), "beta": ("betas", "b"), "target": ("targets", "t")}
+HPARAM_AXES = {"lr": ("lrs", "lr"), "beta": ("betas", "b"), "target": ("targets", "t"),
+               "surrogate_scale": ("surrogate_scales", "ss")}
 
 
 # Presets sized to run on a laptop CPU in about 45 minutes in all with one worker (the papers' networks
@@ -206,7 +211,7 @@ def check_spec(spec: SweepSpec) -> None:
     if bad:
         raise ConfigError(f"unknown TrainConfig fields in the sweep's base: {bad}")
     for name in ("tasks", "delays", "models", "flossing", "seeds", "gains", "rules", "local", "lrs", "betas",
-                 "targets"):
+                 "targets", "surrogate_scales"):
         values = getattr(spec, name)
         if not isinstance(values, (list, tuple)):
             raise ConfigError(f"{name} must be a list, got {values!r}")
@@ -238,6 +243,9 @@ def check_spec(spec: SweepSpec) -> None:
     for v in spec.targets:
         if v is not None and not _is_real(v):
             raise ConfigError(f"targets must be finite numbers (or None: the base target), got {v!r}")
+    for v in spec.surrogate_scales:
+        if v is not None and not (_is_real(v) and v > 0):
+            raise ConfigError(f"surrogate_scales must be finite numbers > 0 (or None: the base's), got {v!r}")
     if spec.success is not None and not _is_real(spec.success):
         raise ConfigError(f"success must be a finite number (the metric's threshold) or None, got {spec.success!r}")
 
@@ -260,11 +268,11 @@ def expand(spec: SweepSpec, out: str) -> list[TrainConfig]:
         # values off the base (which would drop the plain run from grids that list no None) or repeating it
         # once per target, it runs once, with the base's target and no -t in its name.
         targets = [None] if fl == "none" else spec.targets
-        for gain, lr, beta, target, rule, local, seed in itertools.product(
-                spec.gains, spec.lrs, spec.betas, targets, spec.rules, spec.local, spec.seeds):
+        for gain, lr, beta, target, sscale, rule, local, seed in itertools.product(
+                spec.gains, spec.lrs, spec.betas, targets, spec.surrogate_scales, spec.rules, spec.local, spec.seeds):
             if local is True and fl == "none":
                 continue  # local flossing without flossing is the plain run (local=False)
-            hparams = {f: float(v) for f, v in zip(HPARAM_AXES, (lr, beta, target)) if v is not None}
+            hparams = {f: float(v) for f, v in zip(HPARAM_AXES, (lr, beta, target, sscale)) if v is not None}
             axes = {"rule": rule, "local_flossing": local} | ({} if gain is None else {"g": float(gain)}) | hparams
             cfg = TrainConfig(**dict(spec.base, task=task, delay=delay, model=model, flossing=fl, seed=seed,
                                      **axes))
@@ -503,11 +511,14 @@ def _read_curve(run_out: str, key: str) -> list:
 
 
 def _key(cfg: TrainConfig) -> dict:
-    # lr, beta and target are always here (tables and plots keep runs of other values apart) and written
-    # to the CSV tables only where the sweep uses those axes (_hparams_shown).
+    # lr, beta, target and the surrogate's width are always here (tables and plots keep runs of other values
+    # apart) and written to the CSV tables only where the sweep uses those axes (_hparams_shown). The width is
+    # the scale the run used (None in a configuration: the surrogate's own).
+    from .surrogate import get as surrogate
+
     return {"task": cfg.task, "delay": cfg.delay, "model": cfg.model, "flossing": cfg.flossing, "seed": cfg.seed,
             "g": cfg.g, "rule": cfg.rule, "local": cfg.local_flossing, "lr": cfg.lr, "beta": cfg.beta,
-            "target": cfg.target}
+            "target": cfg.target, "surrogate_scale": surrogate(cfg.surrogate, cfg.surrogate_scale).scale}
 
 
 def _error_row(cfg_dict: dict, e: BaseException) -> dict:
@@ -583,7 +594,7 @@ PACK_DIR = "packs"  # OUT/packs/<name>: the ensemble runs (checkpoints); results
 def pack_key(cfg: TrainConfig) -> str:
     """What the runs of one pack share: every field but ``out`` and the member-wise ones
     (:data:`~surroflos.train.MEMBER_FIELDS`: seed, g, beta, alpha, threshold, lr, floss_lr, target,
-    flossing), which keep every tensor's shape."""
+    flossing, surrogate_scale), which keep every tensor's shape."""
     return json.dumps({k: _canonical(v) for k, v in cfg.to_dict().items() if k not in ("out",) + MEMBER_FIELDS},
                       sort_keys=True)
 
@@ -1049,7 +1060,7 @@ def _cell_order(task: str, model: str, flossing: str, delay: int, g: float = 1.0
 
 
 def _hp(r: dict) -> tuple:
-    """A row's ``(lr, beta, target)`` (``None`` where a row written without them lacks one)."""
+    """A row's ``(lr, beta, target, surrogate_scale)`` (``None`` where a row written without them lacks one)."""
     return tuple(r.get(f) for f in HPARAM_AXES)
 
 
@@ -1268,7 +1279,7 @@ _MODE_NAME = {"none": "no flossing", "pre": "preflossing", "during": "flossing d
 
 
 def _mode(r: dict) -> tuple:
-    """What one line of a plot holds fixed: ``(flossing, rule, local, g, (lr, beta, target))``."""
+    """What one line of a plot holds fixed: ``(flossing, rule, local, g, (lr, beta, target, surrogate_scale))``."""
     return r["flossing"], r.get("rule", "bptt"), bool(r.get("local", False)), r.get("g"), _hp(r)
 
 
@@ -1285,7 +1296,7 @@ def _mode_order(mode: tuple) -> tuple:
 
 
 def _varying(hps) -> list[str]:
-    """The fields of :data:`HPARAM_AXES` whose value differs between the ``(lr, beta, target)`` tuples
+    """The fields of :data:`HPARAM_AXES` whose value differs between the ``(lr, beta, target, ...)`` tuples
     ``hps`` (the lines of one figure): those the labels name."""
     hps = list(hps)
     return [f for i, f in enumerate(HPARAM_AXES) if len({hp[i] for hp in hps}) > 1]
@@ -1435,7 +1446,8 @@ def spec_from_args(args) -> SweepSpec:
     """A :class:`SweepSpec` from the command line: a preset, then any grid flags override it."""
     spec = dataclasses.replace(PRESETS[args.preset]) if args.preset else SweepSpec()
     spec.base = dict(spec.base)
-    for name in ("tasks", "delays", "models", "flossing", "seeds", "gains", "rules", "lrs", "betas", "targets"):
+    for name in ("tasks", "delays", "models", "flossing", "seeds", "gains", "rules", "lrs", "betas", "targets",
+                 "surrogate_scales"):
         v = getattr(args, name, None)
         if v:
             setattr(spec, name, list(v))

@@ -57,8 +57,9 @@ _SEED_MODEL, _SEED_DATA, _SEED_EVAL, _SEED_FLOSS, _SEED_SPECTRUM, _SEED_FEEDBACK
 # tensor's shape, so the members still train as one. Model values (g: initial weights; beta, alpha,
 # threshold: per-member tensors of the spiking network), the optimiser's and flossing's learning rates
 # (per-member rescaled steps, surroflos.ensemble.MemberUpdates), the flossing target and the flossing mode
-# (a member flosses in the bouts its own schedule has, and is left alone in the others).
-MEMBER_FIELDS = ("seed", "g", "beta", "alpha", "threshold", "lr", "floss_lr", "target", "flossing")
+# (a member flosses in the bouts its own schedule has, and is left alone in the others), and the surrogate's
+# width (one scale per member: surroflos.surrogate.MemberSurrogate).
+MEMBER_FIELDS = ("seed", "g", "beta", "alpha", "threshold", "lr", "floss_lr", "target", "flossing", "surrogate_scale")
 
 # The files a run folder holds (checked to be writable files before any work starts).
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "result.json", "learning_curve.png",
@@ -104,7 +105,7 @@ class TrainConfig:
     the metric value counted as a success in the ensemble's summary (reporting only). ``members``: ``None``
     or E dicts, member e's settings where they differ from this configuration's: any of
     :data:`MEMBER_FIELDS` (``seed``, default ``seed + e``; ``g``, ``beta``, ``alpha``, ``threshold``, ``lr``,
-    ``floss_lr``, ``target``, ``flossing``), so that member e reproduces the solo run
+    ``floss_lr``, ``target``, ``flossing``, ``surrogate_scale``), so that member e reproduces the solo run
     :func:`member_config` ``(cfg, e)``; :func:`ensemble_config` builds such a configuration from solo ones.
     """
 

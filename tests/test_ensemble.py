@@ -92,6 +92,111 @@ def test_stack_and_member_round_trip_and_member_wise_hyperparameters():
         member(ens, 2)
 
 
+# ------------------------------------------------------------------------------------------------
+# Members of different surrogate widths (one kind, one scale per member)
+# ------------------------------------------------------------------------------------------------
+
+WIDTHS = (1.0, 3.0, 8.0)
+
+
+def _width_solos(neuron: str, surrogate: str = "atan") -> list:
+    return [sf.SpikingRNN(2, 7, 2, neuron=neuron, g=2.5, reset="zero" if neuron == "cuba" else "subtract",
+                          surrogate=sf.Surrogate(surrogate, w), learn_beta=True, learn_threshold=True,
+                          detach_reset=False, generator=gen(20 + e), dtype=F64) for e, w in enumerate(WIDTHS)]
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize("neuron,surrogate", [("lif", "atan"), ("cuba", "sigmoid"), ("lif", "triangle")])
+def test_members_of_different_surrogate_widths_equal_their_solo_networks(neuron, surrogate, backend):
+    # Simulation, every gradient and the Lyapunov spectrum of member e are those of the solo network of width e;
+    # the widths matter (the solos' gradients differ between widths), so the check has power.
+    from surroflos.kernels.backend import cpu_kernels_importable
+
+    if backend == "cpu" and not cpu_kernels_importable():
+        pytest.skip("numba does not import")
+    solos = _width_solos(neuron, surrogate)
+    ens = stack(solos)
+    assert ens.surrogate == tuple(sf.Surrogate(surrogate, w) for w in WIDTHS)
+    assert isinstance(ens.params().surrogate, sf.surrogate.MemberSurrogate)
+    ens.backend = backend
+    x = torch.rand(20, 3, 4, 2, generator=gen(9), dtype=F64) * 2.5
+    out, states = ens(x)
+    (out.square().sum() + states.sum()).backward()
+    grads = []
+    for e, solo in enumerate(solos):
+        solo.backend = backend
+        o, st = solo(x[:, e])
+        (o.square().sum() + st.sum()).backward()
+        assert close(out[:, e].detach(), o.detach()) and close(states[:, e].detach(), st.detach())
+        for (name, p_ens), p_solo in zip(ens.named_parameters(), solo.parameters()):
+            assert close(p_ens.grad[e], p_solo.grad), name
+        grads.append(solo.weight_rec.grad / solo.weight_rec.grad.abs().max())
+    assert not close(grads[0], grads[2], 1e-3)
+    kw = dict(transient=5, frame_warmup=5, qr_every=2)
+    res = sf.lyapunov_spectrum(ens, x[:, :, :2], 3, generator=gens(range(3)), **kw)
+    for e, solo in enumerate(solos):
+        assert close(res.exponents[e], sf.lyapunov_spectrum(solo, x[:, e, :2], 3, generator=gen(e), **kw).exponents)
+
+
+def test_member_surrogate_construction_member_select_and_errors():
+    from surroflos.ensemble import select
+    from surroflos.surrogate import MemberSurrogate
+
+    solos = _width_solos("lif")
+    ens = stack(solos)
+    built = sf.SpikingRNN(2, 7, 2, g=2.5, surrogate=MemberSurrogate("atan", WIDTHS), learn_beta=True,
+                          learn_threshold=True, detach_reset=False, generator=gens(range(20, 23)), ensemble=3, dtype=F64)
+    assert built.surrogate == ens.surrogate
+    x = torch.rand(10, 3, 2, 2, generator=gen(1), dtype=F64) * 2.5
+    assert torch.equal(built(x)[0], ens(x)[0])
+    assert member(ens, 1).surrogate == sf.Surrogate("atan", 3.0)
+    assert select(ens, [2, 0]).surrogate == (sf.Surrogate("atan", 8.0), sf.Surrogate("atan", 1.0))
+    assert stack([solos[0], solos[0]]).surrogate == sf.Surrogate("atan", 1.0)  # equal widths: one surrogate
+    import copy
+    import pickle
+
+    ms = MemberSurrogate("gaussian", [1, 2])
+    assert pickle.loads(pickle.dumps(ms)) == ms == copy.deepcopy(ms) and ms.member(1) == sf.Surrogate("gaussian", 2)
+    v = torch.randn(2, 3, 4, dtype=F64)
+    d = ms.derivative(v)
+    assert close(d[1], sf.Surrogate("gaussian", 2.0).derivative(v[1])) and not close(d[0], d[1])
+    with pytest.raises(ValueError, match="member-first arrays"):
+        ms.derivative(torch.zeros(3, 3, 4))
+    with pytest.raises(ValueError, match="surrogate scale must be a positive"):
+        MemberSurrogate("atan", [1.0, -1.0])
+    with pytest.raises(ValueError, match="one scale per member, got none"):
+        MemberSurrogate("atan", [])
+    with pytest.raises(ValueError, match="for an ensemble of as many members"):
+        sf.SpikingRNN(2, 7, 2, surrogate=ms, ensemble=3)
+    with pytest.raises(ValueError, match="members may differ in the surrogate's width"):
+        stack([solos[0], sf.SpikingRNN(2, 7, 2, g=2.5, surrogate="sigmoid", learn_beta=True, learn_threshold=True,
+                                       detach_reset=False, generator=gen(0), dtype=F64)])
+    from surroflos.kernels.recurrent import spiking_rnn_sequence
+
+    with pytest.raises(ValueError, match="needs an ensemble of as many members"):
+        spiking_rnn_sequence(torch.zeros(2, 3, 4, dtype=F64), torch.zeros(4, 4, dtype=F64),
+                             torch.zeros(3, 4, dtype=F64), surrogate=MemberSurrogate("atan", [1, 2, 3]))
+
+
+def test_member_widths_leave_the_triton_kernels_for_the_pytorch_path(monkeypatch):
+    # The Triton kernels take one width: where "auto" would run them (a GPU), an ensemble of widths runs the PyTorch
+    # path (same numbers as backend="torch"); an explicit backend="triton" is an error that says so.
+    from surroflos.kernels import recurrent
+    from surroflos.surrogate import MemberSurrogate
+
+    monkeypatch.setattr(recurrent, "_implementation", lambda backend, x_in: "triton")
+    args = (torch.rand(6, 2, 3, 4, generator=gen(2), dtype=F64) * 2, torch.randn(2, 4, 4, generator=gen(3), dtype=F64),
+            torch.zeros(2, 3, 4, dtype=F64))
+    ms = MemberSurrogate("atan", [1.0, 4.0])
+    S, U = recurrent.spiking_rnn_sequence(*args, surrogate=ms, backend="auto")
+    monkeypatch.undo()
+    S_ref, U_ref = recurrent.spiking_rnn_sequence(*args, surrogate=ms, backend="torch")
+    assert torch.equal(S, S_ref) and torch.equal(U, U_ref)
+    monkeypatch.setattr(recurrent, "_implementation", lambda backend, x_in: "triton")
+    with pytest.raises(ValueError, match="backend='triton' takes one surrogate width"):
+        recurrent.spiking_rnn_sequence(*args, surrogate=ms, backend="triton")
+
+
 def test_input_and_generator_checks_name_the_layout():
     ens = MAKERS["rate"](None, 3)
     with pytest.raises(ValueError, match=r"\[T, E=3, B, n_in\]"):
@@ -387,10 +492,14 @@ def test_select_takes_members_in_order():
 
 
 # Three members that differ in everything that may differ: seed (not consecutive), lr, floss_lr, g,
-# beta, alpha, threshold, flossing target and mode (during / none / pre: a bout with a subset of members).
-MIXED = [dict(seed=3, lr=1e-2, floss_lr=1e-3, g=1.0, beta=0.7, alpha=0.8, threshold=1.0, target=0.0, flossing="during"),
-         dict(seed=5, lr=3e-3, floss_lr=1e-3, g=1.5, beta=0.9, alpha=0.6, threshold=1.0, target=0.0, flossing="none"),
-         dict(seed=3, lr=2e-2, floss_lr=5e-3, g=0.8, beta=0.8, alpha=0.8, threshold=0.7, target=-0.5, flossing="pre")]
+# beta, alpha, threshold, flossing target and mode (during / none / pre: a bout with a subset of members), and
+# the surrogate's width (spiking models; rate networks have none).
+MIXED = [dict(seed=3, lr=1e-2, floss_lr=1e-3, g=1.0, beta=0.7, alpha=0.8, threshold=1.0, target=0.0, flossing="during",
+              surrogate_scale=2.0),
+         dict(seed=5, lr=3e-3, floss_lr=1e-3, g=1.5, beta=0.9, alpha=0.6, threshold=1.0, target=0.0, flossing="none",
+              surrogate_scale=5.0),
+         dict(seed=3, lr=2e-2, floss_lr=5e-3, g=0.8, beta=0.8, alpha=0.8, threshold=0.7, target=-0.5, flossing="pre",
+              surrogate_scale=1.0)]
 
 
 def _mixed_configs(tmp_path, model: str, **kw) -> list:

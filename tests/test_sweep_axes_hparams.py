@@ -214,3 +214,30 @@ def test_packed_lr_beta_target_grid_equals_its_solo_runs(tmp_path):
         (tmp_path / "solo" / "results.md").read_text().splitlines()[-8:]
     again = run_sweep(spec, str(tmp_path / "packed"), progress=False)
     assert [r["status"] for r in again] == ["done"] * 8
+
+
+def test_surrogate_scales_axis_packs_and_equals_its_solo_runs(tmp_path, capsys):
+    """Runs that differ in the surrogate's width (and flossing mode) pack into one ensemble (members of their own
+    widths: surroflos.surrogate.MemberSurrogate) whose run folders hold what their solo runs write."""
+    spec = SweepSpec(tasks=["xor"], delays=[2], models=["lif"], flossing=["none", "pre"], seeds=[0],
+                     surrogate_scales=[1.0, 6.0], base=dict(BASE))
+    cfgs = expand(spec, str(tmp_path / "packed"))
+    assert sorted(os.path.basename(c.out) for c in cfgs) == [
+        "xor-d2-lif-none-ss1-s0", "xor-d2-lif-none-ss6-s0", "xor-d2-lif-pre-ss1-s0", "xor-d2-lif-pre-ss6-s0"]
+    (pack,) = pack_runs(cfgs)
+    assert sorted(m["surrogate_scale"] for m in pack_config(pack, str(tmp_path / "packed")).members) == [1, 1, 6, 6]
+    solo = run_sweep(spec, str(tmp_path / "solo"), progress=False, ensemble=1)
+    packed = run_sweep(spec, str(tmp_path / "packed"), progress=False, ensemble="auto")
+    assert [r["status"] for r in solo] == [r["status"] for r in packed] == ["ran"] * 4
+    names = assert_packed_runs_equal_solo(tmp_path, 4)
+    finals = {n: _folder(tmp_path / "solo" / "runs" / n)[1]["final"]["val_loss"] for n in names}
+    assert finals["xor-d2-lif-none-ss1-s0"] != finals["xor-d2-lif-none-ss6-s0"]  # the width matters
+    assert "surrogate_scale" in (tmp_path / "packed" / "results.md").read_text()
+    for v in (0, -1.0, float("nan"), "2"):
+        with pytest.raises(ConfigError, match="surrogate_scales must be"):
+            expand(SweepSpec(tasks=["xor"], delays=[2], base=dict(TINY), surrogate_scales=[v]), str(tmp_path / "x"))
+    parse = cli.build_parser().parse_args
+    assert spec_from_args(parse(["sweep", "--preset", "xor", "--surrogate-scales", "1", "4"])).surrogate_scales == [1, 4]
+    with pytest.raises(SystemExit):
+        parse(["sweep", "--surrogate-scales", "0"])
+    assert "--surrogate-scales" in capsys.readouterr().err

@@ -174,7 +174,8 @@ def _forward_torch(x_in: Tensor, W: Tensor, state0: Tensor, beta: Tensor, alpha:
 
 def _backward_torch(gspk: Optional[Tensor], gst: Optional[Tensor], W: Tensor, state0: Tensor, spike_bits: Tensor,
                     states: Tensor, beta: Tensor, alpha: Optional[Tensor], theta: Tensor, cuba: bool, zero: bool,
-                    detach: bool, sid: int, scale: float, need_beta: bool, need_alpha: bool, need_theta: bool,
+                    detach: bool, sid: int, scale: Union[float, Tensor], need_beta: bool, need_alpha: bool,
+                    need_theta: bool,
                     zmem: bool = False, need_w: bool = True):
     """``(dI, dstate0, dbeta, dalpha, dtheta, dW)`` in the accumulator dtype (see the module docstring).
     ``gspk`` / ``gst`` ``None`` are zero gradients; ``spike_bits`` are the spikes as booleans; ``dW`` is
@@ -341,8 +342,8 @@ def _add_dW(dW: Optional[Tensor], dI: Tensor, R: Tensor) -> Tensor:
 @torch.library.custom_op("surroflos::spiking_rnn_fwd", mutates_args=())
 def _rnn_fwd(x_in: Tensor, W: Tensor, state0: Tensor, beta: Tensor, alpha: Optional[Tensor], threshold: Tensor,
              bias: Optional[Tensor], cuba: bool, zero_reset: bool, detach_reset: bool, surrogate_id: int,
-             surrogate_scale: float, use_triton: bool, zero_mem: bool, use_cpu: bool = False
-             ) -> Tuple[Tensor, Tensor, Tensor]:
+             surrogate_scale: float, use_triton: bool, zero_mem: bool, use_cpu: bool = False,
+             member_scales: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     if use_cpu:  # the compiled spike-sparse forward (its backward is the PyTorch path's)
         from .cpu import forward as forward_cpu
 
@@ -361,7 +362,7 @@ def _rnn_fwd(x_in: Tensor, W: Tensor, state0: Tensor, beta: Tensor, alpha: Optio
 
 @_rnn_fwd.register_fake
 def _rnn_fwd_fake(x_in, W, state0, beta, alpha, threshold, bias, cuba, zero_reset, detach_reset, surrogate_id,
-                  surrogate_scale, use_triton, zero_mem, use_cpu=False):
+                  surrogate_scale, use_triton, zero_mem, use_cpu=False, member_scales=None):
     return (x_in.new_empty(x_in.shape), x_in.new_empty(*x_in.shape[:-1], state0.shape[-1]),
             x_in.new_empty(x_in.shape, dtype=torch.bool))
 
@@ -370,9 +371,11 @@ def _rnn_fwd_fake(x_in, W, state0, beta, alpha, threshold, bias, cuba, zero_rese
 def _rnn_bwd(grad_spikes: Optional[Tensor], grad_states: Optional[Tensor], W: Tensor, state0: Tensor,
              spike_bits: Tensor, states: Tensor, beta: Tensor, alpha: Optional[Tensor], threshold: Tensor, cuba: bool,
              zero_reset: bool, detach_reset: bool, surrogate_id: int, surrogate_scale: float, need_w: bool,
-             need_beta: bool, need_alpha: bool, need_theta: bool, use_triton: bool, zero_mem: bool
-             ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    flags = (cuba, zero_reset, detach_reset, surrogate_id, surrogate_scale, need_beta, need_alpha, need_theta, zero_mem)
+             need_beta: bool, need_alpha: bool, need_theta: bool, use_triton: bool, zero_mem: bool,
+             member_scales: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    # one surrogate width per member: an [E, 1, 1] tensor that broadcasts against [.., E, B, N] (PyTorch path only)
+    scale = surrogate_scale if member_scales is None else member_scales.to(acc_dtype(states.dtype)).view(-1, 1, 1)
+    flags = (cuba, zero_reset, detach_reset, surrogate_id, scale, need_beta, need_alpha, need_theta, zero_mem)
     if use_triton:
         from .triton import backward_triton
 
@@ -395,32 +398,33 @@ def _rnn_bwd(grad_spikes: Optional[Tensor], grad_states: Optional[Tensor], W: Te
 @_rnn_bwd.register_fake
 def _rnn_bwd_fake(grad_spikes, grad_states, W, state0, spike_bits, states, beta, alpha, threshold, cuba, zero_reset,
                   detach_reset, surrogate_id, surrogate_scale, need_w, need_beta, need_alpha, need_theta, use_triton,
-                  zero_mem):
+                  zero_mem, member_scales=None):
     vec = lambda need: W.new_empty(W.shape[:-1] if need else (0,))  # noqa: E731 - [N] or [E, N]
     return (states.new_empty(spike_bits.shape), W.new_empty(W.shape) if need_w else W.new_empty(0),
             torch.empty_like(state0), vec(need_beta), vec(need_alpha and cuba), vec(need_theta))
 
 
 def _setup(ctx, inputs, output):
-    (_, W, state0, beta, alpha, threshold, _bias, cuba, zero, detach, sid, scale, use_triton, zmem, *_cpu) = inputs
+    (_, W, state0, beta, alpha, threshold, _bias, cuba, zero, detach, sid, scale, use_triton, zmem) = inputs[:14]
+    member_scales = inputs[15] if len(inputs) > 15 else None
     _spikes, states, spike_bits = output
-    ctx.save_for_backward(W, state0, beta, alpha, threshold, spike_bits, states)
+    ctx.save_for_backward(W, state0, beta, alpha, threshold, spike_bits, states, member_scales)
     ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not a full-size zero array
     ctx.flags = (cuba, zero, detach, sid, scale, use_triton, zmem)
 
 
 def _backward(ctx, g_spikes, g_states, _g_bits):
-    W, state0, beta, alpha, threshold, spike_bits, states = ctx.saved_tensors
+    W, state0, beta, alpha, threshold, spike_bits, states, member_scales = ctx.saved_tensors
     cuba, zero, detach, sid, scale, use_triton, zmem = ctx.flags
     need = ctx.needs_input_grad
     dx, dW, ds0, db, da, dt = _rnn_bwd(g_spikes, g_states, W, state0, spike_bits, states, beta, alpha, threshold,
                                        cuba, zero, detach, sid, scale, need[1], need[3], need[4] and cuba,
-                                       need[5], use_triton, zmem)
+                                       need[5], use_triton, zmem, member_scales)
     db_in = None  # I = x_in + S W^T + bias: sum over time and batch ([N], or [E, N] per member)
     if need[6]:
         db_in = dx.sum((0, 1)) if dx.ndim == 3 else dx.sum((0, 2))
     return (dx, dW if need[1] else None, ds0, db if need[3] else None, da if need[4] and cuba else None,
-            dt if need[5] else None, db_in, None, None, None, None, None, None, None, None)
+            dt if need[5] else None, db_in, None, None, None, None, None, None, None, None, None)
 
 
 _rnn_fwd.register_autograd(_backward, setup_context=_setup)
@@ -514,7 +518,9 @@ def spiking_rnn_sequence(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: str
         neuron: ``"lif"`` or ``"cuba"``.
         beta, alpha, threshold: numbers or tensors ``[]`` / ``[N]`` (``alpha`` is read for cuba only); for
             an ensemble also per member ``[E, 1]``, ``[E, N]``, ``[E, 1, 1]`` or ``[E, 1, N]``.
-        surrogate: name or :class:`~surroflos.surrogate.Surrogate` (its id and scale).
+        surrogate: name or :class:`~surroflos.surrogate.Surrogate` (its id and scale); for an ensemble also
+            a :class:`~surroflos.surrogate.MemberSurrogate`, one width per member (PyTorch and CPU paths;
+            ``"auto"`` on a GPU then runs the PyTorch path).
         reset: ``"subtract"``, ``"zero"`` or (cuba) ``"zero_mem"``; detach_reset: no gradient through the reset's spike.
         bias: optional ``[N]`` added after the recurrent product, ``I[t] = (x_in[t] + S[t-1] W^T) + bias``:
             the step function's order of additions, so a caller that passes ``x W_in^T`` and ``b``
@@ -564,6 +570,12 @@ def spiking_rnn_sequence(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: str
             raise ValueError(f"{name} is {t.dtype} on {t.device} but x_in is {x_in.dtype} on {x_in.device}; "
                              "convert one of them")
     surrogate = sg.get(surrogate)
+    member_scales = None
+    if isinstance(surrogate, sg.MemberSurrogate):  # one width per member
+        if not ens or surrogate.members != E:
+            raise ValueError(f"a MemberSurrogate of {surrogate.members} widths needs an ensemble of as many members "
+                             f"(x_in [T, E, B, N]), got x_in of shape {tuple(x_in.shape)}")
+        member_scales = torch.tensor(surrogate.scales, dtype=acc_dtype(x_in.dtype), device=x_in.device)
     cuba = neuron == "cuba"
     if cuba and alpha is None:
         raise ValueError("neuron='cuba' needs alpha (the synaptic decay)")
@@ -584,9 +596,15 @@ def spiking_rnn_sequence(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: str
             raise ValueError(f"bias is {bias.dtype} on {bias.device} but x_in is {x_in.dtype} on {x_in.device}; "
                              "convert one of them")
     impl = _implementation(backend, x_in)
+    if member_scales is not None and impl == "triton":  # the Triton kernels take one width
+        if backend == "triton":
+            raise ValueError("backend='triton' takes one surrogate width for all members; an ensemble of members with "
+                             "different widths runs on backend='auto' or 'torch' (or 'cpu')")
+        impl = "torch"
+    scale = float(surrogate.scales[0]) if member_scales is not None else float(surrogate.scale)
     spikes, states, _bits = _rnn_fwd(x_in, W, state0, beta_v, alpha_v, theta_v, bias, cuba,
-                                     reset in ("zero", "zero_mem"), bool(detach_reset), surrogate.id,
-                                     float(surrogate.scale), impl == "triton", reset == "zero_mem", impl == "cpu")
+                                     reset in ("zero", "zero_mem"), bool(detach_reset), surrogate.id, scale,
+                                     impl == "triton", reset == "zero_mem", impl == "cpu", member_scales)
     return spikes, states
 
 

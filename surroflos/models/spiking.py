@@ -64,7 +64,7 @@ class SpikingParams(NamedTuple):
     beta: torch.Tensor  # scalar or [N], already clamped to [0, 1]
     alpha: Optional[torch.Tensor]  # scalar or [N] (cuba only), clamped
     threshold: torch.Tensor  # scalar or [N]
-    surrogate: sg.Surrogate
+    surrogate: sg.Surrogate | sg.MemberSurrogate  # MemberSurrogate: an ensemble of members of other widths
     reset: str
     detach_reset: bool
     smooth: bool  # forward uses the surrogate's primitive instead of the Heaviside step
@@ -170,7 +170,9 @@ class SpikingRNN(RecurrentModel):
         reset: ``"subtract"`` or ``"zero"``; the reset uses the previous step's spike (snnTorch's
             ``reset_delay=True``).
         detach_reset: detach the reset from the graph (snnTorch's behaviour, default True).
-        surrogate: name or :class:`~surroflos.surrogate.Surrogate` (default snnTorch's ``atan``).
+        surrogate: name or :class:`~surroflos.surrogate.Surrogate` (default snnTorch's ``atan``); for an
+            ensemble also a :class:`~surroflos.surrogate.MemberSurrogate` (one width per member). An ensemble
+            whose members differ in width keeps ``surrogate`` as the tuple of their surrogates.
         learn_beta, learn_alpha, learn_threshold: make those parameters trainable.
         g: recurrent weights ``W ~ N(0, g^2 / N)``; input weights ``N(0, input_scale^2)``.
         readout: ``"linear"`` (``W_out S + b``) or ``"leaky"`` (a leaky integrator with decay
@@ -198,6 +200,12 @@ class SpikingRNN(RecurrentModel):
                  generator: torch.Generator | None = None, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None, backend: str = "auto", ensemble: int | None = None) -> None:
         super().__init__()
+        per_member = surrogate if isinstance(surrogate, sg.MemberSurrogate) else None
+        if per_member is not None:  # one width per member: member e is built with its own Surrogate below
+            if ensemble != per_member.members:
+                raise ValueError(f"a MemberSurrogate of {per_member.members} widths is for an ensemble of as many "
+                                 f"members, got ensemble={ensemble!r}")
+            surrogate = per_member.member(0)
         gens = member_generators(generator, ensemble)
         solo_generator = gens[0] if gens else generator
         self.backend = check_backend(backend)
@@ -231,6 +239,8 @@ class SpikingRNN(RecurrentModel):
             learn_threshold=learn_threshold, g=g, input_scale=input_scale, bias=bias, readout=readout,
             readout_beta=readout_beta, smooth=smooth, dt=dt, generator=gen, device=device, dtype=dtype,
             backend=backend))
+        if per_member is not None and len(set(per_member.scales)) > 1:
+            self.surrogate = tuple(per_member.member(e) for e in range(per_member.members))
 
     @property
     def step_function(self):  # type: ignore[override]
@@ -246,10 +256,13 @@ class SpikingRNN(RecurrentModel):
 
     def params(self) -> SpikingParams:
         E = self.ensemble
+        surrogate = self.surrogate
+        if isinstance(surrogate, tuple):  # an ensemble whose members differ in the surrogate's width
+            surrogate = sg.MemberSurrogate(surrogate[0].name, [s.scale for s in surrogate])
         return SpikingParams(self.weight_rec, self.weight_in, member_view(self.bias, E),
                              member_view(self.beta.clamp(0.0, 1.0), E),
                              member_view(self.alpha.clamp(0.0, 1.0), E) if self.neuron == "cuba" else None,
-                             member_view(self.threshold, E), self.surrogate, self.reset, self.detach_reset,
+                             member_view(self.threshold, E), surrogate, self.reset, self.detach_reset,
                              self.smooth)
 
     def initial_state(self, batch: int, *, random: bool = False, generator: torch.Generator | None = None,
