@@ -199,6 +199,21 @@ def leaky_fwd(x, mem0, beta, thr, reset, late, g, one, BLOCK, b0, b1, spk, mem):
                     ms[j] = m
 
 
+@jit_inline
+def _leaky_bwd_row(gss, gms, ps, gxs, G, mc, bl, th, w, sid, c1, c2, g, one):
+    """One row of :func:`leaky_bwd_linear` without parameter gradients and a reset other than zero, the
+    surrogate fused in (``sid`` a constant: one loop per surrogate)."""
+    for j in range(w):
+        sm = surrogate_one(mc[j] - th[j], sid, c1, c2, one)
+        gsm = gss[j] * sm
+        gsm = gsm * g
+        a = gms[j] + gsm
+        a = a + G[j] * bl[j]
+        G[j] = a
+        gxs[j] = a
+        mc[j] = ps[j]
+
+
 @jit
 def leaky_bwd_linear(gspk, gmem, has_gspk, has_gmem, mem0, mem, beta, thr, sid, c1, c2, reset, g, one, params, BLOCK, b0, b1,
                      gx, gmem0, dbeta, dthr):
@@ -232,6 +247,22 @@ def leaky_bwd_linear(gspk, gmem, has_gspk, has_gmem, mem0, mem, beta, thr, sid, 
             gxs = gxf[base:base + w]
             gms = gmf[base:base + w] if has_gmem else gmf[lo:lo + w]
             ps = mf[base - M:base - M + w] if t > 0 else mem0[lo:lo + w]
+            if reset != _ZERO and not params:  # snnTorch's fixed beta/threshold: one loop per surrogate
+                if sid == 0:
+                    _leaky_bwd_row(gss, gms, ps, gxs, G, mc, bl, th, w, 0, c1, c2, g, one)
+                elif sid == 1:
+                    _leaky_bwd_row(gss, gms, ps, gxs, G, mc, bl, th, w, 1, c1, c2, g, one)
+                elif sid == 2:
+                    _leaky_bwd_row(gss, gms, ps, gxs, G, mc, bl, th, w, 2, c1, c2, g, one)
+                elif sid == 3:
+                    _leaky_bwd_row(gss, gms, ps, gxs, G, mc, bl, th, w, 3, c1, c2, g, one)
+                elif sid == 4:
+                    _leaky_bwd_row(gss, gms, ps, gxs, G, mc, bl, th, w, 4, c1, c2, g, one)
+                elif sid == 5:
+                    _leaky_bwd_row(gss, gms, ps, gxs, G, mc, bl, th, w, 5, c1, c2, g, one)
+                else:
+                    _leaky_bwd_row(gss, gms, ps, gxs, G, mc, bl, th, w, -1, c1, c2, g, one)
+                continue
             for j in range(w):
                 v[j] = mc[j] - th[j]
             surrogate_row(v, sm, w, sid, c1, c2, one)
