@@ -1032,12 +1032,13 @@ class LIFRecurrent(_FlatRecurrent, _norse.LIFRecurrent):
 
     Same constructor as Norse's (``input_size, hidden_size, p, input_weights, recurrent_weights, autapses,
     dt, record_states``) plus ``backend``: ``"torch"`` runs steps ``1 .. T-1`` as one fused recurrent
-    PyTorch op, ``"triton"`` as the fused Triton kernels, ``"auto"`` picks Triton for CUDA inputs (see
+    PyTorch op, ``"triton"`` as the fused Triton kernels, ``"cpu"`` with the op's compiled spike-sparse
+    forward (CPU tensors), ``"auto"`` picks Triton for CUDA inputs and the op's own choice on the CPU (see
     :func:`_recurrent_fused` for the mapping onto :func:`surroflos.kernels.recurrent.spiking_rnn_sequence`).
     It needs ``v_leak == 0`` and ``v_reset == 0`` (Norse's defaults, without gradient), parameters of shape
     ``[]`` or ``[hidden_size]`` and a method with a surrogate gradient (``"super"``, ``"triangle"``);
-    otherwise, and under forward-mode AD, ``"auto"``/``"torch"`` run the step loop and ``"triton"`` raises
-    NotImplementedError. Returns the spikes ``[T, ..., hidden_size]`` and the final ``LIFState`` (or all,
+    otherwise, and under forward-mode AD, ``"auto"``/``"torch"`` run the step loop and ``"triton"`` /
+    ``"cpu"`` raise NotImplementedError. Returns the spikes ``[T, ..., hidden_size]`` and the final ``LIFState`` (or all,
     stacked). Exposes the flat-state step like :class:`LIFRecurrentCell`.
     """
 
@@ -1045,9 +1046,6 @@ class LIFRecurrent(_FlatRecurrent, _norse.LIFRecurrent):
                  backend: str = "auto", **kwargs: Any) -> None:
         _check_p(type(self).__name__, p, _LIF_FIELDS, kwargs.get("dt", 1e-3))
         resolved = _check_backend(backend)
-        if resolved == "cpu":
-            raise ValueError("LIFRecurrent(backend='cpu'): the compiled CPU kernels cover LIF and LIFBox; the "
-                             "recurrent layer runs its fused PyTorch path with backend='torch' or 'auto'")
         super().__init__(input_size, hidden_size, p, **kwargs)
         self.backend = resolved
         self.activation = lif_recurrent_step
@@ -1076,9 +1074,10 @@ class LIFRecurrent(_FlatRecurrent, _norse.LIFRecurrent):
                        f"{[t.dtype for t in state]}, parameters {[_tag(getattr(self.p, f)) for f in _LIF_FIELDS]})")
         if blocker is None:
             return _recurrent_fused(self, input_tensor, _converted(state, input_tensor.dtype, input_tensor.device), n)
-        if self.backend == "triton":
-            raise NotImplementedError(f"LIFRecurrent(backend='triton'): the fused recurrent kernel does not support "
-                                      f"{blocker}; use backend='auto' or 'torch' (they fall back to the step loop)")
+        if self.backend in ("triton", "cpu"):
+            raise NotImplementedError(f"LIFRecurrent(backend={self.backend!r}): the fused recurrent kernel does not "
+                                      f"support {blocker}; use backend='auto' or 'torch' (they fall back to the step "
+                                      "loop)")
         w_in, w_rec, p, dt = self.input_weights, self.recurrent_weights, self.p, self.dt
         return _run(lambda x, s: lif_recurrent_step(x, s, w_in, w_rec, p, dt), input_tensor, state,
                     self.record_states)

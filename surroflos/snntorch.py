@@ -421,12 +421,6 @@ def _resolve_backend(backend: object) -> str:
     return backend
 
 
-def _no_cpu_kernel(layer: object, backend: str) -> None:
-    if backend == "cpu":
-        raise NotImplementedError(f'backend="cpu": the compiled CPU kernels cover Leaky and Synaptic; '
-                                  f'{type(layer).__name__} runs its fused PyTorch path with backend="torch" or "auto"')
-
-
 def _one_to_one_classes() -> tuple:
     classes = []
     for mod in ("rleaky", "rsynaptic"):
@@ -640,11 +634,12 @@ class _SequenceMixin:
         fused whole-sequence PyTorch path of :mod:`surroflos.kernels.lif` (``Leaky``, ``Synaptic``) or
         :mod:`surroflos.kernels.recurrent` (``RLeaky``, ``RSynaptic``) where it can express the layer,
         else the PyTorch loop; ``"triton"`` the Triton kernels (NotImplementedError where they cannot
-        express the layer); ``"cpu"`` the compiled CPU kernels (numba) of ``Leaky`` and ``Synaptic`` on CPU
-        tensors (NotImplementedError for ``RLeaky``/``RSynaptic`` and where they cannot express the layer);
-        ``"auto"`` Triton for CUDA tensors; on the CPU the compiled CPU kernels of
-        ``Leaky`` and ``Synaptic`` (numba, :mod:`surroflos.kernels.lif`'s ``backend="cpu"``; the PyTorch path
-        where numba is missing or ``SURROFLOS_DISABLE_CPU_KERNELS=1``), else ``"torch"``. ``x`` may also be
+        express the layer); ``"cpu"`` the compiled CPU kernels (numba) on CPU tensors: ``Leaky`` and
+        ``Synaptic``'s, and for ``RLeaky``/``RSynaptic`` the recurrent op's spike-sparse forward
+        (NotImplementedError where they cannot express the layer); ``"auto"`` Triton for CUDA tensors; on the
+        CPU the compiled CPU kernels of ``Leaky`` and ``Synaptic`` (numba, :mod:`surroflos.kernels.lif`'s
+        ``backend="cpu"``; the PyTorch path where numba is missing or ``SURROFLOS_DISABLE_CPU_KERNELS=1``) and
+        the recurrent op's choice (its compiled forward from 512 neurons), else ``"torch"``. ``x`` may also be
         integer or boolean; ``x`` and the state are converted to the dtype snnTorch's step promotes the
         membrane to (see the module docstring), which the outputs have.
         """
@@ -895,8 +890,8 @@ def _recurrent_fused(layer: nn.Module, x: Tensor, state: Tuple[Tensor, ...], p: 
                      synaptic: bool) -> Optional[Tuple[Tensor, ...]]:
     """RLeaky / RSynaptic ``sequence`` on :func:`surroflos.kernels.recurrent.spiking_rnn_sequence`.
 
-    ``None`` (the loop runs) where the kernel cannot express the layer; for ``backend="triton"`` that
-    is a NotImplementedError instead. Mapping (reset delayed and detached, spikes 0/1)::
+    ``None`` (the loop runs) where the kernel cannot express the layer; for ``backend="triton"`` and
+    ``"cpu"`` (the op's compiled spike-sparse forward) that is a NotImplementedError instead. Mapping (reset delayed and detached, spikes 0/1)::
 
         RLeaky    subtract -> neuron="lif",  W = rec.weight, bias = rec.bias  (b = beta mem + x + rec(spk))
         RLeaky    zero     -> neuron="cuba", alpha = 0: syn = I, mem = (1 - R)(beta mem + I) = b - R b
@@ -911,8 +906,8 @@ def _recurrent_fused(layer: nn.Module, x: Tensor, state: Tuple[Tensor, ...], p: 
     """
     plan = _recurrent_plan(layer, x, p, synaptic)
     if isinstance(plan, str):
-        if backend == "triton":
-            raise NotImplementedError(f'backend="triton" cannot run this {type(layer).__name__}: {plan}. '
+        if backend in ("triton", "cpu"):
+            raise NotImplementedError(f'backend="{backend}" cannot run this {type(layer).__name__}: {plan}. '
                                       'backend="torch" or "auto" run it as a PyTorch loop.')
         return None
     n_out = 3 if synaptic else 2
@@ -963,7 +958,6 @@ class RLeaky(_FlatMixin, _SequenceMixin, _snn.RLeaky):
     _STATE_FACTOR = 1
 
     def _fused(self, x, state, p, backend):
-        _no_cpu_kernel(self, backend)
         return _recurrent_fused(self, x, state, p, backend, synaptic=False)
 
     def _loop(self, x, state, p):
@@ -1003,7 +997,6 @@ class RSynaptic(_FlatMixin, _SequenceMixin, _snn.RSynaptic):
                 "so the reset stays delayed; sequence() reproduces snnTorch", UserWarning, stacklevel=3)
 
     def _fused(self, x, state, p, backend):
-        _no_cpu_kernel(self, backend)
         return _recurrent_fused(self, x, state, p, backend, synaptic=True)
 
     def _loop(self, x, state, p):

@@ -527,9 +527,10 @@ def test_other_input_errors():
 # LIFRecurrent on the fused recurrent kernel (surroflos.kernels.recurrent, cuba with reset="zero_mem")
 # ----------------------------------------------------------------------------------------------
 
-from _kernel_checks import requires_triton  # noqa: E402
+from _kernel_checks import requires_cpu_kernels, requires_triton  # noqa: E402
 
-FUSED_BACKENDS = ["torch", pytest.param("triton", marks=requires_triton)]
+FUSED_BACKENDS = ["torch", pytest.param("triton", marks=requires_triton),
+                  pytest.param("cpu", marks=requires_cpu_kernels)]  # cpu: the op's compiled spike-sparse forward
 
 
 def fused_lif_params(name: str, dtype=F32):

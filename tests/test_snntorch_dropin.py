@@ -34,7 +34,7 @@ from surroflos import snntorch as S
 from surroflos.kernels import recurrent as kernel_rec
 from surroflos.models.base import jvp_tangent
 
-from _kernel_checks import DEVICE
+from _kernel_checks import DEVICE, requires_cpu_kernels
 from _tolerance import (assert_close_to_truth, assert_within_rounding, close_kw, recurrence_ops,
                         rounding_tol, scale_of, threshold_margin)
 
@@ -207,7 +207,7 @@ def check_equivalent(kind: str, kw: dict, *, zero_state: bool = False, seed: int
     kernel = bool(calls)
     if expect_kernel is not None:
         assert kernel == expect_kernel, f"recurrent kernel {'ran' if kernel else 'did not run'}"
-    if kernel and backend in ("torch", "triton"):
+    if kernel and backend in ("torch", "triton", "cpu"):
         assert set(calls) == {backend}
 
     spk_ref, spk_ours = ref_out[0], our_out[0]
@@ -657,7 +657,16 @@ def test_recurrent_kernel_matches_snntorch_float64_triton(kind, reset, surrogate
     check_equivalent(kind, kw, backend="triton", dtype=torch.float64, expect_kernel=True)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@requires_cpu_kernels
+@pytest.mark.parametrize("kind,reset,surrogate,per_neuron,one_to_one", _kernel_cases("triton"))
+def test_recurrent_kernel_matches_snntorch_float64_cpu(kind, reset, surrogate, per_neuron, one_to_one):
+    # the recurrent op's compiled spike-sparse forward (backend="cpu") under the drop-in, on the cycled subset
+    kw = constructor_kwargs(kind, reset=reset, learn=True, per_neuron=per_neuron, one_to_one=one_to_one,
+                            spike_grad=F64_SURROGATES[surrogate])
+    check_equivalent(kind, kw, backend="cpu", dtype=torch.float64, expect_kernel=True)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", pytest.param("cpu", marks=requires_cpu_kernels)])
 @pytest.mark.parametrize("kind,reset,surrogate,per_neuron,one_to_one", [
     ("rleaky", "subtract", "atan", True, False),
     ("rleaky", "zero", "sigmoid", False, True),
@@ -672,7 +681,7 @@ def test_recurrent_kernel_matches_snntorch_float32(kind, reset, surrogate, per_n
 
 
 @pytest.mark.parametrize("kind", ["rleaky", "rsynaptic"])
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "triton", pytest.param("cpu", marks=requires_cpu_kernels)])
 def test_recurrent_kernel_zero_state_and_batch_shapes(kind, backend):
     # state=None with a learnable threshold: the zero spikes fed back at step 0 carry no gradient
     kw = constructor_kwargs(kind, learn=True, spike_grad=F64_SURROGATES["atan"])
