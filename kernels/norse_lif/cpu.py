@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..lif.cpu import _block, _empty, _grad_np, _kernels, _np, _run_blocks, _surrogate_constants, _threads
+from ..lif.cpu import BLOCK_WIDE, _block, _empty, _grad_np, _kernels, _np, _run_blocks, _surrogate_constants, _threads
 
 __all__ = ["lif_ff_forward", "lif_ff_backward", "lif_box_forward", "lif_box_backward"]
 
@@ -107,7 +107,7 @@ def lif_box_forward(x: Tensor, v0: Tensor, a: Tensor, vl: Tensor, vth: Tensor, v
     T, M = _layout(x)
     z, v = _empty(T, M, acc), _empty(T, M, acc)
     if T and M:
-        block = _block(M)
+        block = _block(M, BLOCK_WIDE)
         coef = [_np(p.to(acc)) for p in (a, vl, vth, vr)]
         _run_blocks(_kernels().norse_box_fwd, (_flat(x, acc, T, M), _np(v0.to(acc).reshape(M)), *coef, reset,
                                                npd.type(1), block),
@@ -127,7 +127,7 @@ def lif_box_backward(gz: Optional[Tensor], gv: Optional[Tensor], x: Tensor, v0: 
     if T and M:
         grads = [_grad_np(None if g is None else g.reshape(T, M), acc, M) for g in (gz, gv)]
         c1, c2 = _sur(surrogate_id, scale, npd)
-        block = _block(M)
+        block = _block(M, BLOCK_WIDE)
         coef = [_np(p.to(acc)) for p in (a, vl, vth, vr)]
         # The kernel recomputes the spikes from x and v (bit for bit the forward's) unless the saved states
         # were rounded to a narrower dtype (float16/bfloat16 inputs): then it reads them.
