@@ -105,7 +105,47 @@ class _Pattern:
         return self._pre32
 
 
-_PATTERNS: dict[int, tuple] = {}
+class _TensorCache:
+    """Values computed from a tensor, kept while it lives and until it changes: keyed by the tensor's identity,
+    valid while the ``stamp`` it was stored with (its in-place version and whatever else the value depends on)
+    is unchanged and the ``also`` tensor stored beside it is the same object. An entry dies with its tensor.
+    Tensors that cannot be weakly referenced are not cached."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple] = {}
+
+    def get(self, t: Tensor, stamp: object, also: Optional[Tensor] = None) -> Tuple[bool, object]:
+        """``(True, value)`` on a valid hit; else ``(False, None)``, the stale entry dropped first (so that a
+        large value is freed before its replacement is built)."""
+        hit = self._entries.get(id(t))
+        if hit is not None and hit[0]() is t and hit[1] == stamp and (hit[2] is None) == (also is None) \
+                and (also is None or hit[2]() is also):
+            return True, hit[3]
+        self._entries.pop(id(t), None)
+        return False, None
+
+    def put(self, t: Tensor, stamp: object, value: object, also: Optional[Tensor] = None) -> None:
+        key = id(t)
+        try:
+            ref = weakref.ref(t, lambda _r, k=key: self._entries.pop(k, None))
+            also_ref = None if also is None else weakref.ref(also)
+        except TypeError:  # pragma: no cover - tensors that cannot be weakly referenced are not cached
+            return
+        self._entries[key] = (ref, stamp, also_ref, value)
+
+    def peek(self, t: Tensor) -> object:
+        """The value stored for ``t`` (KeyError if none), whether still valid or not (for tests)."""
+        return self._entries[id(t)][3]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# The presynaptic-major pattern of each pre_idx (rebuilt after an in-place change, e.g. load_state_dict).
+_PATTERNS = _TensorCache()
 
 _EVENT_CHUNK = 1 << 20  # synapses read per pass of the event-driven recurrent input (bounds its temporaries)
 _BUILD_CHUNK = 1 << 20  # synapses ranked per pass when the pattern is built (bounds its temporaries)
@@ -141,19 +181,10 @@ def _build_pattern(pre: Tensor) -> _Pattern:
 
 
 def _pattern(pre: Tensor) -> _Pattern:
-    # Keyed by tensor identity and version: rebuilt after an in-place change (load_state_dict) or for a new
-    # tensor; an entry dies with its tensor.
-    key = id(pre)
-    hit = _PATTERNS.get(key)
-    if hit is not None and hit[0]() is pre and hit[1] == pre._version:
-        return hit[2]
-    _PATTERNS.pop(key, None)  # drop a stale pattern before building the new one (peak memory)
-    pat = _build_pattern(pre)
-    try:
-        ref = weakref.ref(pre, lambda _r, k=key: _PATTERNS.pop(k, None))
-    except TypeError:  # pragma: no cover - tensors that cannot be weakly referenced are not cached
-        return pat
-    _PATTERNS[key] = (ref, pre._version, pat)
+    found, pat = _PATTERNS.get(pre, pre._version)
+    if not found:
+        pat = _build_pattern(pre)
+        _PATTERNS.put(pre, pre._version, pat)
     return pat
 
 
@@ -185,7 +216,8 @@ def _outgoing_weights(w: Tensor, slot: Tensor, dtype: torch.dtype) -> Tensor:
         return torch.cat([flat, flat.new_zeros(1)]).index_select(0, slot.reshape(-1)).view(slot.shape)
 
 
-_JUMPS: dict[int, tuple] = {}
+# Per weight tensor: its jump vector, or None where the weights are not a function of the presynaptic neuron.
+_JUMPS = _TensorCache()
 
 
 def _presynaptic_weights(w: Tensor, pre: Tensor, pat: _Pattern, dtype: torch.dtype) -> Optional[Tensor]:
@@ -199,15 +231,13 @@ def _presynaptic_weights(w: Tensor, pre: Tensor, pat: _Pattern, dtype: torch.dty
     weights at every step, and a write through ``.data`` bumps no version (the pattern's cache has the same
     caveat).
     """
-    key = id(w)
     try:
-        version = (w._version, w.data_ptr())
+        stamp = (w._version, w.data_ptr(), dtype)
     except Exception:  # pragma: no cover - inference tensors have no version counter
         return None
-    hit = _JUMPS.get(key)
-    if hit is not None and hit[0]() is w and hit[1] == version and hit[2]() is pre and hit[3] == dtype:
-        return hit[4]
-    _JUMPS.pop(key, None)
+    found, jump = _JUMPS.get(w, stamp, also=pre)
+    if found:
+        return jump
     N, K = pre.shape
     with torch.no_grad():
         wd = w.detach()
@@ -225,11 +255,7 @@ def _presynaptic_weights(w: Tensor, pre: Tensor, pat: _Pattern, dtype: torch.dty
                 same = False  # (NaN weights compare unequal: they take the general path)
                 break
     result = jump if same else None
-    try:
-        _JUMPS[key] = (weakref.ref(w, lambda _r, k=key: _JUMPS.pop(k, None)), version, weakref.ref(pre), dtype,
-                       result)
-    except TypeError:  # pragma: no cover
-        pass
+    _JUMPS.put(w, stamp, result, also=pre)
     return result
 
 

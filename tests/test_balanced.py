@@ -156,7 +156,7 @@ def test_memory_is_O_NK_and_N10000_simulates():
     assert 0.3 * net.balanced_rate() < rate < 3 * net.balanced_rate()
     from surroflos.kernels.balanced import _PATTERNS
 
-    pattern = _PATTERNS[id(net.pre_idx)][2]  # what simulate built and keeps: slot only (int32)
+    pattern = _PATTERNS.peek(net.pre_idx)  # what simulate built and keeps: slot only (int32)
     assert pattern.slot.dtype == torch.int32 and pattern._post32 is None and pattern._pre32 is None
     tensors = list(net.state_dict().values()) + [pattern.slot]
     total = sum(t.numel() * t.element_size() for t in tensors)

@@ -86,7 +86,7 @@ def test_presynaptic_weights_shortcut_for_fixed_weights_is_exact(monkeypatch):
                                               dtype=torch.float64)):
         kbal._JUMPS.clear()
         _simulate_both_ways(net, monkeypatch)
-        jump = kbal._JUMPS[id(net.weight_rec)][4]
+        jump = kbal._JUMPS.peek(net.weight_rec)
         assert jump is not None  # the shortcut was taken
         pre = net.pre_idx.long()
         assert torch.equal(jump[pre], net.weight_rec.detach())  # and it is the weights, read per presynaptic id
@@ -98,11 +98,11 @@ def test_presynaptic_weights_shortcut_declines_general_weights(monkeypatch):
         net.weight_rec[3, 0] *= 1.5  # one synapse off: the weights no longer depend on the presynaptic id alone
     kbal._JUMPS.clear()
     _simulate_both_ways(net, monkeypatch)
-    assert kbal._JUMPS[id(net.weight_rec)][4] is None
+    assert kbal._JUMPS.peek(net.weight_rec) is None
     with torch.no_grad():
         net.weight_rec[3, 0] /= 1.5  # back: the version changed, so it is checked again and taken
     net.simulate(5, batch=1)
-    assert kbal._JUMPS[id(net.weight_rec)][4] is not None
+    assert kbal._JUMPS.peek(net.weight_rec) is not None
 
 
 def test_calls_with_gradient_never_use_the_shortcut():
@@ -114,3 +114,24 @@ def test_calls_with_gradient_never_use_the_shortcut():
         spikes, states = kbal.balanced_sequence(u, s0, net.weight_rec, net.pre_idx, a_m=net.a_m, a_s=net.a_s,
                                                 b=net.b, bc=net.bc, ac=net.ac)
     assert states.requires_grad and len(kbal._JUMPS) == 0
+
+
+def test_tensor_cache_hits_only_the_same_tensor_stamp_and_companion():
+    import gc
+
+    cache = kbal._TensorCache()
+    a, b, other = torch.zeros(3), torch.zeros(3), torch.zeros(2)
+    assert cache.get(a, 0) == (False, None)
+    cache.put(a, 0, "value", also=other)
+    assert cache.get(a, 0, also=other) == (True, "value")
+    assert cache.get(b, 0, also=other) == (False, None)  # another tensor, equal values
+    assert cache.get(a, 0, also=torch.zeros(2)) == (False, None)  # another companion: the entry is dropped
+    assert len(cache) == 0
+    cache.put(a, 0, "value")
+    a.add_(1)  # in place: the caller's stamp (the version) changes
+    assert cache.get(a, a._version) == (False, None) and len(cache) == 0
+    cache.put(a, a._version, "new")
+    assert cache.peek(a) == "new"
+    del a
+    gc.collect()
+    assert len(cache) == 0  # the entry died with its tensor
