@@ -158,6 +158,20 @@ def stack_into(target: nn.Module, models: Sequence[nn.Module]) -> nn.Module:
     return target
 
 
+def _take(model: nn.Module, index) -> nn.Module:
+    """A copy of ``model`` with every tensor and per-member attribute indexed by ``index`` along the member axis:
+    an int gives a solo model, a list of ints a smaller ensemble (in that order)."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, t in _tensors(model).items():
+            _replace(out, name, t.detach()[index].clone())
+    for attr in _PER_MEMBER_ATTRS:
+        values = getattr(out, attr, None)
+        if isinstance(values, tuple):
+            setattr(out, attr, values[index] if isinstance(index, int) else tuple(values[i] for i in index))
+    return out
+
+
 def member(model: nn.Module, index: int) -> nn.Module:
     """Member ``index`` of an ensemble as a solo model (a copy: training it leaves the ensemble alone)."""
     E = ensemble_size(model)
@@ -165,14 +179,7 @@ def member(model: nn.Module, index: int) -> nn.Module:
         raise ValueError(f"{type(model).__name__} is not an ensemble")
     if isinstance(index, bool) or not isinstance(index, int) or not -E <= index < E:
         raise ValueError(f"member index must be an int in [-{E}, {E}), got {index!r}")
-    solo = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, t in _tensors(model).items():
-            _replace(solo, name, t.detach()[index].clone())
-    for attr in _PER_MEMBER_ATTRS:
-        if isinstance(getattr(solo, attr, None), tuple):
-            setattr(solo, attr, getattr(solo, attr)[index])
-    return solo
+    return _take(model, index)
 
 
 def select(model: nn.Module, indices: Sequence[int]) -> nn.Module:
@@ -184,15 +191,7 @@ def select(model: nn.Module, indices: Sequence[int]) -> nn.Module:
     idx = list(indices)
     if not idx or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < E for i in idx):
         raise ValueError(f"indices must be members in [0, {E}), at least one, got {indices!r}")
-    sub = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, t in _tensors(model).items():
-            _replace(sub, name, t.detach()[idx].clone())
-    for attr in _PER_MEMBER_ATTRS:
-        values = getattr(sub, attr, None)
-        if isinstance(values, tuple):
-            setattr(sub, attr, tuple(values[i] for i in idx))
-    return sub
+    return _take(model, idx)
 
 
 class MemberUpdates:
