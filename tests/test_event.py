@@ -289,7 +289,7 @@ def test_calendar_stops_and_continues_like_the_heap(neuron):
 
 
 def test_simulate_picks_the_calendar_for_inhibitory_networks(monkeypatch):
-    # queue="auto" (simulate's default): the calendar queue when every kick is inhibitory, else the eager heap.
+    # queue="auto" (simulate's and lyapunov_spectrum's default): the calendar queue when every kick is inhibitory, else the eager heap.
     used = []
     orig = EventNetwork._engine
 
@@ -302,20 +302,24 @@ def test_simulate_picks_the_calendar_for_inhibitory_networks(monkeypatch):
     small("theta", ei=True, g=6.0, N=100, K=20).simulate(1)
     small().simulate(1, queue="heap")
     assert used == ["calendar", "heap", "heap"]
+    used.clear()  # lyapunov_spectrum's default is the same choice
+    lyapunov_spectrum(small(), k=2, spikes_per_neuron=1, warmup_spikes_per_neuron=0)
+    lyapunov_spectrum(small("theta", ei=True, g=6.0, N=100, K=20), k=2, spikes_per_neuron=1, warmup_spikes_per_neuron=0)
+    assert used == ["calendar", "heap"]
 
 
 @pytest.mark.parametrize("neuron", ["lif", "theta"])
 def test_simulate_and_spectrum_with_the_calendar_queue(neuron):
     # The public entry points with queue="calendar": the same raster (count and duration modes, warm-up) and the
-    # same Lyapunov exponents, log-determinant rate and convergence history as the default heap, bit for bit.
+    # same Lyapunov exponents, log-determinant rate and convergence history as the eager heap, bit for bit.
     net = EventNetwork(400, 40, 1.0, 2.0, TAU, neuron=neuron, seed=6)
     for kw in (dict(spikes_per_neuron=5, warmup_spikes_per_neuron=1), dict(duration=0.7)):
-        a, b = net.simulate(**kw), net.simulate(**kw, queue="calendar")
+        a, b = net.simulate(**kw, queue="heap"), net.simulate(**kw, queue="calendar")
         for x, y in ((a.spike_times, b.spike_times), (a.spike_ids, b.spike_ids), (a.final_state, b.final_state)):
             np.testing.assert_array_equal(x, y)
         assert (a.t_start, a.t_end, a.n_spikes) == (b.t_start, b.t_end, b.n_spikes)
     kw = dict(k=12, spikes_per_neuron=4, warmup_spikes_per_neuron=1, qr_every=50)
-    la, lb = lyapunov_spectrum(net, **kw), lyapunov_spectrum(net, **kw, queue="calendar")
+    la, lb = lyapunov_spectrum(net, **kw, queue="heap"), lyapunov_spectrum(net, **kw, queue="calendar")
     np.testing.assert_array_equal(la.exponents, lb.exponents)
     assert (la.log_det_rate, la.time, la.rate) == (lb.log_det_rate, lb.time, lb.rate)
     np.testing.assert_array_equal(la.history, lb.history)

@@ -107,7 +107,7 @@ def _check_supported(net: EventNetwork) -> None:
 def lyapunov_spectrum(net: EventNetwork, k: Optional[int] = None, spikes_per_neuron: float = 100,
                       warmup_spikes_per_neuron: float = 20, qr_every: Optional[int] = None, *,
                       frame_warmup_spikes_per_neuron: Optional[float] = None, state0: Optional[np.ndarray] = None,
-                      seed: Optional[int] = None, queue: str = "heap") -> EventLyapunovResult:
+                      seed: Optional[int] = None, queue: str = "auto") -> EventLyapunovResult:
     """The ``k`` largest Lyapunov exponents of ``net`` (all ``N`` by default), exactly, from its spike Jacobians.
 
     Algorithm (the QR method on the exact tangent dynamics; Monteforte & Wolf 2010, Engelken et al. 2023):
@@ -146,8 +146,10 @@ def lyapunov_spectrum(net: EventNetwork, k: Optional[int] = None, spikes_per_neu
         frame_warmup_spikes_per_neuron: frame transient (default: ``warmup_spikes_per_neuron``).
         state0: initial phases ``[N]``.
         seed: seed of the initial frame.
-        queue: the event queue, ``"heap"`` (default), or for purely inhibitory networks ``"lazy"`` or
-            ``"calendar"`` (see :meth:`EventNetwork.simulate`): the same exponents bit for bit.
+        queue: the event queue, ``"heap"``, or for purely inhibitory networks ``"lazy"`` or ``"calendar"``;
+            ``"auto"`` (default) the calendar when every kick is inhibitory, else the heap (as
+            :meth:`EventNetwork.simulate`): the same exponents bit for bit. The calendar measured 1.0-1.3x the
+            heap's speed here (N = 1e3-1e4, k = 1-100), where the tangent updates and QR take most of the time.
 
     Returns an :class:`EventLyapunovResult` (exponents in 1/s, descending).
     """
@@ -165,6 +167,8 @@ def lyapunov_spectrum(net: EventNetwork, k: Optional[int] = None, spikes_per_neu
     qr_every = max(1, N // 4) if qr_every is None else _int("qr_every", qr_every, 1)
     seed = net.seed if seed is None else _int("seed", seed, 0)
 
+    if queue == "auto":
+        queue = "calendar" if bool((net.jump <= 0).all()) else "heap"
     eng = net._engine(state0, queue=queue)
     if n_warm:
         eng.advance(n_warm)
