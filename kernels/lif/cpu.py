@@ -3,11 +3,12 @@
 
 Per neuron model one forward kernel and two backward kernels (the linear scan of the common case: delayed, detached
 reset; the general one for the immediate reset and the gradient through the reset signal), each one
-pass over memory: the ``[T, M]`` sequence is cut into blocks of 256 to 2048 contiguous neurons, and
-a block's state (membrane, reset signal, carried gradient, parameter partials) lives in small local
-arrays (L1) for the whole time loop, so every ``[T, M]`` tensor is read or written exactly once. The
-inner loops run over the block's contiguous neurons without branches (the surrogate is chosen once per
-row), so LLVM vectorises them. Blocks are independent and run in parallel: the kernels are serial
+pass over memory: the ``[T, M]`` sequence is cut into blocks of 256 to 2048 contiguous neurons (8192 for
+Leaky's forward and linear-scan backward), and a block's state (membrane, reset signal, carried gradient,
+parameter partials) lives in small local arrays (L1/L2) for the whole time loop, so every ``[T, M]`` tensor is
+read or written exactly once. The inner loops run over the block's contiguous neurons without branches (the
+surrogate is chosen once per row; Leaky's backward without parameter gradients has one fused loop per
+surrogate), so LLVM vectorises them. Blocks are independent and run in parallel: the kernels are serial
 numba functions that release the GIL (``nogil``), called on one block at a time from a small pool of
 Python threads that take the next block from a shared counter (the number of threads follows
 ``torch.get_num_threads()``).

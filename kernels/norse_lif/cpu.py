@@ -8,7 +8,9 @@ forward pass writing the spikes and the states after every step, and one reverse
 adjoint, each reading and writing every ``[T, M]`` tensor once, blocks of neurons in parallel. The forward
 is bit for bit the PyTorch path's (same operations in the same order, no ``fastmath``); the backward
 recomputes ``u`` (and ``j``) from the saved states, as the PyTorch path does, and agrees with it to
-rounding (per-neuron sums instead of its whole-tensor reductions). An unused output's gradient is not
+rounding (per-neuron sums instead of its whole-tensor reductions). The box backward also recomputes the spikes
+``H(u - v_th)`` (bit for bit the forward's, so the saved spikes are not read for float32/float64 inputs) and,
+for Norse's defaults (value reset, no parameter or ``v`` gradient), runs one fused loop per row and surrogate. An unused output's gradient is not
 materialised (``None`` reaches the kernels as one row of zeros).
 """
 
