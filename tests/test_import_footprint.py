@@ -38,3 +38,12 @@ def test_constant_result_is_a_trace_time_constant():
     box["v"] = 5.0
     assert torch.equal(g(x), x)  # the constant of the compiled graph
     assert torch.equal(f(x), 5 * x)  # eager reads the new value
+
+
+def test_a_small_spiking_network_does_not_import_numba():
+    """SpikingRNN's "auto" backend decides on the network's size before asking whether numba imports: below 512
+    neurons it runs the PyTorch path and never imports numba (about a second and 100 MB)."""
+    code = ("import sys, torch, surroflos\nm = surroflos.SpikingRNN(2, 8, 1)\nm(torch.rand(5, 3, 2))[0].sum().backward()\n"
+            "print('numba' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -306,8 +306,17 @@ def test_snntorch_dropins_take_backend_cpu(monkeypatch):
         assert all(torch.equal(a, b) for a, b in zip(cpu, auto))
     assert calls == ["leaky_forward"] * 2 + ["synaptic_forward"] * 2
     assert bool(cpu[0].any())
+    # the recurrent layers run the recurrent op's compiled (spike-sparse) forward
+    from surroflos.kernels.recurrent import cpu as rec_cpu
+
+    rec_calls = []
+    real_rec = rec_cpu.forward
+    monkeypatch.setattr(rec_cpu, "forward", lambda *a: rec_calls.append(1) or real_rec(*a))
+    torch.manual_seed(6)
     for layer in (st.RLeaky(beta=0.9, linear_features=8), st.RSynaptic(alpha=0.8, beta=0.9, linear_features=8)):
-        with pytest.raises(NotImplementedError, match='backend="cpu"'):
-            layer.sequence(x, backend="cpu")
+        cpu = layer.sequence(x, backend="cpu")
+        ref = layer.sequence(x, backend="torch")
+        assert torch.equal(cpu[0], ref[0]) and all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(cpu, ref))
+    assert rec_calls == [1, 1]
     with pytest.raises(ValueError, match="backend must be one of"):
         st.Leaky(beta=0.9).sequence(x, backend="numba")

@@ -254,7 +254,8 @@ def test_kernels_are_cached_on_disk():
 
 def test_dropin_modules_take_backend_cpu(monkeypatch):
     """``backend="cpu"`` on the Norse drop-ins runs the compiled kernels (bit for bit what ``auto`` gives on a
-    float32 CPU tensor), the recurrent layer refuses it at construction, and the loop-only cases raise."""
+    float32 CPU tensor), the recurrent layer runs the recurrent op's compiled forward with it, and the loop-only
+    cases raise."""
     from surroflos.kernels import norse_lif_cpu
 
     calls = []
@@ -265,7 +266,16 @@ def test_dropin_modules_take_backend_cpu(monkeypatch):
     auto_out, _ = sn.LIF(nt.LIFParameters())(x)
     assert len(calls) == 2 and torch.equal(cpu_out, auto_out)
     assert "backend='cpu'" in repr(sn.LIF(backend="cpu"))
-    with pytest.raises(ValueError, match=r"LIFRecurrent\(backend='cpu'\)"):
-        sn.LIFRecurrent(3, 4, backend="cpu")
+    from surroflos.kernels.recurrent import cpu as rec_cpu
+
+    rec_calls = []
+    real_rec = rec_cpu.forward
+    monkeypatch.setattr(rec_cpu, "forward", lambda *a: rec_calls.append(1) or real_rec(*a))
+    torch.manual_seed(5)
+    layer = sn.LIFRecurrent(6, 4, backend="cpu")
+    z_cpu, _ = layer(x)
+    layer.backend = "torch"
+    z_torch, _ = layer(x)
+    assert rec_calls == [1] and torch.equal(z_cpu, z_torch)
     with pytest.raises(NotImplementedError, match=r"backend='cpu'"):  # a [2, 6] parameter: only the loop
         sn.LIF(nt.LIFParameters(v_th=torch.ones(2, 6)), backend="cpu")(x)

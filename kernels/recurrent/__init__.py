@@ -494,11 +494,10 @@ def _implementation(backend: str, x_in: Tensor) -> str:
     """``"torch"``, ``"triton"`` or ``"cpu"`` for this call (see :mod:`surroflos.kernels.backend`)."""
     if backend == "torch":
         return "torch"
-    which = _resolved(backend, x_in.device.type)
-    if which == "cpu" and backend == "auto" and (x_in.dtype not in (torch.float32, torch.float64)
-                                                 or x_in.shape[-1] < _CPU_AUTO_MIN_N):
-        return "torch"
-    return which
+    if backend == "auto" and x_in.device.type == "cpu" and (x_in.dtype not in (torch.float32, torch.float64)
+                                                            or x_in.shape[-1] < _CPU_AUTO_MIN_N):
+        return "torch"  # decided before asking whether numba imports (small networks never import it)
+    return _resolved(backend, x_in.device.type)
 
 
 def spiking_rnn_sequence(x_in: Tensor, W: Tensor, state0: Tensor, *, neuron: str = "lif", beta: ParamLike = 0.9,
