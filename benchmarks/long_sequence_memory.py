@@ -4,13 +4,15 @@ than half of snnTorch's memory).
 The network of ``surroflos bench``'s recurrent case: input Linear (n_in = 128) -> recurrent LIF N = 512
 (beta 0.9, threshold 1, atan surrogate, subtract reset) -> readout Linear (n_out = 10), batch 32, float32,
 one thread. One training step = forward over ``[T, 32, 128]`` inputs and backward of a random output
-cotangent to every parameter. Implementations:
+cotangent to every parameter. The implementations are those of ``surroflos bench``'s recurrent case
+(:func:`surroflos.bench._rnn_impls`, the same networks):
 
 - ``snntorch``: ``nn.Linear`` + ``snntorch.RLeaky`` + ``nn.Linear`` in a Python loop over time (how snnTorch's
-  tutorials train recurrent networks);
+  tutorials train recurrent networks), with our weights;
 - ``norse``: ``norse.torch.LIFRecurrent`` + ``nn.Linear`` (Norse's own current-based dynamics: same sizes,
   other equations; for scale only);
-- ``ours``: ``surroflos.SpikingRNN`` (the fused recurrent op, PyTorch path) with the same weights as snnTorch's.
+- ``ours_torch`` / ``ours_cpu``: ``surroflos.SpikingRNN`` on the fused recurrent op's PyTorch path / with its
+  compiled forward (``backend="cpu"``, what ``"auto"`` runs at N = 512).
 
 Each (implementation, T) runs in a fresh process: build, one warm-up step at T = 20 (one-time allocations of
 the libraries), then the measured step. The figure is the peak resident memory during that step above the
@@ -19,14 +21,13 @@ Also printed: the size of one ``[T, B, N]`` float32 array (a membrane trace), th
 and the step's wall time.
 
     python benchmarks/long_sequence_memory.py                  # T = 500, 1000, 2000; about two minutes
-    python benchmarks/long_sequence_memory.py --T 2000 --impls ours snntorch
+    python benchmarks/long_sequence_memory.py --T 2000 --impls ours_cpu snntorch
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -34,7 +35,7 @@ import sys
 import time
 
 B, N, N_IN, N_OUT = 32, 512, 128, 10
-IMPLS = ("snntorch", "norse", "ours")
+IMPLS = ("snntorch", "norse", "ours_torch", "ours_cpu")
 
 
 def _status_mib(key: str) -> float:
@@ -45,53 +46,24 @@ def _status_mib(key: str) -> float:
     raise RuntimeError(f"{key} not in /proc/self/status")
 
 
-def _build(impl: str):
+def _build(impl: str, T: int):
+    """The implementation ``impl`` of ``surroflos bench``'s recurrent training-step case at these sizes (the same
+    networks, weights copied from ours into snnTorch's): ``forward(x) -> outputs``."""
     import torch
 
-    from surroflos.models import SpikingRNN
+    from surroflos.bench import Context, _rnn_impls
 
-    model = SpikingRNN(N_IN, N, N_OUT, beta=0.9, threshold=1.0, surrogate="atan", g=1.0,
-                       input_scale=1.0 / math.sqrt(N_IN), generator=torch.Generator().manual_seed(0))
-    if impl == "ours":
-        return lambda x: model(x)[0]
-    if impl == "norse":
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import norse.torch as norse
-        rec, readout = norse.LIFRecurrent(N_IN, N), torch.nn.Linear(N, N_OUT)
-        return lambda x: readout(rec(x)[0])
-    import snntorch
-    from snntorch import surrogate as snn_sur
-
-    fc_in, readout = torch.nn.Linear(N_IN, N), torch.nn.Linear(N, N_OUT)
-    rlif = snntorch.RLeaky(beta=0.9, threshold=1.0, linear_features=N, spike_grad=snn_sur.atan(),
-                           reset_mechanism="subtract")
-    with torch.no_grad():  # the same network as ours
-        fc_in.weight.copy_(model.weight_in)
-        fc_in.bias.copy_(model.bias)
-        rlif.recurrent.weight.copy_(model.weight_rec)
-        rlif.recurrent.bias.zero_()
-        readout.weight.copy_(model.readout_layer.weight)
-        readout.bias.copy_(model.readout_layer.bias)
-
-    def forward(x):
-        spk = torch.zeros(x.shape[1], N)
-        mem = torch.zeros_like(spk)
-        out = []
-        for xt in x.unbind(0):
-            spk, mem = rlif(fc_in(xt), spk, mem)
-            out.append(spk)
-        return readout(torch.stack(out))
-    return forward
+    ctx = Context(device=torch.device("cpu"), compile_backend=None)
+    impls = {i.name: i for i in _rnn_impls(ctx, dict(T=T, B=B, N=N, n_in=N_IN, n_out=N_OUT), gpu=False)}
+    forward = impls[impl].build().forward
+    return lambda x: forward(x)[0]
 
 
 def _one(impl: str, T: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    forward = _build(impl)
+    forward = _build(impl, T)
     gen = torch.Generator().manual_seed(1)
     x, g = torch.randn(T, B, N_IN, generator=gen), torch.randn(T, B, N_OUT, generator=gen)
     forward(x[:20]).backward(g[:20])  # one-time allocations (libraries' workspaces) before the measurement
@@ -134,12 +106,13 @@ def main(argv=None) -> int:
                   f"peak {r['peak_above_base_MiB']:7.0f} MiB ({r['peak_above_base_MiB'] / r['trace_MiB']:4.1f} "
                   f"traces of {r['trace_MiB']:.0f} MiB)  step {r['step_s']:6.2f} s"), flush=True)
     by = {(r["impl"], r["T"]): r for r in rows if "error" not in r}
-    print("\n| T | " + " | ".join(f"{i} (MiB)" for i in args.impls) + " | ours / snnTorch |")
+    print("\n| T | " + " | ".join(f"{i} (MiB)" for i in args.impls) + " | ours (cpu, else torch) / snnTorch |")
     print("|---|" + "---|" * (len(args.impls) + 1))
     for T in args.T:
         cells = [f"{by[(i, T)]['peak_above_base_MiB']:.0f}" if (i, T) in by else "-" for i in args.impls]
-        ratio = (f"{by[('ours', T)]['peak_above_base_MiB'] / by[('snntorch', T)]['peak_above_base_MiB']:.2f}"
-                 if ("ours", T) in by and ("snntorch", T) in by else "-")
+        ours = next((by[(i, T)] for i in ("ours_cpu", "ours_torch") if (i, T) in by), None)
+        ratio = (f"{ours['peak_above_base_MiB'] / by[('snntorch', T)]['peak_above_base_MiB']:.2f}"
+                 if ours is not None and ("snntorch", T) in by else "-")
         print(f"| {T} | " + " | ".join(cells) + f" | {ratio} |")
     result = {"what": __doc__.splitlines()[0], "sizes": {"B": B, "N": N, "n_in": N_IN, "n_out": N_OUT},
               "machine": {"processor": platform.processor() or platform.machine(), "python": platform.python_version(),
