@@ -38,8 +38,15 @@ suffices: a slot of ``n > 14`` needs at most ``n / 15`` blocks). ``act`` keeps t
 last found in the current slot (``actk``), so an unchanged key is not mapped again.
 
 Measured (``python -m surroflos.event.bench_queues``, BENCHMARKS.md; SparseProp's LIF network, K = 100, one
-process, interleaved rounds): 1.9x, 1.6x and 2.2x the eager heap's spikes per second at N = 1e4, 1e5, 1e6
-(1.8e6, 9.3e5, 6.7e5 spikes/s); ~24 re-checks per spike, each O(1). Worst case: neurons whose keys stay within one
+process, interleaved rounds): with ``fill = 8`` and the general kick loop 1.9x, 1.6x and 2.2x the eager heap's
+spikes per second at N = 1e4, 1e5, 1e6 (1.8e6, 9.3e5, 6.7e5 spikes/s); with ``fill = 64``, the keys-only kick
+loop and the runner-up's prefetch (notes below) 3.1e6, 1.7e6, 1.0e6 spikes/s (1.45-1.6x the former, measured in
+one process). ~24 re-checks per spike, each O(1), whatever the slot width (a property of the dynamics: a
+neuron's free time to threshold against its inter-spike interval); the slot width trades the scan of ``act``
+(~``fill`` keys per spike, in L1) against the ring's size (``B`` 64-byte lines: 16 MB at N = 1e6 with
+``fill = 8``, 2 MB with 64), into which every re-check appends at a random slot (measured at N = 1e6, general kick loop:
+``fill`` 4, 8, 16, 32, 64, 128, 256: 0.68, 0.74, 0.77, 0.75, 0.79-0.85, 0.83-0.86, 0.85 x 1e6 spikes/s;
+at N = 1e4, 1e5 ``fill`` 64 was best or within noise of the best). Worst case: neurons whose keys stay within one
 slot (a persistent synchronous cluster) are compared at each of their spikes, O(cluster) per spike (the heap's
 tie walk is O(tied neurons) too).
 
@@ -58,12 +65,12 @@ from numba import njit
 from ._kernels import LIF, _kick, _needs_shift, _offset_at, _reset_key, _shift_offset, _spike_offset
 
 # st (int64) fields
-CUR, ACTN, OVFN, OVFMIN, RINGN, FREE, MASK, BITS, RECHECKS, OVFSCANS, REBUILDS, STEPS = range(12)
-N_ST = 12
+CUR, ACTN, OVFN, OVFMIN, RINGN, FREE, MASK, BITS, RECHECKS, OVFSCANS, REBUILDS, STEPS, SINK = range(13)
+N_ST = 13
 INLINE = 14  # ids in a slot's own line
 PER_BLOCK = 15  # ids in an extra block
 
-DEFAULT_FILL = 8.0
+DEFAULT_FILL = 64.0
 
 
 def layout(model: int, N: int, p: np.ndarray, fill: float = DEFAULT_FILL):
@@ -103,7 +110,15 @@ def alloc(model: int, N: int, p: np.ndarray, fill: float = DEFAULT_FILL):
 # Numba note: every helper below that receives arrays is called only on rare paths (rebuild, overflow scan);
 # passing arrays to a helper (inlined or called) costs an atomic reference-count increment and decrement per
 # array and call, which in the hot loop cost more than the queue itself. The hot loop in ``advance`` therefore
-# touches its arrays directly and keeps the calendar's counters in local variables.
+# touches its arrays directly and keeps the calendar's counters in local variables. Its kick loop has a
+# keys-only copy (no tangent frame, no log-determinant): in the general loop the compiled code still evaluated
+# ``_kick``'s two divisions per kick (measured: the keys-only loop is 1.1-1.35x the spikes per second).
+# Software prefetch without an intrinsic: the search also finds the runner-up ``(key, id)`` of ``act``, which is
+# the next spiker unless this spike kicks it or ``act`` empties, and the spike reads one entry per cache line of
+# its target list (summed into ``st[SINK]`` so that the reads stay), so that the next spike's target list, a
+# random block of an array of ``N K`` ids (400 MB at N = 1e6), is mostly in cache when it is needed (measured:
+# 1.08-1.12x the spikes per second at N = 1e5 and 1e6, 0.98x at 1e4). Reading the next spiker's targets' keys
+# too was measured slower (0.8x).
 
 
 @njit(cache=True, inline="always")
@@ -213,12 +228,14 @@ def advance(model, n_events, t_stop, key, ring, blk, act, actk, ovf_i, ovf_a, st
     k = Q.shape[1]
     record = out_t.shape[0] > 0
     track = logdet.shape[0] > 0
+    plain = k == 0 and not track
     bits = st[BITS]
     w, lo = cp[0], cp[1]
     mask = st[MASK]
     half = (mask + 1) >> 1
     cur, act_n, ring_n, free = st[CUR], st[ACTN], st[RINGN], st[FREE]
     rechecks, steps = 0, 0
+    sink = 0
     ld = 0.0
     done = 0
     while done < n_events:
@@ -227,6 +244,8 @@ def advance(model, n_events, t_stop, key, ring, blk, act, actk, ovf_i, ovf_a, st
             best = -1
             bi = 0
             kb = 0.0
+            bi2 = -1  # the runner-up: the next spiker unless this spike kicks it or it is alone
+            kb2 = 0.0
             q = 0
             while q < act_n:
                 i = act[q]
@@ -265,9 +284,15 @@ def advance(model, n_events, t_stop, key, ring, blk, act, actk, ovf_i, ovf_a, st
                         continue
                     actk[q] = ki
                 if best < 0 or ki < kb or (ki == kb and i < bi):
+                    if best >= 0:
+                        bi2 = bi
+                        kb2 = kb
                     best = q
                     bi = i
                     kb = ki
+                elif bi2 < 0 or ki < kb2 or (ki == kb2 and i < bi2):
+                    bi2 = i
+                    kb2 = ki
                 q += 1
             if best >= 0:
                 break
@@ -316,16 +341,30 @@ def advance(model, n_events, t_stop, key, ring, blk, act, actk, ovf_i, ovf_a, st
         key[j, 0] = _reset_key(model, off, p)
         actk[best] = -math.inf  # stays in act until the next search re-queues it at its reset key
         Jj = jump[j]
-        for e in range(indptr[j], indptr[j + 1]):
-            i = indices[e]
-            old = key[i, 0]
-            new, c, D = _kick(model, old, Jj, off, p)
-            key[i, 0] = new
-            if track:
-                ld += math.log1p(-c)
-            if k > 0:
-                for m in range(k):
-                    Q[i, m] = D * Q[i, m] + c * Q[j, m]
+        if bi2 >= 0:  # touch the runner-up's target list (one read per cache line): loaded during this spike
+            for e in range(indptr[bi2], indptr[bi2 + 1], 16):
+                sink += indices[e]
+        if plain:  # keys only: a loop without the tangent's branches and divisions (see the note above)
+            if model == LIF:
+                d = Jj * off  # _kick's arithmetic: new = old - Jj off
+                for e in range(indptr[j], indptr[j + 1]):
+                    i = indices[e]
+                    key[i, 0] = key[i, 0] - d
+            else:
+                for e in range(indptr[j], indptr[j + 1]):
+                    i = indices[e]
+                    key[i, 0] = _kick(model, key[i, 0], Jj, off, p)[0]
+        else:
+            for e in range(indptr[j], indptr[j + 1]):
+                i = indices[e]
+                old = key[i, 0]
+                new, c, D = _kick(model, old, Jj, off, p)
+                key[i, 0] = new
+                if track:
+                    ld += math.log1p(-c)
+                if k > 0:
+                    for m in range(k):
+                        Q[i, m] = D * Q[i, m] + c * Q[j, m]
         if _needs_shift(model, off):
             _shift_offset(model, key, 0, key[:0], p, g)
             st[CUR], st[ACTN], st[RINGN], st[FREE] = cur, act_n, ring_n, free
@@ -338,6 +377,7 @@ def advance(model, n_events, t_stop, key, ring, blk, act, actk, ovf_i, ovf_a, st
     st[CUR], st[ACTN], st[RINGN], st[FREE] = cur, act_n, ring_n, free
     st[RECHECKS] += rechecks
     st[STEPS] += steps
+    st[SINK] += sink  # keeps the touches
     if track:
         logdet[0] += ld
     return done
