@@ -32,10 +32,14 @@ Arithmetic on keys, the tangent frame and the log-determinant is that of :func:`
 (the same helper functions, the same order), and the order of spikes is the exact ``(key, id)`` order: the same
 spikes as the eager heap, bit for bit (tests).
 
-Storage. ``ring [B, 16]`` int32, one 64-byte line per slot: ``[count, first extra block, 14 ids]``; a slot with
-more than 14 neurons chains blocks ``blk [P, 16]`` (``[next, 15 ids]``) from a free list (``P = N // 15 + 2``
-suffices: a slot of ``n > 14`` needs at most ``n / 15`` blocks). ``act`` keeps the key each neuron had when it was
-last found in the current slot (``actk``), so an unchanged key is not mapped again.
+Storage. ``ring [B, 2]`` int32, ``[count, head block]`` per slot (8 bytes: 256 KB at N = 1e6), the slot's ids in a
+chain of 64-byte blocks ``blk [P, 16]`` (``[next, 15 ids]``) from a free list, the head block the one being
+filled (``P = N // 15 + B + 2`` suffices: a slot of ``n`` neurons holds ``ceil(n / 15) <= n // 15 + 1`` blocks).
+An append reads the slot's counters (a small array, mostly in cache) and writes one block line. (Formerly a
+64-byte ring line per slot, ``[count, first extra block, 14 ids]``: 2 MB at N = 1e6, fill 64, and two dependent
+cache lines per append once a slot held more than 14; the compact counters measured 1.06-1.1x the spikes per
+second at N = 1e4, 1e5, 1e6.) ``act`` keeps the key each neuron had when it was last found in the current slot
+(``actk``), so an unchanged key is not mapped again.
 
 Measured (``python -m surroflos.event.bench_queues``, BENCHMARKS.md; SparseProp's LIF network, K = 100, one
 process, interleaved rounds): with ``fill = 8`` and the general kick loop 1.9x, 1.6x and 2.2x the eager heap's
@@ -43,7 +47,7 @@ spikes per second at N = 1e4, 1e5, 1e6 (1.8e6, 9.3e5, 6.7e5 spikes/s); with ``fi
 loop and the runner-up's prefetch (notes below) 3.1e6, 1.7e6, 1.0e6 spikes/s (1.45-1.6x the former, measured in
 one process). ~24 re-checks per spike, each O(1), whatever the slot width (a property of the dynamics: a
 neuron's free time to threshold against its inter-spike interval); the slot width trades the scan of ``act``
-(~``fill`` keys per spike, in L1) against the ring's size (``B`` 64-byte lines: 16 MB at N = 1e6 with
+(~``fill`` keys per spike, in L1) against the ring's size (then ``B`` 64-byte lines: 16 MB at N = 1e6 with
 ``fill = 8``, 2 MB with 64), into which every re-check appends at a random slot (measured at N = 1e6, general kick loop:
 ``fill`` 4, 8, 16, 32, 64, 128, 256: 0.68, 0.74, 0.77, 0.75, 0.79-0.85, 0.83-0.86, 0.85 x 1e6 spikes/s;
 at N = 1e4, 1e5 ``fill`` 64 was best or within noise of the best). Worst case: neurons whose keys stay within one
@@ -67,8 +71,7 @@ from ._kernels import LIF, _kick, _needs_shift, _offset_at, _reset_key, _shift_o
 # st (int64) fields
 CUR, ACTN, OVFN, OVFMIN, RINGN, FREE, MASK, BITS, RECHECKS, OVFSCANS, REBUILDS, STEPS, SINK = range(13)
 N_ST = 13
-INLINE = 14  # ids in a slot's own line
-PER_BLOCK = 15  # ids in an extra block
+PER_BLOCK = 15  # ids in a block
 
 DEFAULT_FILL = 64.0
 
@@ -95,10 +98,10 @@ def layout(model: int, N: int, p: np.ndarray, fill: float = DEFAULT_FILL):
 def alloc(model: int, N: int, p: np.ndarray, fill: float = DEFAULT_FILL):
     """Fresh calendar arrays ``(ring, blk, act, actk, ovf_i, ovf_a, st, cp)`` for ``N`` neurons."""
     B, bits, cp = layout(model, N, p, fill)
-    raw = np.empty(B * 16 + 16, dtype=np.int32)
+    ring = np.empty((B, 2), dtype=np.int32)
+    raw = np.empty((N // PER_BLOCK + B + 2) * 16 + 16, dtype=np.int32)
     skip = (-raw.ctypes.data % 64) // 4
-    ring = raw[skip:skip + B * 16].reshape(B, 16)
-    blk = np.empty((N // PER_BLOCK + 2, 16), dtype=np.int32)
+    blk = raw[skip:skip + (N // PER_BLOCK + B + 2) * 16].reshape(-1, 16)
     st = np.zeros(N_ST, dtype=np.int64)
     st[MASK] = B - 1
     st[BITS] = bits
@@ -145,18 +148,15 @@ def _queue(ring, blk, act, actk, ovf_i, ovf_a, st, i, k, a):
     elif a - cur <= st[MASK]:
         s = a & st[MASK]
         n = ring[s, 0]
-        if n < INLINE:
-            ring[s, 2 + n] = i
+        f = n % PER_BLOCK
+        if f == 0:  # a new block at the head of the slot's chain
+            b = st[FREE]
+            st[FREE] = blk[b, 0]
+            blk[b, 0] = ring[s, 1]
+            ring[s, 1] = b
         else:
-            f = (n - INLINE) % PER_BLOCK
-            if f == 0:  # a new block at the head of the slot's chain
-                b = st[FREE]
-                st[FREE] = blk[b, 0]
-                blk[b, 0] = ring[s, 1]
-                ring[s, 1] = b
-            else:
-                b = ring[s, 1]
-            blk[b, 1 + f] = i
+            b = ring[s, 1]
+        blk[b, 1 + f] = i
         ring[s, 0] = n + 1
         st[RINGN] += 1
     else:
@@ -260,18 +260,15 @@ def advance(model, n_events, t_stop, key, ring, blk, act, actk, ovf_i, ovf_a, st
                         if a - cur <= mask:  # into the ring (a stays > cur, so never back into act)
                             s = a & mask
                             n = ring[s, 0]
-                            if n < INLINE:
-                                ring[s, 2 + n] = i
+                            f = n % PER_BLOCK
+                            if f == 0:
+                                b = free
+                                free = blk[b, 0]
+                                blk[b, 0] = ring[s, 1]
+                                ring[s, 1] = b
                             else:
-                                f = (n - INLINE) % PER_BLOCK
-                                if f == 0:
-                                    b = free
-                                    free = blk[b, 0]
-                                    blk[b, 0] = ring[s, 1]
-                                    ring[s, 1] = b
-                                else:
-                                    b = ring[s, 1]
-                                blk[b, 1 + f] = i
+                                b = ring[s, 1]
+                            blk[b, 1 + f] = i
                             ring[s, 0] = n + 1
                             ring_n += 1
                         else:  # past the ring: the overflow
@@ -310,24 +307,18 @@ def advance(model, n_events, t_stop, key, ring, blk, act, actk, ovf_i, ovf_a, st
                 s = cur & mask
                 n = ring[s, 0]
                 if n > 0:
-                    for e in range(min(n, INLINE)):
-                        act[act_n] = ring[s, 2 + e]
-                        actk[act_n] = -math.inf  # forces a re-check
-                        act_n += 1
-                    rem = n - INLINE
-                    if rem > 0:
-                        c = rem - PER_BLOCK * ((rem - 1) // PER_BLOCK)  # the head block is the one being filled
-                        b = ring[s, 1]
-                        while b >= 0:
-                            for e in range(c):
-                                act[act_n] = blk[b, 1 + e]
-                                actk[act_n] = -math.inf
-                                act_n += 1
-                            nb = blk[b, 0]
-                            blk[b, 0] = free
-                            free = b
-                            b = nb
-                            c = PER_BLOCK
+                    c = n - PER_BLOCK * ((n - 1) // PER_BLOCK)  # the head block is the one being filled
+                    b = ring[s, 1]
+                    while b >= 0:
+                        for e in range(c):
+                            act[act_n] = blk[b, 1 + e]
+                            actk[act_n] = -math.inf  # forces a re-check
+                            act_n += 1
+                        nb = blk[b, 0]
+                        blk[b, 0] = free
+                        free = b
+                        b = nb
+                        c = PER_BLOCK
                     ring[s, 0] = 0
                     ring[s, 1] = -1
                     ring_n -= n
