@@ -45,7 +45,10 @@ Measured (``python -m surroflos.event.bench_queues``, BENCHMARKS.md; SparseProp'
 process, interleaved rounds): with ``fill = 8`` and the general kick loop 1.9x, 1.6x and 2.2x the eager heap's
 spikes per second at N = 1e4, 1e5, 1e6 (1.8e6, 9.3e5, 6.7e5 spikes/s); with ``fill = 64``, the keys-only kick
 loop and the runner-up's prefetch (notes below) 3.1e6, 1.7e6, 1.0e6 spikes/s (1.45-1.6x the former, measured in
-one process). ~24 re-checks per spike, each O(1), whatever the slot width (a property of the dynamics: a
+one process); with the compact slot counters too (Storage) 3.4e6, 2.0e6, 1.17e6 spikes/s, 3.3x, 2.8x and 3.3x
+the eager heap (bench_queues). Cost per spike from N = 1e4 to 1e6: x2.9 (log ratio 1.5), mostly the kicks
+themselves (K random keys of an N-array: a loop of the same spikers' kicks alone, with the same prefetch,
+measured 0.075 us at 1e4 and 0.42 us at 1e6 per spike, x5.6), the queue's share 0.24 -> 0.37 us (x1.5). ~24 re-checks per spike, each O(1), whatever the slot width (a property of the dynamics: a
 neuron's free time to threshold against its inter-spike interval); the slot width trades the scan of ``act``
 (~``fill`` keys per spike, in L1) against the ring's size (then ``B`` 64-byte lines: 16 MB at N = 1e6 with
 ``fill = 8``, 2 MB with 64), into which every re-check appends at a random slot (measured at N = 1e6, general kick loop:

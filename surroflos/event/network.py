@@ -455,7 +455,7 @@ class EventNetwork:
             queue: the event queue: ``"heap"`` (the eager heap; any network), or for purely inhibitory networks
                 (``ei=False``) ``"lazy"`` (lazy heap) or ``"calendar"`` (calendar queue: O(1) kicks and
                 re-insertions); ``"auto"`` (default): the calendar when every kick is inhibitory, else the heap.
-                All give the same spikes bit for bit; the calendar measured 1.6-2.2x the heap's spikes per
+                All give the same spikes bit for bit; the calendar measured 2.8-3.3x the heap's spikes per
                 second at N = 1e4-1e6 (BENCHMARKS.md).
         """
         if (spikes_per_neuron is None) == (duration is None):
