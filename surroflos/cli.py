@@ -279,8 +279,10 @@ def _cmd_train(cfg, args) -> int:
     try:
         cfg.device = str(dp.device)
         train(cfg, resume=args.resume, progress=not args.no_progress, parallel=dp)
-    finally:
-        dp.close()
+    except BaseException:
+        dp.close(barrier=False)  # the other processes may never reach a barrier
+        raise
+    dp.close()
     return 0
 
 

@@ -102,11 +102,23 @@ class DataParallel:
             dist.init_process_group(backend=backend, rank=rank, world_size=world)
         return cls(rank, world, dev, backend)
 
-    def close(self) -> None:
+    def close(self, barrier: bool = True) -> None:
+        """Leave the process group while Python is fully alive. A gloo worker thread drops its last finished
+        collective (and the Python-held tensors in it, which needs the GIL) just after the collective
+        completes; a process that exits at that moment (rank 1, with no files to write) aborted in C++ while
+        the interpreter shut down ("terminate called without an active exception", about 1 run in 8). The
+        barrier lets every worker finish with the earlier collectives, and destroying the group here joins
+        its threads before the interpreter exits. ``barrier=False`` on an error, where the other processes
+        may never reach one."""
+        import gc
+
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if barrier:
+                dist.barrier()
             dist.destroy_process_group()
+            gc.collect()
 
     # -- the batch split ------------------------------------------------------------------------------------
     def part(self, n: int) -> slice:
