@@ -76,6 +76,18 @@ def surrogate_row(v, out, w, sid, c1, c2, one):
             out[j] = c2 * np.exp(-(u * u) * half)
 
 @jit_inline
+def box_membrane(x, v_leak, v, a):
+    """``(d, u)`` of the LIF box: ``d = (x + v_leak) - v`` and the membrane before the spike ``u = d a + v``,
+    operation by operation. The forward and both backward loops compute ``u`` here, so the spikes the backward
+    recomputes are the forward's bit for bit."""
+    d = x + v_leak
+    d = d - v
+    u = d * a
+    u = u + v
+    return d, u
+
+
+@jit_inline
 def surrogate_one(v, sid, c1, c2, one):
     """``sigma'(v)`` of one element: :func:`surrogate_row`'s formulas and rounding, for the fused loops. Called
     with a constant ``sid`` from a loop written once per surrogate (``if sid == 0: row(..., 0, ...)``), so the
@@ -815,11 +827,7 @@ def norse_box_fwd(x, v0, a, vl, vth, vr, reset, one, BLOCK, b0, b1, spk, v_all):
             ss = sf[base:base + w]
             vs = vf[base:base + w]
             for j in range(w):
-                vj = v[j]
-                u = xs[j] + lb[j]
-                u = u - vj
-                u = u * ab[j]
-                u = u + vj
+                u = box_membrane(xs[j], lb[j], v[j], ab[j])[1]
                 sj = u - tb[j]
                 z = sj > zero
                 nv = (rb[j] if reset == 0 else sj) if z else u
@@ -834,11 +842,7 @@ def _box_bwd_row(xs, vin, gzs, gxs, lv, ab, na, lb, tb, rb, w, sid, c1, c2, one)
     (Norse's defaults, a loss on the spikes): ``u`` recomputed, the surrogate, the adjoint, in one loop."""
     zero = one - one
     for j in range(w):
-        vj = vin[j]
-        d = xs[j] + lb[j]
-        d = d - vj
-        u = d * ab[j]
-        u = u + vj
+        u = box_membrane(xs[j], lb[j], vin[j], ab[j])[1]
         s = u - tb[j]
         sp = surrogate_one(s, sid, c1, c2, one)
         zj = one if s > zero else zero
@@ -915,10 +919,7 @@ def norse_box_bwd(gz, gv, has_gz, has_gv, x, v0, z, v_all, a, vl, vth, vr, reset
                     _box_bwd_row(xs, vin, gzs, gxs, lv, ab, na, lb, tb, rb, w, -1, c1, c2, one)
                 continue
             for j in range(w):
-                d = xs[j] + lb[j]
-                d = d - vin[j]
-                u = d * ab[j]
-                u = u + vin[j]
+                d, u = box_membrane(xs[j], lb[j], vin[j], ab[j])
                 s = u - tb[j]
                 dr[j] = d
                 uu[j] = u
