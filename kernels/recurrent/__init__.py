@@ -405,8 +405,8 @@ def _rnn_bwd_fake(grad_spikes, grad_states, W, state0, spike_bits, states, beta,
 
 
 def _setup(ctx, inputs, output):
-    (_, W, state0, beta, alpha, threshold, _bias, cuba, zero, detach, sid, scale, use_triton, zmem) = inputs[:14]
-    member_scales = inputs[15] if len(inputs) > 15 else None
+    (_, W, state0, beta, alpha, threshold, _bias, cuba, zero, detach, sid, scale, use_triton, zmem, _cpu,
+     member_scales) = inputs  # (the op's defaults are filled in)
     _spikes, states, spike_bits = output
     ctx.save_for_backward(W, state0, beta, alpha, threshold, spike_bits, states, member_scales)
     ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not a full-size zero array
